@@ -1,0 +1,103 @@
+/**
+ * The supervisor control channel (`GET /v1/supervisor/session`): JSON text
+ * frames, one message each. Shapes follow DESIGN.md's Supervisor protocol.
+ */
+export type RelayTarget = 'ssh' | 'exec';
+
+export interface HelloMessage {
+  type: 'hello';
+  sandboxId: string;
+  version: string;
+  capabilities: string[];
+}
+export interface WelcomeMessage {
+  type: 'welcome';
+  sessionId: string;
+  keepaliveIntervalMs: number;
+  keepaliveTimeoutMs: number;
+  policy: unknown;
+  policyVersion: number;
+}
+export interface RelayOpenMessage {
+  type: 'relayOpen';
+  channelId: string;
+  target: RelayTarget;
+}
+export interface RelayOpenResultMessage {
+  type: 'relayOpenResult';
+  channelId: string;
+  ok: boolean;
+  error?: string;
+}
+export interface RelayCloseMessage {
+  type: 'relayClose';
+  channelId: string;
+  reason: string;
+}
+export interface PolicyMessage {
+  type: 'policy';
+  policy: unknown;
+  version: number;
+}
+export interface PolicyAppliedMessage {
+  type: 'policyApplied';
+  version: number;
+  ok: boolean;
+  error?: string;
+}
+export interface LogMessage {
+  type: 'log';
+  lines: LogLine[];
+}
+export interface MainProcessMessage {
+  type: 'mainProcess';
+  state: 'Running' | 'Exited';
+  exitCode: number | null;
+  signal: string | null;
+}
+
+/** One supervisor or egress-decision log line, as forwarded to the gateway. */
+export interface LogLine {
+  time: string;
+  level: 'debug' | 'info' | 'warn' | 'error';
+  source: 'supervisor' | 'egress';
+  message: string;
+  fields?: Record<string, unknown>;
+}
+
+export type SupervisorToGateway =
+  | HelloMessage
+  | RelayOpenResultMessage
+  | RelayCloseMessage
+  | PolicyAppliedMessage
+  | LogMessage
+  | MainProcessMessage;
+
+export type GatewayToSupervisor = WelcomeMessage | RelayOpenMessage | RelayCloseMessage | PolicyMessage;
+
+/** Parses one text frame; returns null for anything that is not a typed JSON object. */
+export function parseMessage<T extends { type: string }>(data: string): T | null {
+  try {
+    const value: unknown = JSON.parse(data);
+    if (typeof value === 'object' && value !== null && typeof (value as { type?: unknown }).type === 'string') {
+      return value as T;
+    }
+  } catch {
+    // not JSON: ignored by the caller
+  }
+  return null;
+}
+
+/** WebSocket close codes we use (4000–4999, mirroring the HTTP status of the error code). */
+export const CloseCode = {
+  NORMAL: 1000,
+  GOING_AWAY: 1001,
+  UNAUTHENTICATED: 4401,
+  PERMISSION_DENIED: 4403,
+  NOT_FOUND: 4404,
+  SUPERSEDED: 4409,
+  RESOURCE_EXHAUSTED: 4429,
+  INTERNAL: 4500,
+  SESSION_UNAVAILABLE: 4503,
+  KEEPALIVE_TIMEOUT: 4408,
+} as const;

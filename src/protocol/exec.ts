@@ -1,0 +1,92 @@
+/**
+ * The exec relay protocol (relay target `exec`), spoken between the gateway
+ * and the supervisor's exec registry over one WebSocket per exec.
+ *
+ * Gateway → supervisor: one JSON text frame `start` or `attach`, then binary
+ * frames of stdin and text frames `closeStdin` / `signal` / `resize` / `detach`.
+ * Supervisor → gateway: text `started`, binary output frames
+ * (`[stream:1][offset:8 big-endian][bytes]`), and one terminal text `exit` or `error`.
+ */
+
+export interface ExecStartOp {
+  op: 'start';
+  execId: string;
+  /** argv; a single-string command has already been turned into `['sh','-c',cmd]`. */
+  command: string[];
+  env: Record<string, string>;
+  workdir?: string;
+  user?: string;
+  tty: boolean;
+  cols?: number;
+  rows?: number;
+  /** 0 = no timeout. On timeout: TERM to the process group, KILL after 2 s, exit 124. */
+  timeoutSeconds: number;
+}
+export interface ExecAttachOp {
+  op: 'attach';
+  execId: string;
+  /** Byte offsets already delivered; output resumes from here. */
+  offsets: { stdout: number; stderr: number };
+}
+export interface ExecCloseStdinOp {
+  op: 'closeStdin';
+}
+export interface ExecSignalOp {
+  op: 'signal';
+  /** Sent to the whole process group, e.g. `SIGTERM`, `SIGKILL`. */
+  signal: string;
+}
+export interface ExecResizeOp {
+  op: 'resize';
+  cols: number;
+  rows: number;
+}
+export type ExecOp = ExecStartOp | ExecAttachOp | ExecCloseStdinOp | ExecSignalOp | ExecResizeOp;
+
+export interface ExecStartedEv {
+  ev: 'started';
+  execId: string;
+  pid: number;
+}
+export interface ExecExitEv {
+  ev: 'exit';
+  exitCode: number | null;
+  signal: string | null;
+  timedOut: boolean;
+  durationMs: number;
+}
+export type ExecErrorCode = 'EXEC_NOT_FOUND' | 'SPAWN_FAILED' | 'INVALID_ARGUMENT' | 'OUTPUT_EXPIRED' | 'INTERNAL';
+export interface ExecErrorEv {
+  ev: 'error';
+  code: ExecErrorCode;
+  message: string;
+}
+export type ExecEv = ExecStartedEv | ExecExitEv | ExecErrorEv;
+
+export const STREAM_STDOUT = 1;
+export const STREAM_STDERR = 2;
+export type OutputStream = typeof STREAM_STDOUT | typeof STREAM_STDERR;
+const HEADER = 9;
+
+/** Encodes one output chunk: stream byte, 8-byte big-endian offset, bytes. */
+export function encodeOutput(stream: OutputStream, offset: number, data: Buffer): Buffer {
+  const frame = Buffer.allocUnsafe(HEADER + data.length);
+  frame[0] = stream;
+  frame.writeBigUInt64BE(BigInt(offset), 1);
+  data.copy(frame, HEADER);
+  return frame;
+}
+
+export interface OutputChunk {
+  stream: OutputStream;
+  offset: number;
+  data: Buffer;
+}
+
+/** Decodes an output frame; null when it is malformed. */
+export function decodeOutput(frame: Buffer): OutputChunk | null {
+  if (frame.length < HEADER) return null;
+  const stream = frame[0];
+  if (stream !== STREAM_STDOUT && stream !== STREAM_STDERR) return null;
+  return { stream, offset: Number(frame.readBigUInt64BE(1)), data: frame.subarray(HEADER) };
+}
