@@ -1,0 +1,119 @@
+import { Type, type Static } from '@sinclair/typebox';
+
+/** DNS-1123 label: what sandbox names must be. */
+export const SANDBOX_NAME_PATTERN = '^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$';
+export const ENV_KEY_PATTERN = '^[A-Za-z_][A-Za-z0-9_]*$';
+export const LABEL_KEY_PATTERN = '^[A-Za-z0-9]([-A-Za-z0-9_./]{0,61}[A-Za-z0-9])?$';
+
+export const PhaseSchema = Type.Union([
+  Type.Literal('Provisioning'),
+  Type.Literal('Ready'),
+  Type.Literal('Error'),
+  Type.Literal('Deleting'),
+]);
+export type Phase = Static<typeof PhaseSchema>;
+
+export const ConditionSchema = Type.Object({
+  type: Type.Literal('Ready'),
+  status: Type.Union([Type.Literal('True'), Type.Literal('False')]),
+  reason: Type.String(),
+  message: Type.String(),
+  lastTransitionTime: Type.String(),
+});
+export type Condition = Static<typeof ConditionSchema>;
+
+export const MainProcessSchema = Type.Object({
+  state: Type.Union([Type.Literal('Pending'), Type.Literal('Running'), Type.Literal('Exited')]),
+  exitCode: Type.Union([Type.Integer(), Type.Null()]),
+  signal: Type.Union([Type.String(), Type.Null()]),
+});
+export type MainProcess = Static<typeof MainProcessSchema>;
+
+export const LabelsSchema = Type.Record(Type.String({ pattern: LABEL_KEY_PATTERN }), Type.String({ maxLength: 253 }), {
+  maxProperties: 64,
+});
+export const EnvSchema = Type.Record(Type.String({ pattern: ENV_KEY_PATTERN }), Type.String(), { maxProperties: 1024 });
+
+export const SandboxSchema = Type.Object(
+  {
+    id: Type.String(),
+    name: Type.String(),
+    phase: PhaseSchema,
+    driver: Type.String(),
+    image: Type.Union([Type.String(), Type.Null()]),
+    command: Type.Array(Type.String()),
+    labels: Type.Record(Type.String(), Type.String()),
+    env: Type.Record(Type.String(), Type.String()),
+    createdAt: Type.String(),
+    expiresAt: Type.Union([Type.String(), Type.Null()]),
+    policyVersion: Type.Integer(),
+    conditions: Type.Array(ConditionSchema),
+    mainProcess: MainProcessSchema,
+  },
+  { $id: 'Sandbox' },
+);
+export type Sandbox = Static<typeof SandboxSchema>;
+
+export const CreateSandboxBodySchema = Type.Object(
+  {
+    name: Type.Optional(Type.String({ pattern: SANDBOX_NAME_PATTERN, maxLength: 63 })),
+    image: Type.Optional(Type.String({ minLength: 1, maxLength: 1024 })),
+    command: Type.Optional(Type.Array(Type.String({ maxLength: 65536 }), { minItems: 1, maxItems: 1024 })),
+    env: Type.Optional(EnvSchema),
+    policy: Type.Optional(Type.Unknown()),
+    labels: Type.Optional(LabelsSchema),
+    ttlSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 31_536_000 })),
+  },
+  { additionalProperties: false },
+);
+export type CreateSandboxBody = Static<typeof CreateSandboxBodySchema>;
+
+export const SandboxListSchema = Type.Object({ sandboxes: Type.Array(SandboxSchema) });
+export type SandboxList = Static<typeof SandboxListSchema>;
+
+export const ErrorEnvelopeSchema = Type.Object(
+  {
+    error: Type.Object({
+      code: Type.String(),
+      message: Type.String(),
+      details: Type.Optional(Type.Unknown()),
+    }),
+  },
+  { $id: 'Error' },
+);
+export type ErrorEnvelope = Static<typeof ErrorEnvelopeSchema>;
+
+export const ExecBodySchema = Type.Object(
+  {
+    command: Type.Union([
+      Type.String({ minLength: 1, maxLength: 131072 }),
+      Type.Array(Type.String({ maxLength: 131072 }), { minItems: 1, maxItems: 1024 }),
+    ]),
+    env: Type.Optional(EnvSchema),
+    workdir: Type.Optional(Type.String({ minLength: 1, maxLength: 4096 })),
+    user: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
+    timeoutSeconds: Type.Optional(Type.Number({ minimum: 0 })),
+    stdin: Type.Optional(Type.String({ contentEncoding: 'base64' })),
+    tty: Type.Optional(Type.Boolean()),
+    detach: Type.Optional(Type.Boolean()),
+  },
+  { additionalProperties: false },
+);
+export type ExecBody = Static<typeof ExecBodySchema>;
+
+/** NDJSON events of `POST /v1/sandboxes/:name/exec`. */
+export type ExecEvent =
+  | { type: 'started'; execId: string }
+  | { type: 'stdout' | 'stderr'; data: string; offset: number }
+  | { type: 'keepalive' }
+  | { type: 'exit'; exitCode: number | null; signal: string | null; durationMs: number; timedOut?: boolean }
+  | { type: 'error'; code: 'RELAY_LOST' | 'SESSION_UNAVAILABLE' | 'SANDBOX_NOT_READY' | 'INTERNAL'; message: string };
+
+export interface ExecResult {
+  exitCode: number | null;
+  signal: string | null;
+  stdout: string;
+  stderr: string;
+  durationMs: number;
+  timedOut?: boolean;
+}
