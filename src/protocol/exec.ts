@@ -90,3 +90,13 @@ export function decodeOutput(frame: Buffer): OutputChunk | null {
   if (stream !== STREAM_STDOUT && stream !== STREAM_STDERR) return null;
   return { stream, offset: Number(frame.readBigUInt64BE(1)), data: frame.subarray(HEADER) };
 }
+
+/**
+ * Gateway → supervisor: stop streaming this exec and close the relay (1000);
+ * the process keeps running and can be attached to later. No terminal event.
+ */
+export interface ExecDetachOp {
+  op: 'detach';
+}
+/** Every op that may follow the first frame on an exec relay. */
+export type ExecControlOp = ExecCloseStdinOp | ExecSignalOp | ExecResizeOp | ExecDetachOp;

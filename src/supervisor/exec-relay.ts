@@ -1,0 +1,189 @@
+import { WebSocket, type RawData } from 'ws';
+import type { Logger } from '../log.js';
+import {
+  encodeOutput,
+  type ExecAttachOp,
+  type ExecErrorEv,
+  type ExecExitEv,
+  type ExecStartOp,
+  type ExecStartedEv,
+} from '../protocol/exec.js';
+import { ExecError, type ExecHandle, type ExecRegistry, type ExecSink, type ExecSubscription } from './exec-registry.js';
+
+/** Stop reading the exec's output while more than this is queued on the socket. */
+const HIGH_WATER = 1024 * 1024;
+/** …and resume once the socket drained below this. */
+const LOW_WATER = 256 * 1024;
+
+function toBuffer(data: RawData): Buffer {
+  if (Buffer.isBuffer(data)) return data;
+  if (Array.isArray(data)) return Buffer.concat(data);
+  return Buffer.from(data);
+}
+
+/**
+ * Serves one `exec` relay WebSocket against the registry: the first text frame
+ * is `start` or `attach`; then binary frames are stdin and text frames are
+ * `closeStdin`/`signal`/`resize`/`detach`. Output goes out as binary frames
+ * (`encodeOutput`) followed by exactly one `exit` or `error`, then a 1000
+ * close. Losing the socket only unsubscribes: the process keeps running.
+ *
+ * A `start` for an execId that already exists (a retried start) attaches from
+ * offset 0. `started` is sent after `attach` too, with the exec's pid.
+ *
+ * Resolves when the socket is closed.
+ */
+export function serveExecRelay(ws: WebSocket, registry: ExecRegistry, log: Logger): Promise<void> {
+  let rlog = log.child({ component: 'exec-relay' });
+  let handle: ExecHandle | null = null;
+  let sub: ExecSubscription | null = null;
+  let gotFirst = false;
+  let terminal = false;
+
+  const closed = new Promise<void>((resolve) => {
+    if (ws.readyState === WebSocket.CLOSED) return resolve();
+    ws.once('close', () => resolve());
+  });
+
+  const sendJson = (ev: ExecStartedEv | ExecExitEv | ExecErrorEv): void => {
+    if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(ev));
+  };
+
+  const finish = (ev: ExecExitEv | ExecErrorEv, reason = ''): void => {
+    if (terminal) return;
+    terminal = true;
+    sub?.close();
+    sendJson(ev);
+    if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.close(1000, reason);
+  };
+
+  const fail = (code: ExecErrorEv['code'], message: string): void => finish({ ev: 'error', code, message }, code);
+
+  const onSent = (): void => {
+    if (sub && sub.paused && !terminal && ws.bufferedAmount <= LOW_WATER) sub.resume();
+  };
+
+  const sink: ExecSink = {
+    output(stream, offset, data) {
+      if (terminal || ws.readyState !== WebSocket.OPEN) return;
+      ws.send(encodeOutput(stream, offset, data), { binary: true }, onSent);
+      if (ws.bufferedAmount > HIGH_WATER) sub?.pause();
+    },
+    exit(result) {
+      finish({ ev: 'exit', ...result });
+    },
+    error(err) {
+      fail(err.code, err.message);
+    },
+  };
+
+  const begin = (op: ExecStartOp | ExecAttachOp): void => {
+    if (op.op === 'start') {
+      const existing = registry.get(op.execId);
+      if (existing) {
+        handle = existing;
+      } else {
+        handle = registry.start({
+          ...op,
+          env: op.env ?? {},
+          tty: op.tty === true,
+          timeoutSeconds: op.timeoutSeconds ?? 0,
+        });
+      }
+    } else {
+      if (typeof op.execId !== 'string') throw new ExecError('INVALID_ARGUMENT', 'execId: must be a string');
+      handle = registry.get(op.execId) ?? null;
+      if (!handle) throw new ExecError('EXEC_NOT_FOUND', `exec "${op.execId}" not found`);
+    }
+    rlog = rlog.child({ execId: handle.execId });
+    const offsets =
+      op.op === 'attach' ? { stdout: Number(op.offsets?.stdout ?? 0), stderr: Number(op.offsets?.stderr ?? 0) } : { stdout: 0, stderr: 0 };
+    sendJson({ ev: 'started', execId: handle.execId, pid: handle.pid });
+    sub = handle.subscribe(offsets, sink);
+    if (ws.bufferedAmount > HIGH_WATER) sub.pause();
+  };
+
+  const onFirst = (data: RawData, isBinary: boolean): void => {
+    let op: unknown;
+    try {
+      op = isBinary ? null : JSON.parse(toBuffer(data).toString('utf8'));
+    } catch {
+      op = null;
+    }
+    const kind = (op as { op?: unknown } | null)?.op;
+    if (kind !== 'start' && kind !== 'attach') {
+      fail('INVALID_ARGUMENT', 'the first frame must be a JSON {"op":"start"} or {"op":"attach"}');
+      return;
+    }
+    try {
+      begin(op as ExecStartOp | ExecAttachOp);
+    } catch (err) {
+      if (err instanceof ExecError) fail(err.code, err.message);
+      else {
+        rlog.error({ err }, 'exec relay failed');
+        fail('INTERNAL', (err as Error).message);
+      }
+    }
+  };
+
+  const onControl = (text: string): void => {
+    let op: { op?: unknown; signal?: unknown; cols?: unknown; rows?: unknown };
+    try {
+      op = JSON.parse(text);
+    } catch {
+      rlog.warn({}, 'ignoring a text frame that is not JSON');
+      return;
+    }
+    const h = handle!;
+    switch (op?.op) {
+      case 'closeStdin':
+        h.closeStdin();
+        break;
+      case 'signal':
+        try {
+          h.signal(String(op.signal));
+        } catch (err) {
+          rlog.warn({ err, signal: op.signal }, 'ignoring an invalid signal');
+        }
+        break;
+      case 'resize':
+        h.resize(Number(op.cols), Number(op.rows));
+        break;
+      case 'detach':
+        terminal = true;
+        sub?.close();
+        ws.close(1000, 'detached');
+        break;
+      default:
+        rlog.warn({ op: op?.op }, 'ignoring an unknown exec op');
+    }
+  };
+
+  ws.on('message', (data: RawData, isBinary: boolean) => {
+    if (!gotFirst) {
+      gotFirst = true;
+      onFirst(data, isBinary);
+      return;
+    }
+    if (terminal || !handle) return;
+    if (isBinary) {
+      const h = handle;
+      if (!h.writeStdin(toBuffer(data))) {
+        // Backpressure to the gateway: stop reading the socket until the child takes more.
+        ws.pause();
+        h.onceStdinDrain(() => ws.resume());
+      }
+    } else {
+      onControl(toBuffer(data).toString('utf8'));
+    }
+  });
+  ws.on('error', (err) => {
+    rlog.debug({ err }, 'exec relay socket error');
+  });
+  ws.once('close', () => {
+    // Never touches the process: a later attach resumes from offsets.
+    terminal = true;
+    sub?.close();
+  });
+  return closed;
+}
