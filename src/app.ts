@@ -1,0 +1,88 @@
+import { timingSafeEqual } from 'node:crypto';
+import fastifySwagger from '@fastify/swagger';
+import fastifyWebsocket from '@fastify/websocket';
+import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
+import Fastify, { type FastifyInstance } from 'fastify';
+import type { Config } from './config.js';
+import { OpenShellError } from './errors.js';
+import { Gateway, type GatewayDeps } from './gateway.js';
+import { REDACT_PATHS } from './log.js';
+import { errorHandler, notFoundHandler } from './routes/error-handler.js';
+import { healthRoutes } from './routes/health.js';
+import { sandboxRoutes } from './routes/sandboxes.js';
+import { supervisorRoutes } from './routes/supervisor.js';
+import { bearerToken } from './sandboxes/tokens.js';
+
+declare module 'fastify' {
+  interface FastifyInstance {
+    openshell: Gateway;
+  }
+}
+
+export type App = FastifyInstance;
+
+/** Builds the gateway app (what `server.ts` listens with and what tests build). */
+export async function buildApp(config: Config, deps: GatewayDeps = {}): Promise<FastifyInstance> {
+  const app = Fastify({
+    logger: config.logLevel === 'silent' ? false : { level: config.logLevel, redact: REDACT_PATHS },
+    forceCloseConnections: true,
+    bodyLimit: config.bodyLimitBytes,
+    ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
+  }).withTypeProvider<TypeBoxTypeProvider>();
+
+  const gateway = new Gateway(config, app.log, deps);
+  app.decorate('openshell', gateway);
+  app.setErrorHandler(errorHandler);
+  app.setNotFoundHandler(notFoundHandler);
+
+  await app.register(fastifySwagger, {
+    openapi: {
+      info: { title: 'openshell gateway', version: '0.1.0' },
+      components: { securitySchemes: { bearer: { type: 'http', scheme: 'bearer' } } },
+    },
+  });
+  app.get('/docs/json', { schema: { hide: true } }, async () => app.swagger());
+  await app.register(fastifyWebsocket, {
+    options: { perMessageDeflate: false, maxPayload: 64 * 1024 * 1024, skipUTF8Validation: true },
+  });
+
+  if (config.authToken) {
+    const expected = Buffer.from(config.authToken);
+    app.addHook('onRequest', async (request) => {
+      const path = request.url;
+      if (!path.startsWith('/v1/') || path.startsWith('/v1/supervisor/')) return;
+      const token = bearerToken(request.headers.authorization);
+      const given = Buffer.from(token ?? '');
+      if (given.length !== expected.length || !timingSafeEqual(given, expected)) {
+        throw new OpenShellError('UNAUTHENTICATED', 'missing or invalid bearer token');
+      }
+    });
+  }
+
+  await app.register(healthRoutes);
+  await app.register(sandboxRoutes);
+  await app.register(supervisorRoutes);
+
+  app.addHook('onListen', async () => {
+    const address = app.server.address();
+    if (address && typeof address === 'object') {
+      const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+      const dialHost = host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host;
+      gateway.setListenUrl(`${config.tlsCert ? 'https' : 'http'}://${dialHost}:${address.port}`);
+    }
+  });
+  // WebSockets first (preClose), so supervisors see a clean close; then the domain (onClose).
+  app.addHook('preClose', async () => gateway.closeSessions());
+  app.addHook('onClose', async () => gateway.close());
+
+  await gateway.start();
+  return app;
+}
+
+/** The URL the app listens on, for printing and for clients. */
+export function listenUrl(app: FastifyInstance, config: Config): string {
+  const address = app.server.address();
+  if (!address || typeof address === 'string') return String(address);
+  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
+  return `${config.tlsCert ? 'https' : 'http'}://${host}:${address.port}`;
+}

@@ -1,0 +1,261 @@
+import { spawn } from 'node:child_process';
+import { existsSync, openSync, closeSync, readFileSync, readdirSync } from 'node:fs';
+import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import type { Logger } from '../log.js';
+import { supervisorEntry } from '../paths.js';
+import type { BackendState, ComputeDriver, SandboxSpec } from './types.js';
+
+export interface ProcessDriverOptions {
+  stateDir: string;
+  log: Logger;
+  /** Compiled supervisor entry; defaults to the package's `dist/src/supervisor/main.js`. */
+  supervisorEntry?: string;
+  /** How often adopted supervisors are checked for life. */
+  pollMs?: number;
+}
+
+interface PidFile {
+  pid: number;
+  /** Kernel start time of the pid (from /proc), so a recycled pid is never mistaken for ours. */
+  startTime: string | null;
+}
+
+const SANDBOX_DIR = 'sandboxes';
+const MAX_UNIX_PATH = 100;
+
+/**
+ * Runs each sandbox's supervisor as a detached local process (its own
+ * process group and session), so supervisors outlive a gateway restart and
+ * are adopted again by the next one.
+ */
+export class ProcessDriver implements ComputeDriver {
+  readonly name = 'process';
+  readonly #opts: ProcessDriverOptions;
+  readonly #log: Logger;
+  readonly #listeners = new Set<(state: BackendState) => void>();
+  /** Live workloads by sandbox id. */
+  readonly #running = new Map<string, PidFile>();
+  readonly #deleting = new Set<string>();
+  readonly #timer: NodeJS.Timeout;
+  #closed = false;
+
+  constructor(opts: ProcessDriverOptions) {
+    this.#opts = opts;
+    this.#log = opts.log.child({ component: 'driver', driver: 'process' });
+    this.#timer = setInterval(() => this.#poll(), opts.pollMs ?? 1000).unref();
+  }
+
+  /** Where a sandbox's files live: workspace, home, logs, the SSH socket, the exec spool. */
+  sandboxDir(id: string): string {
+    return join(this.#opts.stateDir, SANDBOX_DIR, id);
+  }
+
+  sshSocketPath(id: string): string {
+    const path = join(this.sandboxDir(id), 'run', 'ssh.sock');
+    // sun_path holds ~108 bytes; a deep state dir falls back to a short private path.
+    return path.length <= MAX_UNIX_PATH ? path : join(tmpdir(), `openshell-${id}`, 'ssh.sock');
+  }
+
+  async create(spec: SandboxSpec): Promise<void> {
+    const dir = this.sandboxDir(spec.id);
+    const workspace = join(dir, 'workspace');
+    const home = join(dir, 'home');
+    await mkdir(dir, { recursive: true, mode: 0o700 });
+    await Promise.all([
+      mkdir(workspace, { recursive: true }),
+      mkdir(home, { recursive: true }),
+      mkdir(join(dir, 'logs'), { recursive: true }),
+      mkdir(join(dir, 'spool'), { recursive: true, mode: 0o700 }),
+    ]);
+    const logFd = openSync(join(dir, 'logs', 'supervisor.log'), 'a', 0o600);
+    try {
+      const child = spawn(process.execPath, [this.#opts.supervisorEntry ?? supervisorEntry(), '--', ...spec.command], {
+        cwd: workspace,
+        detached: true,
+        stdio: ['ignore', logFd, logFd],
+        env: {
+          PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin',
+          HOME: home,
+          SHELL: '/bin/sh',
+          LANG: 'C.UTF-8',
+          ...spec.env,
+          OPENSHELL_SANDBOX_ID: spec.id,
+          OPENSHELL_SANDBOX_NAME: spec.name,
+          OPENSHELL_SANDBOX_TOKEN: spec.token,
+          OPENSHELL_ENDPOINT: spec.endpoint,
+          OPENSHELL_WORKDIR: workspace,
+          OPENSHELL_SSH_SOCKET: this.sshSocketPath(spec.id),
+          OPENSHELL_SPOOL_DIR: join(dir, 'spool'),
+          OPENSHELL_PROXY_LISTEN: '127.0.0.1:0',
+        },
+      });
+      const pid = child.pid;
+      if (pid === undefined) {
+        await once(child, 'error');
+        throw new Error('could not start the supervisor process');
+      }
+      child.unref();
+      const record: PidFile = { pid, startTime: procStartTime(pid) };
+      this.#running.set(spec.id, record);
+      child.once('exit', (code, signal) => this.#died(spec.id, pid, code, signal));
+      await writeFile(join(dir, 'supervisor.json'), JSON.stringify(record), { mode: 0o600 });
+      this.#log.info({ sandboxId: spec.id, pid }, 'supervisor started');
+    } finally {
+      closeSync(logFd);
+    }
+  }
+
+  async delete(id: string): Promise<void> {
+    this.#deleting.add(id);
+    try {
+      const record = this.#running.get(id) ?? (await readPidFile(this.sandboxDir(id)));
+      if (record && isAlive(record)) {
+        signalGroup(record.pid, 'SIGTERM');
+        const gone = await waitFor(() => !isAlive(record), 2000);
+        if (!gone) signalGroup(record.pid, 'SIGKILL');
+        await waitFor(() => !isAlive(record), 2000);
+      }
+      // Anything the supervisor started and left behind (it may have been SIGKILLed).
+      killTagged(id);
+      this.#running.delete(id);
+      await rm(this.sandboxDir(id), { recursive: true, force: true });
+      const sock = this.sshSocketPath(id);
+      if (!sock.startsWith(this.sandboxDir(id))) await rm(join(sock, '..'), { recursive: true, force: true });
+    } finally {
+      this.#deleting.delete(id);
+    }
+  }
+
+  async list(): Promise<BackendState[]> {
+    const root = join(this.#opts.stateDir, SANDBOX_DIR);
+    if (!existsSync(root)) return [];
+    const states: BackendState[] = [];
+    for (const id of readdirSync(root)) {
+      const record = this.#running.get(id) ?? (await readPidFile(join(root, id)));
+      if (record && isAlive(record)) {
+        this.#running.set(id, record);
+        states.push({ id, state: 'Running', message: `pid ${record.pid}` });
+      } else {
+        states.push({ id, state: 'Error', message: 'supervisor process is not running' });
+      }
+    }
+    return states;
+  }
+
+  watch(listener: (state: BackendState) => void): () => void {
+    this.#listeners.add(listener);
+    return () => this.#listeners.delete(listener);
+  }
+
+  async close(): Promise<void> {
+    // Supervisors keep running: the next gateway adopts them.
+    this.#closed = true;
+    clearInterval(this.#timer);
+    this.#listeners.clear();
+  }
+
+  #poll(): void {
+    for (const [id, record] of this.#running) {
+      if (!isAlive(record)) this.#died(id, record.pid, null, null);
+    }
+  }
+
+  #died(id: string, pid: number, code: number | null, signal: NodeJS.Signals | null): void {
+    const record = this.#running.get(id);
+    if (!record || record.pid !== pid) return;
+    this.#running.delete(id);
+    if (this.#closed || this.#deleting.has(id)) return;
+    const how = signal ? `signal ${signal}` : code === null ? 'unknown status' : `code ${code}`;
+    this.#log.warn({ sandboxId: id, pid, code, signal }, 'supervisor exited');
+    this.#emit({ id, state: 'Error', message: `supervisor process exited (${how})` });
+  }
+
+  #emit(state: BackendState): void {
+    for (const listener of this.#listeners) listener(state);
+  }
+}
+
+async function readPidFile(dir: string): Promise<PidFile | null> {
+  try {
+    const value = JSON.parse(await readFile(join(dir, 'supervisor.json'), 'utf8')) as PidFile;
+    return typeof value.pid === 'number' ? value : null;
+  } catch {
+    return null;
+  }
+}
+
+/** Field 22 of /proc/<pid>/stat: the process start time in clock ticks since boot. */
+function procStartTime(pid: number): string | null {
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+    // The command name (field 2) may hold spaces and parentheses; fields resume after the last ')'.
+    return stat.slice(stat.lastIndexOf(')') + 2).split(' ')[19] ?? null;
+  } catch {
+    return null;
+  }
+}
+
+function isAlive(record: PidFile): boolean {
+  try {
+    process.kill(record.pid, 0);
+  } catch {
+    return false;
+  }
+  const start = procStartTime(record.pid);
+  if (record.startTime !== null && start !== null && start !== record.startTime) return false;
+  // A zombie has exited; only its parent has not reaped it yet.
+  try {
+    const stat = readFileSync(`/proc/${record.pid}/stat`, 'utf8');
+    if (stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) return false;
+  } catch {
+    // no /proc: kill(0) is all we have
+  }
+  return true;
+}
+
+function signalGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    try {
+      process.kill(pid, signal);
+    } catch {
+      // already gone
+    }
+  }
+}
+
+/** SIGKILLs every process still carrying this sandbox's id in its environment. */
+function killTagged(id: string): void {
+  let pids: string[];
+  try {
+    pids = readdirSync('/proc').filter((p) => /^\d+$/.test(p));
+  } catch {
+    return;
+  }
+  const tag = `OPENSHELL_SANDBOX_ID=${id}\0`;
+  for (const pid of pids) {
+    try {
+      if (readFileSync(`/proc/${pid}/environ`, 'latin1').includes(tag)) process.kill(Number(pid), 'SIGKILL');
+    } catch {
+      // gone, or not ours to read
+    }
+  }
+}
+
+async function waitFor(check: () => boolean, timeoutMs: number): Promise<boolean> {
+  const deadline = Date.now() + timeoutMs;
+  let delay = 5;
+  while (!check()) {
+    if (Date.now() >= deadline) return false;
+    await new Promise((r) => setTimeout(r, delay));
+    delay = Math.min(delay * 2, 100);
+  }
+  return true;
+}
+
+function once(emitter: NodeJS.EventEmitter, event: string): Promise<unknown> {
+  return new Promise((resolve) => emitter.once(event, resolve));
+}

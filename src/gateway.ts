@@ -1,0 +1,104 @@
+import type { Config } from './config.js';
+import { ProcessDriver } from './drivers/process.js';
+import type { ComputeDriver } from './drivers/types.js';
+import type { Logger } from './log.js';
+import type { SupervisorToGateway } from './protocol/control.js';
+import type { SupervisorSession } from './relay/control.js';
+import { SessionRegistry } from './relay/sessions.js';
+import { SandboxService } from './sandboxes/service.js';
+import { openStore, type SandboxStore } from './store/index.js';
+
+export interface GatewayDeps {
+  store?: SandboxStore;
+  driver?: ComputeDriver;
+  /** Validates network policies (the egress policy engine). */
+  validatePolicy?: (policy: unknown) => unknown;
+}
+
+/**
+ * The gateway's domain objects, wired together and owned here: the store,
+ * the compute driver, the session registry and the sandbox service. Plain
+ * TypeScript; the Fastify app only calls into it.
+ */
+export class Gateway {
+  readonly config: Config;
+  readonly log: Logger;
+  readonly store: SandboxStore;
+  readonly driver: ComputeDriver;
+  readonly sessions = new SessionRegistry<SupervisorSession>();
+  readonly sandboxes: SandboxService;
+  #endpoint = '';
+  readonly #unsubscribe: Array<() => void> = [];
+
+  constructor(config: Config, log: Logger, deps: GatewayDeps = {}) {
+    this.config = config;
+    this.log = log;
+    this.store = deps.store ?? openStore(config.db);
+    this.driver = deps.driver ?? createDriver(config, log);
+    this.sandboxes = new SandboxService({
+      config,
+      store: this.store,
+      driver: this.driver,
+      log,
+      hasSession: (id) => this.sessions.get(id) !== undefined,
+      validatePolicy: deps.validatePolicy,
+      sandboxEndpoint: () => this.endpoint,
+    });
+    const reconcile = (sandboxId: string) =>
+      void this.sandboxes.reconcile(sandboxId).catch((err: unknown) => this.log.error({ err, sandboxId }, 'readiness update failed'));
+    this.#unsubscribe.push(
+      this.sessions.on('connected', (session) => reconcile(session.sandboxId)),
+      this.sessions.on('disconnected', (sandboxId) => reconcile(sandboxId)),
+    );
+  }
+
+  async start(): Promise<void> {
+    await this.sandboxes.start();
+  }
+
+  /** The URL supervisors dial: `--sandbox-endpoint`, else the gateway's own URL. */
+  get endpoint(): string {
+    return this.config.sandboxEndpoint || this.#endpoint;
+  }
+
+  setListenUrl(url: string): void {
+    this.#endpoint = url;
+  }
+
+  onSupervisorMessage(session: SupervisorSession, message: SupervisorToGateway): void {
+    switch (message.type) {
+      case 'mainProcess':
+        void this.sandboxes
+          .setMainProcess(session.sandboxId, {
+            state: message.state,
+            exitCode: typeof message.exitCode === 'number' ? message.exitCode : null,
+            signal: typeof message.signal === 'string' ? message.signal : null,
+          })
+          .catch((err: unknown) => this.log.error({ err }, 'could not record the main process state'));
+        break;
+      default:
+        break;
+    }
+  }
+
+  /** Ends every supervisor session (the supervisors reconnect to the next gateway). */
+  closeSessions(): void {
+    this.sessions.closeAll(1001, 'gateway shutting down');
+  }
+
+  async close(): Promise<void> {
+    for (const off of this.#unsubscribe.splice(0)) off();
+    await this.sandboxes.close();
+    await this.driver.close();
+    await this.store.close();
+  }
+}
+
+function createDriver(config: Config, log: Logger): ComputeDriver {
+  switch (config.driver) {
+    case 'process':
+      return new ProcessDriver({ stateDir: config.stateDir, log });
+    default:
+      throw new Error(`--driver ${config.driver}: not available in this build yet (use --driver process)`);
+  }
+}

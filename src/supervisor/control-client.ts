@@ -1,0 +1,149 @@
+import WebSocket from 'ws';
+import type { Logger } from '../log.js';
+import {
+  CloseCode,
+  parseMessage,
+  type GatewayToSupervisor,
+  type SupervisorToGateway,
+  type WelcomeMessage,
+} from '../protocol/control.js';
+import { keepAlive } from '../relay/heartbeat.js';
+
+export interface ControlClientOptions {
+  /** The gateway URL (`http(s)://…`); dialed as `ws(s)://…/v1/supervisor/session`. */
+  endpoint: string;
+  sandboxId: string;
+  token: string;
+  version: string;
+  capabilities: string[];
+  log: Logger;
+  /** Liveness before the first welcome tells us the gateway's settings. */
+  keepaliveIntervalMs?: number;
+  keepaliveTimeoutMs?: number;
+  onWelcome: (welcome: WelcomeMessage) => void;
+  onMessage: (message: GatewayToSupervisor) => void;
+}
+
+const BACKOFF_START_MS = 100;
+const BACKOFF_MAX_MS = 5000;
+
+/**
+ * The supervisor's control session: dials the gateway, says hello, and
+ * reconnects forever with exponential backoff and jitter (100 ms → 5 s). A
+ * connection silent past the keepalive timeout is destroyed and redialed.
+ */
+export class ControlClient {
+  readonly #o: ControlClientOptions;
+  readonly #log: Logger;
+  #ws: WebSocket | undefined;
+  #timer: NodeJS.Timeout | undefined;
+  #backoff = BACKOFF_START_MS;
+  #closed = false;
+  #connected = false;
+  #intervalMs: number;
+  #timeoutMs: number;
+
+  constructor(opts: ControlClientOptions) {
+    this.#o = opts;
+    this.#log = opts.log.child({ component: 'control' });
+    this.#intervalMs = opts.keepaliveIntervalMs ?? 10_000;
+    this.#timeoutMs = opts.keepaliveTimeoutMs ?? 30_000;
+  }
+
+  /** True between a welcome and the connection's end. */
+  get connected(): boolean {
+    return this.#connected;
+  }
+
+  start(): void {
+    this.#dial();
+  }
+
+  send(message: SupervisorToGateway): boolean {
+    const ws = this.#ws;
+    if (!this.#connected || !ws || ws.readyState !== WebSocket.OPEN) return false;
+    ws.send(JSON.stringify(message));
+    return true;
+  }
+
+  close(): void {
+    this.#closed = true;
+    clearTimeout(this.#timer);
+    this.#ws?.close(CloseCode.GOING_AWAY, 'supervisor shutting down');
+    this.#ws?.terminate();
+  }
+
+  #dial(): void {
+    if (this.#closed) return;
+    const url = wsUrl(this.#o.endpoint, '/v1/supervisor/session');
+    const ws = new WebSocket(url, {
+      headers: { authorization: `Bearer ${this.#o.token}` },
+      perMessageDeflate: false,
+      handshakeTimeout: this.#timeoutMs,
+    });
+    this.#ws = ws;
+    let stopKeepAlive: (() => void) | undefined;
+
+    ws.on('upgrade', (res) => res.socket.setNoDelay(true));
+    ws.on('open', () => {
+      stopKeepAlive = keepAlive(ws, { intervalMs: this.#intervalMs, timeoutMs: this.#timeoutMs });
+      ws.send(
+        JSON.stringify({
+          type: 'hello',
+          sandboxId: this.#o.sandboxId,
+          version: this.#o.version,
+          capabilities: this.#o.capabilities,
+        } satisfies SupervisorToGateway),
+      );
+    });
+    ws.on('message', (data, isBinary) => {
+      if (isBinary) return;
+      const message = parseMessage<GatewayToSupervisor>(data.toString());
+      if (!message) return;
+      if (message.type === 'welcome') {
+        this.#connected = true;
+        this.#backoff = BACKOFF_START_MS;
+        if (message.keepaliveIntervalMs !== this.#intervalMs || message.keepaliveTimeoutMs !== this.#timeoutMs) {
+          this.#intervalMs = message.keepaliveIntervalMs;
+          this.#timeoutMs = message.keepaliveTimeoutMs ?? this.#timeoutMs;
+          stopKeepAlive?.();
+          stopKeepAlive = keepAlive(ws, { intervalMs: this.#intervalMs, timeoutMs: this.#timeoutMs });
+        }
+        this.#log.info({ sessionId: message.sessionId }, 'session established');
+        this.#o.onWelcome(message);
+        return;
+      }
+      this.#o.onMessage(message);
+    });
+    ws.on('unexpected-response', (_req, res) => {
+      this.#log.warn({ status: res.statusCode }, 'gateway refused the session');
+      res.resume();
+      ws.terminate();
+    });
+    ws.on('error', (err) => this.#log.debug({ err }, 'control connection error'));
+    ws.on('close', (code, reason) => {
+      stopKeepAlive?.();
+      const wasConnected = this.#connected;
+      this.#connected = false;
+      if (this.#ws === ws) this.#ws = undefined;
+      if (wasConnected) this.#log.warn({ code, reason: reason.toString() }, 'session lost; reconnecting');
+      this.#schedule();
+    });
+  }
+
+  #schedule(): void {
+    if (this.#closed) return;
+    // Full jitter over the upper half: spreads a fleet's reconnects after a gateway restart.
+    const delay = this.#backoff / 2 + Math.random() * (this.#backoff / 2);
+    this.#backoff = Math.min(this.#backoff * 2, BACKOFF_MAX_MS);
+    this.#timer = setTimeout(() => this.#dial(), delay);
+  }
+}
+
+/** `http://h:p` + path → `ws://h:p/path` (https → wss). */
+export function wsUrl(endpoint: string, path: string): string {
+  const url = new URL(path, endpoint.endsWith('/') ? endpoint : `${endpoint}/`);
+  url.pathname = `${new URL(endpoint).pathname.replace(/\/$/, '')}${path}`;
+  url.protocol = url.protocol === 'https:' || url.protocol === 'wss:' ? 'wss:' : 'ws:';
+  return url.toString();
+}

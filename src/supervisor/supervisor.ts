@@ -1,0 +1,280 @@
+import { spawn, type ChildProcess } from 'node:child_process';
+import { connect } from 'node:net';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import { pipeline } from 'node:stream/promises';
+import WebSocket, { createWebSocketStream } from 'ws';
+import type { Logger } from '../log.js';
+import type { GatewayToSupervisor, LogLine, MainProcessMessage, WelcomeMessage } from '../protocol/control.js';
+import { keepAlive } from '../relay/heartbeat.js';
+import { ControlClient, wsUrl } from './control-client.js';
+import { createSupervisorLogger } from './log.js';
+
+export const SUPERVISOR_VERSION = '0.1.0';
+
+export interface SupervisorOptions {
+  sandboxId: string;
+  token: string;
+  endpoint: string;
+  /** The agent's entrypoint; empty = none. */
+  command: string[];
+  /** The environment every process in the sandbox gets (before the proxy variables). */
+  sandboxEnv: Record<string, string>;
+  workdir: string;
+  sshSocket: string;
+  spoolDir: string;
+  /** `host:port` for the egress proxy (`127.0.0.1:0` = a free port). */
+  proxyListen: string;
+  log?: Logger;
+}
+
+/** Variables that configure the supervisor and never reach sandbox processes. */
+const INTERNAL_ENV = [
+  'OPENSHELL_SANDBOX_TOKEN',
+  'OPENSHELL_ENDPOINT',
+  'OPENSHELL_SSH_SOCKET',
+  'OPENSHELL_SPOOL_DIR',
+  'OPENSHELL_PROXY_LISTEN',
+  'OPENSHELL_WORKDIR',
+];
+
+export function supervisorOptionsFromEnv(env: NodeJS.ProcessEnv, command: string[]): SupervisorOptions {
+  const need = (name: string): string => {
+    const value = env[name];
+    if (!value) throw new Error(`${name} is required`);
+    return value;
+  };
+  const sandboxEnv: Record<string, string> = {};
+  for (const [k, v] of Object.entries(env)) if (v !== undefined && !INTERNAL_ENV.includes(k)) sandboxEnv[k] = v;
+  return {
+    sandboxId: need('OPENSHELL_SANDBOX_ID'),
+    token: need('OPENSHELL_SANDBOX_TOKEN'),
+    endpoint: need('OPENSHELL_ENDPOINT'),
+    command,
+    sandboxEnv,
+    workdir: env.OPENSHELL_WORKDIR || process.cwd(),
+    sshSocket: env.OPENSHELL_SSH_SOCKET || '/run/openshell/ssh.sock',
+    spoolDir: env.OPENSHELL_SPOOL_DIR || join(tmpdir(), 'openshell-spool'),
+    proxyListen: env.OPENSHELL_PROXY_LISTEN || '0.0.0.0:3128',
+  };
+}
+
+type ExecModule = typeof import('./exec-registry.js');
+type RelayModule = typeof import('./exec-relay.js');
+
+/**
+ * Everything inside one sandbox: the control session, the agent's
+ * entrypoint, the exec registry, the SSH server and the egress proxy. Owns
+ * them all and closes them in `close()`.
+ */
+export class Supervisor {
+  readonly #o: SupervisorOptions;
+  readonly #log: Logger;
+  readonly #control: ControlClient;
+  readonly #pendingLogs: LogLine[] = [];
+  readonly #relays = new Map<string, WebSocket>();
+  #logTimer: NodeJS.Timeout | undefined;
+  #keepalive = { intervalMs: 10_000, timeoutMs: 30_000 };
+  #main: ChildProcess | undefined;
+  #mainState: MainProcessMessage | undefined;
+  #proxyEnv: Record<string, string> = {};
+  #engine: Promise<{ registry: InstanceType<ExecModule['ExecRegistry']>; relay: RelayModule }> | undefined;
+  #sshd: Promise<{ close(): Promise<void> }> | undefined;
+  #closed = false;
+
+  constructor(opts: SupervisorOptions) {
+    this.#o = opts;
+    this.#log =
+      opts.log ??
+      createSupervisorLogger({ bindings: { sandboxId: opts.sandboxId }, sink: (line) => this.#forward(line) });
+    this.#control = new ControlClient({
+      endpoint: opts.endpoint,
+      sandboxId: opts.sandboxId,
+      token: opts.token,
+      version: SUPERVISOR_VERSION,
+      capabilities: ['exec', 'ssh', 'egress'],
+      log: this.#log,
+      onWelcome: (welcome) => this.#onWelcome(welcome),
+      onMessage: (message) => this.#onMessage(message),
+    });
+  }
+
+  get log(): Logger {
+    return this.#log;
+  }
+
+  /** The environment of every process started in the sandbox. */
+  processEnv(): Record<string, string> {
+    return { ...this.#o.sandboxEnv, ...this.#proxyEnv };
+  }
+
+  start(): void {
+    this.#control.start();
+    this.#startMain();
+  }
+
+  async close(reason: string): Promise<void> {
+    if (this.#closed) return;
+    this.#closed = true;
+    this.#log.info({ reason }, 'supervisor stopping');
+    clearInterval(this.#logTimer);
+    this.#control.close();
+    for (const ws of this.#relays.values()) ws.terminate();
+    if (this.#main?.pid) killGroup(this.#main.pid, 'SIGKILL');
+    const engine = await this.#engine?.catch(() => undefined);
+    engine?.registry.close();
+    await (await this.#sshd?.catch(() => undefined))?.close();
+  }
+
+  #onWelcome(welcome: WelcomeMessage): void {
+    this.#keepalive = { intervalMs: welcome.keepaliveIntervalMs, timeoutMs: welcome.keepaliveTimeoutMs };
+    if (this.#mainState) this.#control.send(this.#mainState);
+    this.#flushLogs();
+    // Warm the exec engine and sshd off the Ready path.
+    setImmediate(() => {
+      void this.#execEngine().catch((err: unknown) => this.#log.error({ err }, 'exec engine failed to start'));
+      void this.#sshServer().catch((err: unknown) => this.#log.error({ err }, 'ssh server failed to start'));
+    });
+  }
+
+  #onMessage(message: GatewayToSupervisor): void {
+    switch (message.type) {
+      case 'relayOpen':
+        this.#openRelay(message.channelId, message.target);
+        break;
+      case 'relayClose':
+        this.#relays.get(message.channelId)?.close(1000, message.reason);
+        break;
+      default:
+        break;
+    }
+  }
+
+  #openRelay(channelId: string, target: string): void {
+    if (target !== 'exec' && target !== 'ssh') {
+      this.#control.send({ type: 'relayOpenResult', channelId, ok: false, error: `unknown target ${target}` });
+      return;
+    }
+    this.#control.send({ type: 'relayOpenResult', channelId, ok: true });
+    const ws = new WebSocket(wsUrl(this.#o.endpoint, `/v1/supervisor/relay/${encodeURIComponent(channelId)}`), {
+      headers: { authorization: `Bearer ${this.#o.token}` },
+      perMessageDeflate: false,
+      skipUTF8Validation: true,
+      handshakeTimeout: this.#keepalive.timeoutMs,
+      maxPayload: 64 * 1024 * 1024,
+    });
+    const log = this.#log.child({ component: 'relay', channelId, target });
+    this.#relays.set(channelId, ws);
+    ws.on('upgrade', (res) => res.socket.setNoDelay(true));
+    ws.on('unexpected-response', (_req, res) => {
+      log.warn({ status: res.statusCode }, 'gateway refused the relay');
+      res.resume();
+      ws.terminate();
+    });
+    ws.on('error', (err) => log.debug({ err }, 'relay error'));
+    let stop: (() => void) | undefined;
+    ws.once('close', () => {
+      stop?.();
+      this.#relays.delete(channelId);
+    });
+    ws.once('open', () => {
+      stop = keepAlive(ws, this.#keepalive);
+      if (target === 'exec') {
+        this.#execEngine().then(
+          ({ registry, relay }) => relay.serveExecRelay(ws, registry, log),
+          (err: unknown) => {
+            log.error({ err }, 'exec engine unavailable');
+            ws.close(4500, 'exec engine unavailable');
+          },
+        );
+      } else {
+        void this.#bridgeSsh(ws, log);
+      }
+    });
+  }
+
+  async #bridgeSsh(ws: WebSocket, log: Logger): Promise<void> {
+    try {
+      await this.#sshServer();
+      const socket = connect(this.#o.sshSocket);
+      const stream = createWebSocketStream(ws);
+      await pipeline(stream, socket, stream);
+    } catch (err) {
+      log.debug({ err }, 'ssh relay ended');
+      ws.terminate();
+    }
+  }
+
+  #execEngine(): Promise<{ registry: InstanceType<ExecModule['ExecRegistry']>; relay: RelayModule }> {
+    this.#engine ??= (async () => {
+      const [{ ExecRegistry }, relay] = await Promise.all([import('./exec-registry.js'), import('./exec-relay.js')]);
+      const registry = new ExecRegistry({
+        log: this.#log.child({ component: 'exec' }),
+        spoolDir: this.#o.spoolDir,
+        baseEnv: () => this.processEnv(),
+        defaultCwd: this.#o.workdir,
+      });
+      return { registry, relay };
+    })();
+    return this.#engine;
+  }
+
+  #sshServer(): Promise<{ close(): Promise<void> }> {
+    this.#sshd ??= (async () => {
+      const [{ startSshServer }, { registry }] = await Promise.all([import('./sshd.js'), this.#execEngine()]);
+      return startSshServer({ socketPath: this.#o.sshSocket, registry, log: this.#log.child({ component: 'sshd' }) });
+    })();
+    return this.#sshd;
+  }
+
+  #startMain(): void {
+    const [file, ...args] = this.#o.command;
+    if (!file) return;
+    const child = spawn(file, args, {
+      cwd: this.#o.workdir,
+      env: this.processEnv(),
+      detached: true,
+      stdio: ['ignore', 'inherit', 'inherit'],
+    });
+    this.#main = child;
+    child.once('spawn', () => {
+      this.#log.info({ pid: child.pid, command: this.#o.command }, 'entrypoint started');
+      this.#setMain({ type: 'mainProcess', state: 'Running', exitCode: null, signal: null });
+    });
+    child.once('error', (err) => {
+      this.#log.error({ err }, 'entrypoint could not start');
+      this.#setMain({ type: 'mainProcess', state: 'Exited', exitCode: 127, signal: null });
+    });
+    child.once('exit', (code, signal) => {
+      this.#log.info({ code, signal }, 'entrypoint exited; the sandbox stays usable');
+      this.#setMain({ type: 'mainProcess', state: 'Exited', exitCode: code, signal });
+    });
+  }
+
+  #setMain(state: MainProcessMessage): void {
+    this.#mainState = state;
+    this.#control.send(state);
+  }
+
+  #forward(line: LogLine): void {
+    this.#pendingLogs.push(line);
+    if (this.#pendingLogs.length > 2000) this.#pendingLogs.splice(0, this.#pendingLogs.length - 2000);
+    this.#logTimer ??= setTimeout(() => {
+      this.#logTimer = undefined;
+      this.#flushLogs();
+    }, 200).unref();
+  }
+
+  #flushLogs(): void {
+    if (this.#pendingLogs.length === 0 || !this.#control.connected) return;
+    if (this.#control.send({ type: 'log', lines: this.#pendingLogs.slice() })) this.#pendingLogs.length = 0;
+  }
+}
+
+function killGroup(pid: number, signal: NodeJS.Signals): void {
+  try {
+    process.kill(-pid, signal);
+  } catch {
+    // already gone
+  }
+}
