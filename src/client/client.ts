@@ -1,0 +1,404 @@
+import { Readable } from 'node:stream';
+import WebSocket from 'ws';
+import type {
+  CreateSandboxBody,
+  ExecBody,
+  ExecEvent,
+  ExecResult,
+  Sandbox,
+  SandboxList,
+} from '../schemas/sandbox.js';
+import { connectionError, OpenShellApiError, SandboxWaitError } from './errors.js';
+import { parseNdjson, splitLines } from './ndjson.js';
+
+export interface OpenShellClientOptions {
+  /** The gateway, e.g. `http://127.0.0.1:8080`. */
+  baseUrl: string;
+  /** Sent as `Authorization: Bearer <token>` on every call. */
+  token?: string;
+  /** A `fetch` to use instead of the global one (tests, instrumentation). */
+  fetch?: typeof fetch;
+}
+
+export interface SignalOption {
+  signal?: AbortSignal;
+}
+
+export interface WaitForReadyOptions extends SignalOption {
+  /** Default 60 000. */
+  timeoutMs?: number;
+  /** Called with every snapshot the watch delivers, the first one included. */
+  onUpdate?: (sandbox: Sandbox) => void;
+}
+
+/** One exec as the `execs` routes describe it; fields beyond these are passed through. */
+export interface ExecInfo {
+  execId: string;
+  state?: string;
+  command?: string[];
+  exitCode?: number | null;
+  signal?: string | null;
+  [key: string]: unknown;
+}
+
+export interface ExecWebSocketOptions {
+  /** argv (each element becomes one repeated `command` query parameter), or one string run with `sh -c`. */
+  command: string[] | string;
+  tty?: boolean;
+  workdir?: string;
+  user?: string;
+  cols?: number;
+  rows?: number;
+}
+
+type Query = Record<string, string | number | boolean | ReadonlyArray<string> | undefined>;
+
+interface RequestOptions extends SignalOption {
+  query?: Query;
+  json?: unknown;
+  body?: RequestInit['body'];
+  headers?: Record<string, string>;
+}
+
+/** Channel bytes of the interactive exec WebSocket (the `channel.k8s.io` convention). */
+export const ExecChannel = { stdin: 0, stdout: 1, stderr: 2, status: 3, resize: 4 } as const;
+
+/**
+ * A typed client of the openshell gateway's REST API. Every method throws
+ * {@link OpenShellApiError} for an error answer and
+ * {@link OpenShellConnectionError} when the gateway cannot be reached.
+ */
+export class OpenShellClient {
+  readonly baseUrl: string;
+  readonly #token: string | undefined;
+  readonly #fetch: typeof fetch;
+
+  constructor(opts: OpenShellClientOptions) {
+    let url: URL;
+    try {
+      url = new URL(opts.baseUrl);
+    } catch {
+      throw new TypeError(`invalid gateway URL "${opts.baseUrl}"`);
+    }
+    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
+      throw new TypeError(`invalid gateway URL "${opts.baseUrl}": expected http:// or https://`);
+    }
+    this.baseUrl = url.href.replace(/\/+$/, '');
+    this.#token = opts.token || undefined;
+    this.#fetch = opts.fetch ?? globalThis.fetch;
+  }
+
+  // --- sandboxes ---------------------------------------------------------
+
+  /** `POST /v1/sandboxes` → the new sandbox (usually `Provisioning`). */
+  async createSandbox(body: CreateSandboxBody, opts: SignalOption = {}): Promise<Sandbox> {
+    return this.#json<Sandbox>('POST', '/v1/sandboxes', { json: body, signal: opts.signal });
+  }
+
+  /** `GET /v1/sandboxes`, optionally filtered by labels (all must match). */
+  async listSandboxes(opts: { labels?: Record<string, string> } & SignalOption = {}): Promise<SandboxList> {
+    const label = Object.entries(opts.labels ?? {}).map(([k, v]) => `${k}=${v}`);
+    return this.#json<SandboxList>('GET', '/v1/sandboxes', { query: { label }, signal: opts.signal });
+  }
+
+  async getSandbox(name: string, opts: SignalOption = {}): Promise<Sandbox> {
+    return this.#json<Sandbox>('GET', sandboxPath(name), { signal: opts.signal });
+  }
+
+  /** Starts the delete; the answer is the sandbox in phase `Deleting`. */
+  async deleteSandbox(name: string, opts: SignalOption = {}): Promise<Sandbox> {
+    return this.#json<Sandbox>('DELETE', sandboxPath(name), { signal: opts.signal });
+  }
+
+  /**
+   * `GET …/watch`: the sandbox now and on every change. The iteration ends
+   * when the sandbox is gone; breaking out of it closes the stream.
+   */
+  async *watchSandbox(name: string, opts: SignalOption = {}): AsyncGenerator<Sandbox> {
+    const res = await this.#request('GET', `${sandboxPath(name)}/watch`, {
+      signal: opts.signal,
+      headers: { accept: 'application/x-ndjson' },
+    });
+    yield* parseNdjson<Sandbox>(this.#chunks(res));
+  }
+
+  /**
+   * Resolves with the sandbox once it is `Ready`. Rejects with a
+   * {@link SandboxWaitError} naming the phase, reason and message when it
+   * reaches `Error` or `Deleting`, disappears, or `timeoutMs` passes.
+   */
+  async waitForReady(name: string, opts: WaitForReadyOptions = {}): Promise<Sandbox> {
+    const timeoutMs = opts.timeoutMs ?? 60_000;
+    opts.signal?.throwIfAborted();
+    const abort = new AbortController();
+    let timedOut = false;
+    const timer = setTimeout(() => {
+      timedOut = true;
+      abort.abort(new Error('timeout'));
+    }, timeoutMs);
+    const onAbort = () => abort.abort(opts.signal?.reason);
+    opts.signal?.addEventListener('abort', onAbort, { once: true });
+    let last: Sandbox | undefined;
+    try {
+      for await (const sandbox of this.watchSandbox(name, { signal: abort.signal })) {
+        last = sandbox;
+        opts.onUpdate?.(sandbox);
+        if (sandbox.phase === 'Ready') return sandbox;
+        if (sandbox.phase === 'Error' || sandbox.phase === 'Deleting') {
+          throw new SandboxWaitError(
+            `sandbox "${name}" reached phase ${sandbox.phase}${describeCondition(sandbox)}`,
+            sandbox.phase,
+            sandbox.conditions[0]?.reason,
+          );
+        }
+      }
+      throw new SandboxWaitError(`sandbox "${name}" was deleted before it became Ready`, last?.phase, last?.conditions[0]?.reason);
+    } catch (err) {
+      if (timedOut) {
+        throw new SandboxWaitError(
+          `sandbox "${name}" not Ready after ${formatSeconds(timeoutMs)}` +
+            (last ? ` (phase ${last.phase}${describeCondition(last)})` : ''),
+          last?.phase,
+          last?.conditions[0]?.reason,
+        );
+      }
+      if (opts.signal?.aborted) throw opts.signal.reason;
+      throw err;
+    } finally {
+      clearTimeout(timer);
+      opts.signal?.removeEventListener('abort', onAbort);
+    }
+  }
+
+  // --- exec ----------------------------------------------------------------
+
+  /**
+   * `POST …/exec` streaming: yields `started`, `stdout`/`stderr` (base64
+   * `data`), `keepalive`, and exactly one final `exit` or `error`. Aborting
+   * `signal` disconnects, which kills a non-detached exec.
+   */
+  async *exec(name: string, body: ExecBody, opts: SignalOption = {}): AsyncGenerator<ExecEvent> {
+    const res = await this.#request('POST', `${sandboxPath(name)}/exec`, {
+      json: body,
+      signal: opts.signal,
+      headers: { accept: 'application/x-ndjson' },
+    });
+    yield* parseNdjson<ExecEvent>(this.#chunks(res));
+  }
+
+  /** `POST …/exec` with `Accept: application/json`: waits for the end, output decoded as UTF-8. */
+  async execBuffered(name: string, body: ExecBody, opts: SignalOption = {}): Promise<ExecResult> {
+    return this.#json<ExecResult>('POST', `${sandboxPath(name)}/exec`, {
+      json: body,
+      signal: opts.signal,
+      headers: { accept: 'application/json' },
+    });
+  }
+
+  /** `POST …/exec` with `detach: true`: answers at once with the exec's id. */
+  async execDetached(name: string, body: ExecBody, opts: SignalOption = {}): Promise<{ execId: string }> {
+    return this.#json<{ execId: string }>('POST', `${sandboxPath(name)}/exec`, {
+      json: { ...body, detach: true },
+      signal: opts.signal,
+      headers: { accept: 'application/json' },
+    });
+  }
+
+  async execsList(name: string, opts: SignalOption = {}): Promise<{ execs: ExecInfo[] }> {
+    return this.#json<{ execs: ExecInfo[] }>('GET', `${sandboxPath(name)}/execs`, { signal: opts.signal });
+  }
+
+  async execGet(name: string, execId: string, opts: SignalOption = {}): Promise<ExecInfo> {
+    return this.#json<ExecInfo>('GET', execPath(name, execId), { signal: opts.signal });
+  }
+
+  /** Replays an exec's output from byte `offset` as exec events; `follow` streams until it exits. */
+  async *execOutput(
+    name: string,
+    execId: string,
+    opts: { offset?: number; follow?: boolean } & SignalOption = {},
+  ): AsyncGenerator<ExecEvent> {
+    const res = await this.#request('GET', `${execPath(name, execId)}/output`, {
+      query: { offset: opts.offset, follow: opts.follow },
+      signal: opts.signal,
+      headers: { accept: 'application/x-ndjson' },
+    });
+    yield* parseNdjson<ExecEvent>(this.#chunks(res));
+  }
+
+  /** Sends a signal (e.g. `SIGTERM`) to the exec's process group. */
+  async execSignal(name: string, execId: string, signal: string, opts: SignalOption = {}): Promise<unknown> {
+    return this.#json('POST', `${execPath(name, execId)}/signal`, { json: { signal }, signal: opts.signal });
+  }
+
+  // --- policy, logs ---------------------------------------------------------
+
+  async getPolicy(name: string, opts: SignalOption = {}): Promise<unknown> {
+    return this.#json('GET', `${sandboxPath(name)}/policy`, { signal: opts.signal });
+  }
+
+  /** Replaces the network policy; applied live. */
+  async setPolicy(name: string, policy: unknown, opts: SignalOption = {}): Promise<unknown> {
+    return this.#json('PUT', `${sandboxPath(name)}/policy`, { json: policy, signal: opts.signal });
+  }
+
+  /** Supervisor and egress-decision log lines, as text; `follow` keeps streaming new ones. */
+  async *logs(name: string, opts: { follow?: boolean } & SignalOption = {}): AsyncGenerator<string> {
+    const res = await this.#request('GET', `${sandboxPath(name)}/logs`, {
+      query: { follow: opts.follow ? true : undefined },
+      signal: opts.signal,
+    });
+    yield* splitLines(this.#chunks(res));
+  }
+
+  // --- files ---------------------------------------------------------------
+
+  /** `PUT …/files?path=`: one file (raw bytes) or, with `tar`, a tar stream extracted at `path`. */
+  async uploadFile(
+    name: string,
+    path: string,
+    body: Readable | Buffer | Uint8Array,
+    opts: { tar?: boolean } & SignalOption = {},
+  ): Promise<unknown> {
+    const res = await this.#request('PUT', `${sandboxPath(name)}/files`, {
+      query: { path, format: opts.tar ? 'tar' : undefined },
+      body: body instanceof Readable ? (body as AsyncIterable<Uint8Array>) : body,
+      headers: { 'content-type': opts.tar ? 'application/x-tar' : 'application/octet-stream' },
+      signal: opts.signal,
+    });
+    const text = await res.text();
+    return text ? (JSON.parse(text) as unknown) : null;
+  }
+
+  /** `GET …/files?path=`: the file's bytes, or with `tar` the directory as a tar stream. */
+  async downloadFile(name: string, path: string, opts: { tar?: boolean } & SignalOption = {}): Promise<Readable> {
+    const res = await this.#request('GET', `${sandboxPath(name)}/files`, {
+      query: { path, format: opts.tar ? 'tar' : undefined },
+      signal: opts.signal,
+    });
+    return Readable.from(this.#chunks(res), { objectMode: false });
+  }
+
+  // --- WebSockets ------------------------------------------------------------
+
+  /** `ws(s)://…/v1/sandboxes/:name/ssh`: a raw SSH byte stream in binary frames. */
+  sshUrl(name: string): string {
+    return this.#wsUrl(`${sandboxPath(name)}/ssh`, {});
+  }
+
+  /** `ws(s)://…/v1/sandboxes/:name/exec?command=…&tty=…`: interactive exec with channel-byte frames. */
+  execUrl(name: string, opts: ExecWebSocketOptions): string {
+    return this.#wsUrl(`${sandboxPath(name)}/exec`, {
+      command: typeof opts.command === 'string' ? [opts.command] : opts.command,
+      tty: opts.tty,
+      workdir: opts.workdir,
+      user: opts.user,
+      cols: opts.cols,
+      rows: opts.rows,
+    });
+  }
+
+  /** Headers a WebSocket to the gateway needs (the bearer token, if any). */
+  wsHeaders(): Record<string, string> {
+    return this.#token ? { authorization: `Bearer ${this.#token}` } : {};
+  }
+
+  /** Opens a WebSocket to one of the URLs above: permessage-deflate off, Nagle off. */
+  openWebSocket(url: string): WebSocket {
+    const ws = new WebSocket(url, { headers: this.wsHeaders(), perMessageDeflate: false, skipUTF8Validation: true });
+    ws.once('upgrade', (res) => res.socket.setNoDelay(true));
+    return ws;
+  }
+
+  // --- plumbing ------------------------------------------------------------
+
+  async #json<T>(method: string, path: string, opts: RequestOptions = {}): Promise<T> {
+    const res = await this.#request(method, path, { ...opts, headers: { accept: 'application/json', ...opts.headers } });
+    const text = await this.#text(res);
+    return (text ? JSON.parse(text) : null) as T;
+  }
+
+  async #request(method: string, path: string, opts: RequestOptions = {}): Promise<Response> {
+    const url = new URL(this.baseUrl + path);
+    for (const [key, value] of Object.entries(opts.query ?? {})) {
+      if (value === undefined) continue;
+      if (Array.isArray(value)) for (const v of value as string[]) url.searchParams.append(key, v);
+      else url.searchParams.set(key, String(value));
+    }
+    const headers: Record<string, string> = { ...opts.headers };
+    if (this.#token) headers.authorization = `Bearer ${this.#token}`;
+    let body = opts.body;
+    if (opts.json !== undefined) {
+      headers['content-type'] = 'application/json';
+      body = JSON.stringify(opts.json);
+    }
+    const streaming = body !== undefined && body !== null && typeof body === 'object' && Symbol.asyncIterator in body;
+    let res: Response;
+    try {
+      res = await this.#fetch(url, {
+        method,
+        headers,
+        body,
+        signal: opts.signal,
+        ...(streaming ? { duplex: 'half' as const } : {}),
+      });
+    } catch (err) {
+      if (opts.signal?.aborted) throw opts.signal.reason ?? err;
+      throw connectionError(this.baseUrl, err);
+    }
+    if (!res.ok) {
+      const text = await this.#text(res).catch(() => '');
+      throw OpenShellApiError.fromBody(res.status, res.statusText, text);
+    }
+    return res;
+  }
+
+  async #text(res: Response): Promise<string> {
+    try {
+      return await res.text();
+    } catch (err) {
+      throw connectionError(this.baseUrl, err);
+    }
+  }
+
+  /** The response body as byte chunks; a connection lost mid-stream names the gateway. */
+  async *#chunks(res: Response): AsyncGenerator<Uint8Array> {
+    if (!res.body) return;
+    try {
+      for await (const chunk of res.body as AsyncIterable<Uint8Array>) yield chunk;
+    } catch (err) {
+      if ((err as Error)?.name === 'AbortError') throw err;
+      throw connectionError(this.baseUrl, err);
+    }
+  }
+
+  #wsUrl(path: string, query: Query): string {
+    const url = new URL(this.baseUrl + path);
+    url.protocol = url.protocol === 'https:' ? 'wss:' : 'ws:';
+    for (const [key, value] of Object.entries(query)) {
+      if (value === undefined) continue;
+      if (Array.isArray(value)) for (const v of value as string[]) url.searchParams.append(key, v);
+      else url.searchParams.set(key, String(value));
+    }
+    return url.href;
+  }
+}
+
+function sandboxPath(name: string): string {
+  return `/v1/sandboxes/${encodeURIComponent(name)}`;
+}
+
+function execPath(name: string, execId: string): string {
+  return `${sandboxPath(name)}/execs/${encodeURIComponent(execId)}`;
+}
+
+/** `: reason: message` from the Ready condition, for error messages. */
+export function describeCondition(sandbox: Sandbox): string {
+  const c = sandbox.conditions.find((x) => x.type === 'Ready') ?? sandbox.conditions[0];
+  if (!c) return '';
+  return `, reason ${c.reason}${c.message ? `: ${c.message}` : ''}`;
+}
+
+function formatSeconds(ms: number): string {
+  return ms % 1000 === 0 ? `${ms / 1000}s` : `${(ms / 1000).toFixed(1)}s`;
+}

@@ -1,0 +1,23 @@
+/** The openshell SDK: a typed client of the gateway's REST/WebSocket API. */
+export { OpenShellClient, ExecChannel, describeCondition } from './client.js';
+export type {
+  ExecInfo,
+  ExecWebSocketOptions,
+  OpenShellClientOptions,
+  SignalOption,
+  WaitForReadyOptions,
+} from './client.js';
+export { OpenShellApiError, OpenShellConnectionError, SandboxWaitError } from './errors.js';
+export { parseNdjson, splitLines } from './ndjson.js';
+export type {
+  Condition,
+  CreateSandboxBody,
+  ErrorEnvelope,
+  ExecBody,
+  ExecEvent,
+  ExecResult,
+  MainProcess,
+  Phase,
+  Sandbox,
+  SandboxList,
+} from '../schemas/sandbox.js';
