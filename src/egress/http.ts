@@ -1,0 +1,447 @@
+import type { Socket } from 'node:net';
+
+/*
+ * A small incremental HTTP/1.1 reader: it only parses heads and finds body
+ * boundaries (Content-Length, chunked); body bytes are forwarded as they
+ * arrive, never buffered whole, never re-encoded.
+ */
+
+const CRLFCRLF = Buffer.from('\r\n\r\n');
+const HIGH_WATER = 256 * 1024;
+const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+/**
+ * Pull-style reader over a socket's 'data' events. Pauses the socket while
+ * more than HIGH_WATER bytes wait, so backpressure reaches the peer.
+ */
+export class SocketReader {
+  readonly sock: Socket;
+  #queue: Buffer[] = [];
+  #queued = 0;
+  #eof = false;
+  #err: Error | null = null;
+  #wake: (() => void) | null = null;
+  #paused = false;
+  #detached = false;
+
+  constructor(sock: Socket) {
+    this.sock = sock;
+    sock.on('data', this.#onData);
+    sock.on('end', this.#onEnd);
+    sock.on('close', this.#onEnd);
+    sock.on('error', this.#onError);
+  }
+
+  #onData = (c: Buffer): void => {
+    this.#queue.push(c);
+    this.#queued += c.length;
+    if (this.#queued >= HIGH_WATER && !this.#paused) {
+      this.#paused = true;
+      this.sock.pause();
+    }
+    this.#signal();
+  };
+
+  #onEnd = (): void => {
+    this.#eof = true;
+    this.#signal();
+  };
+
+  #onError = (err: Error): void => {
+    this.#err = err;
+    this.#signal();
+  };
+
+  #signal(): void {
+    const w = this.#wake;
+    if (w) {
+      this.#wake = null;
+      w();
+    }
+  }
+
+  get ended(): boolean {
+    return (this.#eof || this.#err !== null) && this.#queue.length === 0;
+  }
+
+  /** Next chunk, or null at end of stream. */
+  async next(): Promise<Buffer | null> {
+    for (;;) {
+      const c = this.#queue.shift();
+      if (c !== undefined) {
+        this.#queued -= c.length;
+        if (this.#paused && this.#queued < HIGH_WATER) {
+          this.#paused = false;
+          if (!this.#detached) this.sock.resume();
+        }
+        return c;
+      }
+      if (this.#err) throw this.#err;
+      if (this.#eof) return null;
+      await new Promise<void>((r) => (this.#wake = r));
+    }
+  }
+
+  /** Wait until at least one byte (or EOF) is available, without consuming it. */
+  async peek(): Promise<Buffer | null> {
+    const c = await this.next();
+    if (c) this.unshift(c);
+    return c;
+  }
+
+  unshift(b: Buffer): void {
+    if (b.length === 0) return;
+    this.#queue.unshift(b);
+    this.#queued += b.length;
+  }
+
+  /** Stop reading: returns the bytes read but not consumed; the socket is left paused. */
+  detach(): Buffer[] {
+    this.#detached = true;
+    this.sock.pause();
+    this.sock.off('data', this.#onData);
+    this.sock.off('end', this.#onEnd);
+    this.sock.off('close', this.#onEnd);
+    this.sock.off('error', this.#onError);
+    const q = this.#queue;
+    this.#queue = [];
+    this.#queued = 0;
+    return q;
+  }
+
+  /**
+   * Read one message head (through the empty line). Returns null on a clean
+   * EOF before any byte, 'too-large' past `limit` (`connectLimit` once the
+   * head is seen to be a CONNECT), 'truncated' on EOF mid-head.
+   */
+  async readHead(limit: number, connectLimit = limit): Promise<Buffer | 'too-large' | 'truncated' | null> {
+    let acc: Buffer | null = null;
+    for (;;) {
+      const chunk = await this.next();
+      if (chunk === null) return acc ? 'truncated' : null;
+      const from: number = acc ? Math.max(0, acc.length - 3) : 0;
+      acc = acc ? Buffer.concat([acc, chunk]) : chunk;
+      const idx = acc.indexOf(CRLFCRLF, from);
+      const max = connectLimit < limit && acc.length >= 8 && acc.toString('latin1', 0, 8) === 'CONNECT ' ? connectLimit : limit;
+      if (idx >= 0) {
+        const end = idx + 4;
+        if (end > max) return 'too-large';
+        if (end < acc.length) this.unshift(acc.subarray(end));
+        return acc.subarray(0, end);
+      }
+      if (acc.length > max) return 'too-large';
+    }
+  }
+}
+
+interface ParsedHead {
+  lines: string[]; // header lines as sent
+  fields: Map<string, string[]>;
+  connection: Set<string>;
+}
+
+function parseFields(lines: string[], from: number): ParsedHead | string {
+  const fields = new Map<string, string[]>();
+  const out: string[] = [];
+  for (let i = from; i < lines.length; i++) {
+    const line = lines[i]!;
+    const colon = line.indexOf(':');
+    if (colon <= 0) return 'malformed header line';
+    const name = line.slice(0, colon);
+    if (!TOKEN.test(name)) return 'invalid header name';
+    const value = line.slice(colon + 1).trim();
+    if (/[\r\n\0]/.test(value)) return 'invalid header value';
+    const key = name.toLowerCase();
+    const list = fields.get(key);
+    if (list) list.push(value);
+    else fields.set(key, [value]);
+    out.push(line);
+  }
+  const connection = new Set<string>();
+  for (const v of fields.get('connection') ?? []) {
+    for (const t of v.split(',')) {
+      const tok = t.trim().toLowerCase();
+      if (tok) connection.add(tok);
+    }
+  }
+  return { lines: out, fields, connection };
+}
+
+function splitHead(raw: Buffer): string[] | null {
+  const text = raw.toString('latin1', 0, raw.length - 4);
+  const lines = text.split('\r\n');
+  for (const l of lines) if (l.includes('\n') || l.includes('\r')) return null;
+  return lines;
+}
+
+export type Framing = { kind: 'none' } | { kind: 'length'; length: number } | { kind: 'chunked' } | { kind: 'close' };
+
+export interface RequestHead {
+  raw: Buffer;
+  method: string;
+  target: string;
+  version: '1.0' | '1.1';
+  lines: string[];
+  fields: Map<string, string[]>;
+  framing: Framing;
+  keepAlive: boolean;
+  upgrade: boolean;
+}
+
+export interface ResponseHead {
+  raw: Buffer;
+  status: number;
+  fields: Map<string, string[]>;
+  keepAlive: boolean;
+}
+
+function chunkedLast(te: string[]): boolean {
+  const codings = te.join(',').split(',').map((s) => s.trim().toLowerCase()).filter(Boolean);
+  return codings.length > 0 && codings[codings.length - 1] === 'chunked';
+}
+
+function contentLength(values: string[]): number | null | 'bad' {
+  let n: number | null = null;
+  for (const v of values.join(',').split(',')) {
+    const s = v.trim();
+    if (!/^\d{1,15}$/.test(s)) return 'bad';
+    const x = Number(s);
+    if (n !== null && n !== x) return 'bad';
+    n = x;
+  }
+  return n;
+}
+
+export function parseRequestHead(raw: Buffer): RequestHead | string {
+  const lines = splitHead(raw);
+  if (!lines) return 'bare CR or LF in head';
+  const m = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\s]+) HTTP\/1\.([01])$/.exec(lines[0]!);
+  if (!m) return 'malformed request line';
+  const f = parseFields(lines, 1);
+  if (typeof f === 'string') return f;
+  const version = m[3] === '1' ? '1.1' : '1.0';
+  const te = f.fields.get('transfer-encoding');
+  const cl = f.fields.get('content-length');
+  let framing: Framing = { kind: 'none' };
+  if (te) {
+    // RFC 9112 6.1: both is a smuggling vector; a request body must end chunked.
+    if (cl) return 'both Transfer-Encoding and Content-Length';
+    if (!chunkedLast(te)) return 'unsupported Transfer-Encoding';
+    framing = { kind: 'chunked' };
+  } else if (cl) {
+    const n = contentLength(cl);
+    if (n === 'bad') return 'invalid Content-Length';
+    if (n) framing = { kind: 'length', length: n };
+  }
+  const keepAlive = version === '1.1' ? !f.connection.has('close') : f.connection.has('keep-alive');
+  const upgrade = f.fields.has('upgrade') && f.connection.has('upgrade');
+  return {
+    raw,
+    method: m[1]!,
+    target: m[2]!,
+    version,
+    lines: f.lines,
+    fields: f.fields,
+    framing,
+    keepAlive,
+    upgrade,
+  };
+}
+
+export function parseResponseHead(raw: Buffer): ResponseHead | string {
+  const lines = splitHead(raw);
+  if (!lines) return 'bare CR or LF in head';
+  const m = /^HTTP\/1\.([01]) (\d{3})(?: .*)?$/.exec(lines[0]!);
+  if (!m) return 'malformed status line';
+  const f = parseFields(lines, 1);
+  if (typeof f === 'string') return f;
+  const keepAlive = m[1] === '1' ? !f.connection.has('close') : f.connection.has('keep-alive');
+  return { raw, status: Number(m[2]), fields: f.fields, keepAlive };
+}
+
+/** RFC 9112 6.3: how the response body is delimited. */
+export function responseFraming(method: string, res: ResponseHead): Framing | string {
+  if (method === 'HEAD' || res.status < 200 || res.status === 204 || res.status === 304) return { kind: 'none' };
+  const te = res.fields.get('transfer-encoding');
+  if (te) return chunkedLast(te) ? { kind: 'chunked' } : { kind: 'close' };
+  const cl = res.fields.get('content-length');
+  if (cl) {
+    const n = contentLength(cl);
+    if (n === 'bad') return 'invalid Content-Length';
+    return n ? { kind: 'length', length: n } : { kind: 'none' };
+  }
+  return { kind: 'close' };
+}
+
+const CS = {
+  Size: 0,
+  Ext: 1,
+  SizeLf: 2,
+  Data: 3,
+  DataCr: 4,
+  DataLf: 5,
+  TrailerStart: 6,
+  Trailer: 7,
+  TrailerLf: 8,
+  EndLf: 9,
+  Done: 10,
+} as const;
+
+function hexVal(c: number): number {
+  if (c >= 48 && c <= 57) return c - 48;
+  if (c >= 97 && c <= 102) return c - 87;
+  if (c >= 65 && c <= 70) return c - 55;
+  return -1;
+}
+
+/** Finds where a chunked body ends without decoding it (the bytes pass through as sent). */
+export class ChunkedScanner {
+  #state: number = CS.Size;
+  #size = 0;
+  #digits = 0;
+  #remaining = 0;
+  #line = 0;
+
+  /** Index just past the end of the body in `buf`, or -1 if it continues. Throws on malformed framing. */
+  scan(buf: Buffer): number {
+    const n = buf.length;
+    let i = 0;
+    while (i < n) {
+      switch (this.#state) {
+        case CS.Data: {
+          const take = Math.min(this.#remaining, n - i);
+          i += take;
+          this.#remaining -= take;
+          if (this.#remaining === 0) this.#state = CS.DataCr;
+          break;
+        }
+        case CS.Size: {
+          const c = buf[i++]!;
+          const v = hexVal(c);
+          if (v >= 0) {
+            if (++this.#digits > 13) throw new Error('chunk size too large');
+            this.#size = this.#size * 16 + v;
+          } else if (this.#digits > 0 && (c === 0x3b || c === 0x20 || c === 0x09)) {
+            this.#state = CS.Ext;
+            this.#line = 0;
+          } else if (this.#digits > 0 && c === 0x0d) {
+            this.#state = CS.SizeLf;
+          } else throw new Error('malformed chunk size');
+          break;
+        }
+        case CS.Ext: {
+          const c = buf[i++]!;
+          if (c === 0x0d) this.#state = CS.SizeLf;
+          else if (c === 0x0a || ++this.#line > 4096) throw new Error('malformed chunk extension');
+          break;
+        }
+        case CS.SizeLf: {
+          if (buf[i++] !== 0x0a) throw new Error('malformed chunk line');
+          if (this.#size === 0) {
+            this.#state = CS.TrailerStart;
+          } else {
+            this.#remaining = this.#size;
+            this.#state = CS.Data;
+          }
+          this.#size = 0;
+          this.#digits = 0;
+          break;
+        }
+        case CS.DataCr:
+          if (buf[i++] !== 0x0d) throw new Error('missing CRLF after chunk');
+          this.#state = CS.DataLf;
+          break;
+        case CS.DataLf:
+          if (buf[i++] !== 0x0a) throw new Error('missing CRLF after chunk');
+          this.#state = CS.Size;
+          break;
+        case CS.TrailerStart: {
+          const c = buf[i++]!;
+          if (c === 0x0d) this.#state = CS.EndLf;
+          else {
+            this.#state = CS.Trailer;
+            this.#line = 1;
+          }
+          break;
+        }
+        case CS.Trailer: {
+          const c = buf[i++]!;
+          if (c === 0x0d) this.#state = CS.TrailerLf;
+          else if (++this.#line > 8192) throw new Error('trailer too large');
+          break;
+        }
+        case CS.TrailerLf:
+          if (buf[i++] !== 0x0a) throw new Error('malformed trailer');
+          this.#state = CS.TrailerStart;
+          break;
+        case CS.EndLf:
+          if (buf[i++] !== 0x0a) throw new Error('malformed chunked terminator');
+          this.#state = CS.Done;
+          return i;
+        case CS.Done:
+          return i;
+      }
+    }
+    return -1;
+  }
+}
+
+/** Resolves when `s` can take more data, or has closed (the caller checks `destroyed`). */
+export function drained(s: Socket): Promise<void> {
+  return new Promise((resolve) => {
+    const done = (): void => {
+      s.off('drain', done);
+      s.off('close', done);
+      resolve();
+    };
+    s.on('drain', done);
+    s.on('close', done);
+  });
+}
+
+export class BodyError extends Error {}
+
+/**
+ * Stream one body from `src` to `dst` per `framing`, with backpressure.
+ * Bytes past the end stay in `src` for the next head. A 'close'-delimited
+ * body ends `dst` when `src` ends.
+ */
+export async function forwardBody(src: SocketReader, dst: Socket, framing: Framing): Promise<void> {
+  if (framing.kind === 'none') return;
+  let remaining = framing.kind === 'length' ? framing.length : 0;
+  const scanner = framing.kind === 'chunked' ? new ChunkedScanner() : null;
+  for (;;) {
+    let chunk = await src.next();
+    if (chunk === null) {
+      if (framing.kind === 'close') {
+        dst.end();
+        return;
+      }
+      throw new BodyError('connection closed mid-body');
+    }
+    let end = -1;
+    if (framing.kind === 'length') {
+      if (chunk.length >= remaining) end = remaining;
+      else remaining -= chunk.length;
+    } else if (scanner) {
+      try {
+        end = scanner.scan(chunk);
+      } catch (err) {
+        throw new BodyError((err as Error).message);
+      }
+    }
+    if (end >= 0) {
+      if (end < chunk.length) {
+        src.unshift(chunk.subarray(end));
+        chunk = chunk.subarray(0, end);
+      }
+      if (chunk.length > 0) dst.write(chunk);
+      return;
+    }
+    if (dst.destroyed) throw new BodyError('peer closed');
+    if (!dst.write(chunk)) {
+      await drained(dst);
+      if (dst.destroyed) throw new BodyError('peer closed');
+    }
+  }
+}

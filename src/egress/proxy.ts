@@ -1,0 +1,734 @@
+import net, { type Socket } from 'node:net';
+import { STATUS_CODES } from 'node:http';
+import { lookup } from 'node:dns/promises';
+import { pipeline } from 'node:stream/promises';
+import type { Logger } from '../log.js';
+import { internalReason, normalizeHost, parseIp, type HostName, type IpAddr } from './ip.js';
+import {
+  CompiledPolicy,
+  canonicalPath,
+  checkRequest,
+  endpointCoversIp,
+  parsePolicy,
+  type CompiledEndpoint,
+  type Policy,
+} from './policy.js';
+import {
+  SocketReader,
+  forwardBody,
+  parseRequestHead,
+  parseResponseHead,
+  responseFraming,
+  type RequestHead,
+} from './http.js';
+
+/** One allow/deny/audit decision, logged and handed to `onDecision` (for the gateway's logs). */
+export interface EgressDecision {
+  time: string;
+  action: 'allow' | 'deny' | 'audit';
+  host: string;
+  port: number;
+  method?: string;
+  path?: string;
+  policy?: string;
+  endpoint?: string;
+  reason: string;
+  layer: 'L4' | 'L7';
+}
+
+export interface EgressProxyOptions {
+  /** Listen address; default '127.0.0.1'. */
+  host?: string;
+  /** Listen port; default 0 (a free port). */
+  port?: number;
+  /** null denies everything. */
+  policy: Policy | null;
+  policyVersion?: number;
+  log: Logger;
+  /** DNS lookup returning all addresses; default `dns.promises.lookup(host, { all: true })`. */
+  resolve?: (host: string) => Promise<string[]>;
+  /** Default 10000. */
+  connectTimeoutMs?: number;
+  /** Idle timeout of plain (non-tunnel, non-upgraded) client connections; default 300000, 0 = none. */
+  idleTimeoutMs?: number;
+  onDecision?: (d: EgressDecision) => void;
+  /**
+   * Test seam: opens the upstream TCP connection to an already checked
+   * address. Default `net.connect`. Never given a host name.
+   */
+  connect?: (address: string, port: number) => Socket;
+}
+
+export interface EgressProxy {
+  readonly port: number;
+  readonly url: string;
+  /** Atomic swap: new connections and every new L7 request see the new policy. Throws PolicyError. */
+  setPolicy(p: Policy | null, version: number): void;
+  readonly policyVersion: number;
+  close(): Promise<void>;
+}
+
+const CONNECT_HEAD_LIMIT = 8 * 1024;
+const HEAD_LIMIT = 64 * 1024;
+const LINGER_MS = 2000;
+const CONNECT_OK = Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n', 'latin1');
+const noop = (): void => {};
+
+type Outcome = 'keep' | 'close' | 'handed-off';
+
+interface Upstream {
+  key: string;
+  addr: IpAddr;
+  sock: Socket;
+  reader: SocketReader;
+}
+
+interface Target {
+  host: HostName;
+  key: string; // normalised host: DNS name or canonical IP text
+  port: number;
+}
+
+function hostKey(h: HostName): string {
+  return h.kind === 'ip' ? h.addr.text : h.name;
+}
+
+function parseHostPort(authority: string, defaultPort: number | null): Target | string {
+  let hostRaw: string;
+  let portStr: string | null = null;
+  if (authority.startsWith('[')) {
+    const close = authority.indexOf(']');
+    if (close < 0) return 'invalid host';
+    hostRaw = authority.slice(0, close + 1);
+    const rest = authority.slice(close + 1);
+    if (rest.startsWith(':')) portStr = rest.slice(1);
+    else if (rest !== '') return 'invalid authority';
+  } else {
+    const c = authority.indexOf(':');
+    if (c >= 0) {
+      if (authority.indexOf(':', c + 1) >= 0) return 'IPv6 address must be in brackets';
+      hostRaw = authority.slice(0, c);
+      portStr = authority.slice(c + 1);
+    } else hostRaw = authority;
+  }
+  let port: number;
+  if (portStr === null || portStr === '') {
+    if (defaultPort === null) return 'missing port (CONNECT needs host:port)';
+    port = defaultPort;
+  } else {
+    if (!/^\d{1,5}$/.test(portStr)) return 'invalid port';
+    port = Number(portStr);
+    if (port < 1 || port > 65535) return 'invalid port';
+  }
+  const host = hostRaw === '' ? null : normalizeHost(hostRaw);
+  if (!host) return 'invalid host';
+  return { host, key: hostKey(host), port };
+}
+
+interface AbsoluteTarget extends Target {
+  authority: string;
+  path: string; // origin-form target sent upstream (path + query)
+}
+
+function parseAbsoluteTarget(target: string): AbsoluteTarget | string {
+  const m = /^([a-zA-Z][a-zA-Z0-9+.-]*):\/\/([^/?#]*)([^#]*)/.exec(target);
+  if (!m) {
+    return target.startsWith('/')
+      ? 'origin-form request: this is a proxy; send an absolute URI (http://host/path) or CONNECT'
+      : 'unsupported request target';
+  }
+  const scheme = m[1]!.toLowerCase();
+  if (scheme === 'https' || scheme === 'wss') return `${scheme}:// absolute URIs are not supported: use CONNECT`;
+  if (scheme !== 'http' && scheme !== 'ws') return `unsupported scheme '${scheme}'`;
+  const authority = m[2]!;
+  if (authority.includes('@')) return 'userinfo in the request URI is not allowed';
+  const t = parseHostPort(authority, 80);
+  if (typeof t === 'string') return t;
+  let path = m[3]!;
+  if (path === '') path = '/';
+  else if (path.startsWith('?')) path = '/' + path;
+  return { ...t, authority, path };
+}
+
+function stripQuery(target: string): string {
+  const q = target.search(/[?#]/);
+  return q < 0 ? target : target.slice(0, q);
+}
+
+/** The path of a request inside a tunnel: origin-form, or the path of an absolute URI. */
+function tunnelPath(target: string): string {
+  if (target.startsWith('/')) return target;
+  const m = /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\/[^/?#]*([^#]*)/.exec(target);
+  if (!m) return target;
+  return m[1] === '' ? '/' : m[1]!.startsWith('?') ? '/' + m[1] : m[1]!;
+}
+
+function jsonResponse(status: number, body: object): Buffer {
+  const json = JSON.stringify(body);
+  return Buffer.from(
+    `HTTP/1.1 ${status} ${STATUS_CODES[status] ?? 'Error'}\r\n` +
+      'Content-Type: application/json\r\n' +
+      `Content-Length: ${Buffer.byteLength(json)}\r\n` +
+      'Cache-Control: no-store\r\n' +
+      'Connection: close\r\n\r\n' +
+      json,
+    'utf8',
+  );
+}
+
+function forwardHead(req: RequestHead, path: string, authority: string): Buffer {
+  let s = `${req.method} ${path} HTTP/${req.version}\r\n`;
+  let hasHost = false;
+  for (const line of req.lines) {
+    const name = line.slice(0, line.indexOf(':')).toLowerCase();
+    // Hop-by-hop headers meant for us, not the origin.
+    if (name === 'proxy-connection' || name === 'proxy-authorization') continue;
+    if (name === 'host') hasHost = true;
+    s += line + '\r\n';
+  }
+  if (!hasHost) s += `Host: ${authority}\r\n`;
+  return Buffer.from(s + '\r\n', 'latin1');
+}
+
+type Verdict =
+  | { ok: true; action: 'allow' | 'audit'; layer: 'L4' | 'L7'; reason: string }
+  | { ok: false; status: number; layer: 'L4' | 'L7'; reason: string };
+
+class EgressServer implements EgressProxy {
+  readonly #server: net.Server;
+  readonly #log: Logger;
+  readonly #opts: EgressProxyOptions;
+  readonly #resolve: (host: string) => Promise<string[]>;
+  readonly #connectTimeoutMs: number;
+  readonly #idleTimeoutMs: number;
+  readonly #sockets = new Set<Socket>();
+  readonly #finishing = new WeakSet<Socket>();
+  #policy: CompiledPolicy | null;
+  #version: number;
+  #port = 0;
+  #closed: Promise<void> | null = null;
+
+  constructor(opts: EgressProxyOptions) {
+    this.#opts = opts;
+    this.#log = opts.log.child({ component: 'egress' });
+    this.#resolve =
+      opts.resolve ?? ((h) => lookup(h, { all: true, verbatim: true }).then((r) => r.map((a) => a.address)));
+    this.#connectTimeoutMs = opts.connectTimeoutMs ?? 10_000;
+    this.#idleTimeoutMs = opts.idleTimeoutMs ?? 300_000;
+    this.#policy = opts.policy ? new CompiledPolicy(parsePolicy(opts.policy)) : null;
+    this.#version = opts.policyVersion ?? 0;
+    // allowHalfOpen: a tunnel forwards a FIN one way while the other keeps flowing.
+    this.#server = net.createServer({ allowHalfOpen: true }, (s) => this.#onConnection(s));
+  }
+
+  get port(): number {
+    return this.#port;
+  }
+
+  get url(): string {
+    const h = this.#opts.host ?? '127.0.0.1';
+    return `http://${h.includes(':') ? `[${h}]` : h}:${this.#port}`;
+  }
+
+  get policyVersion(): number {
+    return this.#version;
+  }
+
+  setPolicy(p: Policy | null, version: number): void {
+    const compiled = p ? new CompiledPolicy(parsePolicy(p)) : null;
+    this.#policy = compiled;
+    this.#version = version;
+    this.#log.info({ policyVersion: version, endpoints: compiled?.endpoints.length ?? 0 }, 'egress policy applied');
+  }
+
+  async listen(): Promise<void> {
+    await new Promise<void>((resolve, reject) => {
+      this.#server.once('error', reject);
+      this.#server.listen({ host: this.#opts.host ?? '127.0.0.1', port: this.#opts.port ?? 0 }, () => {
+        this.#server.off('error', reject);
+        resolve();
+      });
+    });
+    this.#server.on('error', (err) => this.#log.error({ err }, 'egress listener error'));
+    this.#port = (this.#server.address() as net.AddressInfo).port;
+    this.#log.info({ url: this.url, policyVersion: this.#version }, 'egress proxy listening');
+  }
+
+  close(): Promise<void> {
+    if (!this.#closed) {
+      this.#closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
+      for (const s of this.#sockets) s.destroy();
+    }
+    return this.#closed;
+  }
+
+  #track(s: Socket): void {
+    s.setNoDelay(true);
+    s.on('error', noop); // errors surface through readers and pipelines; never crash the process
+    this.#sockets.add(s);
+    s.once('close', () => this.#sockets.delete(s));
+  }
+
+  #onConnection(client: Socket): void {
+    this.#track(client);
+    if (this.#closed) {
+      client.destroy();
+      return;
+    }
+    if (this.#idleTimeoutMs > 0) client.setTimeout(this.#idleTimeoutMs, () => client.destroy());
+    this.#serve(client).catch((err: unknown) => {
+      this.#log.debug({ err }, 'egress connection failed');
+      client.destroy();
+    });
+  }
+
+  #emit(d: Omit<EgressDecision, 'time'>): void {
+    const decision: EgressDecision = { time: new Date().toISOString(), ...d };
+    this.#log.info({ decision }, 'egress decision');
+    try {
+      this.#opts.onDecision?.(decision);
+    } catch (err) {
+      this.#log.warn({ err }, 'onDecision callback threw');
+    }
+  }
+
+  /** Write a final response, half-close, and give the peer a moment to read it before destroying. */
+  #finish(client: Socket, cr: SocketReader | null, response?: Buffer): void {
+    if (client.destroyed || this.#finishing.has(client)) return;
+    this.#finishing.add(client);
+    cr?.detach();
+    client.setTimeout(0);
+    client.on('data', noop);
+    client.resume();
+    if (response) client.end(response);
+    else client.end();
+    const t = setTimeout(() => client.destroy(), LINGER_MS);
+    t.unref();
+    client.once('close', () => clearTimeout(t));
+  }
+
+  #reject(client: Socket, cr: SocketReader, status: number, reason: string): void {
+    this.#log.debug({ status, reason }, 'egress bad request');
+    this.#finish(client, cr, jsonResponse(status, { error: STATUS_CODES[status] ?? 'error', reason }));
+  }
+
+  #deny(
+    client: Socket,
+    cr: SocketReader,
+    status: number,
+    t: { key: string; port: number },
+    ep: CompiledEndpoint | null,
+    layer: 'L4' | 'L7',
+    reason: string,
+    method?: string,
+    path?: string,
+  ): void {
+    this.#emit({
+      action: 'deny',
+      host: t.key,
+      port: t.port,
+      ...(method !== undefined ? { method } : {}),
+      ...(path !== undefined ? { path } : {}),
+      ...(ep ? { policy: ep.policy, endpoint: ep.label } : {}),
+      reason,
+      layer,
+    });
+    const body: Record<string, unknown> = {
+      error: status === 403 ? 'egress denied by network policy' : (STATUS_CODES[status] ?? 'error'),
+      host: t.key,
+      port: t.port,
+      reason,
+      policy: ep?.policy ?? null,
+      layer,
+    };
+    if (method !== undefined) body.method = method;
+    if (path !== undefined) body.path = path;
+    this.#finish(client, cr, jsonResponse(status, body));
+  }
+
+  /** Policy check of one intent; `method`/`target` only for HTTP requests. */
+  #check(ep: CompiledEndpoint | null, hasPolicy: boolean, method?: string, target?: string): Verdict {
+    if (!ep) {
+      return {
+        ok: false,
+        status: 403,
+        layer: 'L4',
+        reason: hasPolicy ? 'no policy endpoint allows this host and port' : 'no network policy: all egress is denied',
+      };
+    }
+    if (!ep.rest || method === undefined || target === undefined) {
+      return { ok: true, action: 'allow', layer: 'L4', reason: 'endpoint allows destination' };
+    }
+    const path = canonicalPath(target);
+    if (path === null) {
+      return { ok: false, status: 400, layer: 'L7', reason: 'path rejected: encoded slash, backslash or .. escape' };
+    }
+    const v = checkRequest(ep, method, path);
+    if (v.allowed) return { ok: true, action: 'allow', layer: 'L7', reason: v.reason };
+    if (ep.audit) return { ok: true, action: 'audit', layer: 'L7', reason: `${v.reason} (audit only: allowed)` };
+    return { ok: false, status: 403, layer: 'L7', reason: v.reason };
+  }
+
+  /** Resolve once and check every address; the caller connects to exactly these. */
+  async #resolveChecked(
+    t: Target,
+    ep: CompiledEndpoint,
+  ): Promise<{ addrs: IpAddr[] } | { deny: string } | { error: string }> {
+    let addrs: IpAddr[];
+    if (t.host.kind === 'ip') addrs = [t.host.addr];
+    else {
+      let answers: string[];
+      try {
+        answers = await this.#resolve(t.host.name);
+      } catch (err) {
+        return { error: `could not resolve ${t.key}: ${(err as NodeJS.ErrnoException).code ?? 'error'}` };
+      }
+      addrs = [];
+      for (const a of answers) {
+        const ip = parseIp(a);
+        if (!ip) return { deny: `resolver returned an invalid address for ${t.key}` };
+        addrs.push(ip);
+      }
+      if (addrs.length === 0) return { error: `could not resolve ${t.key}: no addresses` };
+    }
+    for (const a of addrs) {
+      const why = internalReason(a);
+      if (why && !endpointCoversIp(ep, a)) {
+        return {
+          deny: `${t.key} is internal address ${a.text} (${why}); allowed only if the endpoint names this IP or lists it in allowed_ips`,
+        };
+      }
+    }
+    return { addrs };
+  }
+
+  async #dialOne(addr: IpAddr, port: number, timeoutMs: number): Promise<Socket> {
+    const s = this.#opts.connect
+      ? this.#opts.connect(addr.text, port)
+      : net.connect({ host: addr.text, port, allowHalfOpen: true });
+    this.#track(s);
+    return new Promise<Socket>((resolve, reject) => {
+      const timer = setTimeout(() => {
+        s.destroy();
+        reject(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' }));
+      }, timeoutMs);
+      const onError = (err: Error): void => {
+        clearTimeout(timer);
+        s.destroy();
+        reject(err);
+      };
+      s.once('error', onError);
+      s.once('connect', () => {
+        clearTimeout(timer);
+        s.off('error', onError);
+        resolve(s);
+      });
+    });
+  }
+
+  /** Connect to the checked addresses in order within one connect timeout. */
+  async #open(key: string, addrs: IpAddr[], port: number): Promise<Upstream | { status: number; reason: string }> {
+    const deadline = Date.now() + this.#connectTimeoutMs;
+    let last: NodeJS.ErrnoException | null = null;
+    for (const addr of addrs) {
+      const left = deadline - Date.now();
+      if (left <= 0) break;
+      try {
+        const sock = await this.#dialOne(addr, port, left);
+        return { key: `${key}:${port}`, addr, sock, reader: new SocketReader(sock) };
+      } catch (err) {
+        last = err as NodeJS.ErrnoException;
+      }
+    }
+    const timedOut = !last || last.code === 'ETIMEDOUT';
+    return {
+      status: timedOut ? 504 : 502,
+      reason: timedOut ? 'connect to upstream timed out' : `connect to upstream failed: ${last?.code ?? 'error'}`,
+    };
+  }
+
+  async #serve(client: Socket): Promise<void> {
+    const cr = new SocketReader(client);
+    let up: Upstream | null = null;
+    let handedOff = false;
+    try {
+      for (;;) {
+        const head = await cr.readHead(HEAD_LIMIT, CONNECT_HEAD_LIMIT);
+        if (head === null || head === 'truncated') return;
+        if (head === 'too-large') return this.#reject(client, cr, 431, 'request head too large');
+        const req = parseRequestHead(head);
+        if (typeof req === 'string') return this.#reject(client, cr, 400, req);
+        if (req.method === 'CONNECT') {
+          up?.sock.destroy();
+          up = null;
+          handedOff = true;
+          return await this.#connect(client, cr, req);
+        }
+        const r = await this.#forward(client, cr, req, up);
+        up = r.up;
+        if (r.outcome === 'handed-off') {
+          handedOff = true;
+          return;
+        }
+        if (r.outcome === 'close') return;
+      }
+    } finally {
+      if (!handedOff) {
+        up?.sock.destroy();
+        this.#finish(client, cr);
+      }
+    }
+  }
+
+  async #forward(
+    client: Socket,
+    cr: SocketReader,
+    req: RequestHead,
+    prev: Upstream | null,
+  ): Promise<{ outcome: Outcome; up: Upstream | null }> {
+    let up = prev;
+    const t = parseAbsoluteTarget(req.target);
+    if (typeof t === 'string') {
+      this.#reject(client, cr, 400, t);
+      return { outcome: 'close', up };
+    }
+    const policy = this.#policy;
+    const ep = policy?.match(t.key, t.port) ?? null;
+    const path = stripQuery(t.path);
+    const v = this.#check(ep, policy !== null, req.method, t.path);
+    if (!v.ok) {
+      this.#deny(client, cr, v.status, t, ep, v.layer, v.reason, req.method, path);
+      return { outcome: 'close', up };
+    }
+    const endpoint = ep!;
+    const key = `${t.key}:${t.port}`;
+    if (up && (up.key !== key || up.reader.ended)) {
+      up.sock.destroy();
+      up = null;
+    }
+    if (up && internalReason(up.addr) && !endpointCoversIp(endpoint, up.addr)) {
+      this.#deny(client, cr, 403, t, endpoint, 'L4', `internal address ${up.addr.text} no longer allowed`, req.method, path);
+      return { outcome: 'close', up };
+    }
+    let addrs: IpAddr[] | null = null;
+    if (!up) {
+      const r = await this.#resolveChecked(t, endpoint);
+      if ('deny' in r) {
+        this.#deny(client, cr, 403, t, endpoint, 'L4', r.deny, req.method, path);
+        return { outcome: 'close', up };
+      }
+      if ('error' in r) {
+        this.#finish(client, cr, jsonResponse(502, { error: 'Bad Gateway', host: t.key, port: t.port, reason: r.error }));
+        return { outcome: 'close', up };
+      }
+      addrs = r.addrs;
+    }
+    this.#emit({
+      action: v.action,
+      host: t.key,
+      port: t.port,
+      method: req.method,
+      path,
+      policy: endpoint.policy,
+      endpoint: endpoint.label,
+      reason: v.reason,
+      layer: v.layer,
+    });
+    if (!up) {
+      const o = await this.#open(t.key, addrs!, t.port);
+      if (!('sock' in o)) {
+        this.#finish(client, cr, jsonResponse(o.status, { error: STATUS_CODES[o.status], host: t.key, port: t.port, reason: o.reason }));
+        return { outcome: 'close', up: null };
+      }
+      up = o;
+    }
+    const outcome = await this.#exchange(client, cr, up, req, forwardHead(req, t.path, t.authority));
+    return { outcome, up: outcome === 'handed-off' ? null : up };
+  }
+
+  async #connect(client: Socket, cr: SocketReader, req: RequestHead): Promise<void> {
+    const t = parseHostPort(req.target, null);
+    if (typeof t === 'string') return this.#reject(client, cr, 400, t);
+    const policy = this.#policy;
+    const ep = policy?.match(t.key, t.port) ?? null;
+    const v = this.#check(ep, policy !== null);
+    if (!v.ok) return this.#deny(client, cr, v.status, t, ep, v.layer, v.reason);
+    const endpoint = ep!;
+    const r = await this.#resolveChecked(t, endpoint);
+    if ('deny' in r) return this.#deny(client, cr, 403, t, endpoint, 'L4', r.deny);
+    if ('error' in r) {
+      return this.#finish(client, cr, jsonResponse(502, { error: 'Bad Gateway', host: t.key, port: t.port, reason: r.error }));
+    }
+    this.#emit({
+      action: 'allow',
+      host: t.key,
+      port: t.port,
+      policy: endpoint.policy,
+      endpoint: endpoint.label,
+      reason: endpoint.rest ? 'endpoint allows destination; each request checked at L7' : 'endpoint allows destination',
+      layer: 'L4',
+    });
+    const up = await this.#open(t.key, r.addrs, t.port);
+    if (!('sock' in up)) {
+      return this.#finish(client, cr, jsonResponse(up.status, { error: STATUS_CODES[up.status], host: t.key, port: t.port, reason: up.reason }));
+    }
+    if (client.destroyed) {
+      up.sock.destroy();
+      return;
+    }
+    client.setTimeout(0); // tunnels have no idle timeout
+    client.write(CONNECT_OK);
+    if (!endpoint.rest) return this.#splice(client, cr, up);
+    await this.#restTunnel(client, cr, up, t);
+  }
+
+  /** Plain HTTP inside a CONNECT tunnel to a `protocol: rest` endpoint: check every request. */
+  async #restTunnel(client: Socket, cr: SocketReader, up: Upstream, t: Target): Promise<void> {
+    let handedOff = false;
+    try {
+      const first = await cr.peek();
+      if (!first) return;
+      if (first[0] === 0x16) {
+        // TLS ClientHello: we cannot see requests; pass it at L4 and say so.
+        const ep = this.#policy?.match(t.key, t.port);
+        this.#log.warn({ host: t.key, port: t.port }, 'TLS inside a rest tunnel: L7 rules not enforced');
+        this.#emit({
+          action: 'allow',
+          host: t.key,
+          port: t.port,
+          ...(ep ? { policy: ep.policy, endpoint: ep.label } : {}),
+          reason: 'TLS inside a rest tunnel: passed through at L4, L7 rules not enforced',
+          layer: 'L4',
+        });
+        handedOff = true;
+        return this.#splice(client, cr, up);
+      }
+      for (;;) {
+        const head = await cr.readHead(HEAD_LIMIT);
+        if (head === null || head === 'truncated') return;
+        if (head === 'too-large') return this.#reject(client, cr, 431, 'request head too large');
+        const req = parseRequestHead(head);
+        if (typeof req === 'string') return this.#reject(client, cr, 400, req);
+        const policy = this.#policy;
+        const ep = policy?.match(t.key, t.port) ?? null;
+        const target = tunnelPath(req.target);
+        const path = stripQuery(target);
+        const v = this.#check(ep, policy !== null, req.method, target);
+        if (!v.ok) return this.#deny(client, cr, v.status, t, ep, v.layer, v.reason, req.method, path);
+        if (internalReason(up.addr) && !endpointCoversIp(ep!, up.addr)) {
+          return this.#deny(client, cr, 403, t, ep, 'L4', `internal address ${up.addr.text} no longer allowed`, req.method, path);
+        }
+        this.#emit({
+          action: v.action,
+          host: t.key,
+          port: t.port,
+          method: req.method,
+          path,
+          policy: ep!.policy,
+          endpoint: ep!.label,
+          reason: v.reason,
+          layer: v.layer,
+        });
+        const outcome = await this.#exchange(client, cr, up, req, req.raw);
+        if (outcome === 'handed-off') {
+          handedOff = true;
+          return;
+        }
+        if (outcome === 'close' || up.reader.ended) return;
+      }
+    } finally {
+      if (!handedOff) {
+        up.sock.destroy();
+        this.#finish(client, cr);
+      }
+    }
+  }
+
+  /**
+   * One request/response exchange. The request body streams upstream while
+   * responses are read, so `Expect: 100-continue` and early responses work.
+   */
+  async #exchange(client: Socket, cr: SocketReader, up: Upstream, req: RequestHead, head: Buffer): Promise<Outcome> {
+    up.sock.write(head);
+    let bodyDone = req.framing.kind === 'none';
+    let bodyFailed = false;
+    if (!bodyDone) {
+      forwardBody(cr, up.sock, req.framing).then(
+        () => (bodyDone = true),
+        () => {
+          bodyFailed = true;
+          up.sock.destroy();
+        },
+      );
+    }
+    let started = false;
+    const fail = (reason: string): Outcome => {
+      if (!started && !bodyFailed) {
+        client.write(jsonResponse(502, { error: 'Bad Gateway', reason }));
+      }
+      return 'close';
+    };
+    for (;;) {
+      let raw: Awaited<ReturnType<SocketReader['readHead']>>;
+      try {
+        raw = await up.reader.readHead(HEAD_LIMIT);
+      } catch {
+        raw = null;
+      }
+      if (raw === null || raw === 'truncated') return fail('upstream closed without a response');
+      if (raw === 'too-large') return fail('upstream response head too large');
+      const res = parseResponseHead(raw);
+      if (typeof res === 'string') return fail(`invalid upstream response: ${res}`);
+      if (res.status === 101) {
+        // Only a requested upgrade may switch protocols; anything else is a protocol error.
+        if (!req.upgrade) return fail('unsolicited 101 Switching Protocols');
+        client.write(raw);
+        this.#splice(client, cr, up);
+        return 'handed-off';
+      }
+      if (res.status < 200) {
+        client.write(raw); // 100 Continue, 103 Early Hints: forward and keep reading
+        started = true;
+        continue;
+      }
+      const framing = responseFraming(req.method, res);
+      if (typeof framing === 'string') return fail(framing);
+      client.write(raw);
+      started = true;
+      try {
+        await forwardBody(up.reader, client, framing);
+      } catch {
+        return 'close';
+      }
+      if (framing.kind === 'close' || !bodyDone) return 'close';
+      return req.keepAlive && res.keepAlive ? 'keep' : 'close';
+    }
+  }
+
+  /**
+   * After a CONNECT to an L4 endpoint or a 101: stop parsing and pipe raw
+   * bytes both ways, no idle timeout. Bytes already read past the last head
+   * go first.
+   */
+  #splice(client: Socket, cr: SocketReader, up: Upstream): void {
+    const fromClient = cr.detach();
+    const fromUp = up.reader.detach();
+    client.setTimeout(0);
+    up.sock.setTimeout(0);
+    for (const b of fromUp) client.write(b);
+    for (const b of fromClient) up.sock.write(b);
+    const a = pipeline(client, up.sock);
+    const b = pipeline(up.sock, client);
+    void Promise.allSettled([a, b]).then(() => {
+      client.destroy();
+      up.sock.destroy();
+    });
+  }
+}
+
+/** Start the egress proxy; resolves once it listens. Throws PolicyError for an invalid policy. */
+export async function startEgressProxy(opts: EgressProxyOptions): Promise<EgressProxy> {
+  const server = new EgressServer(opts);
+  await server.listen();
+  return server;
+}
