@@ -1,0 +1,144 @@
+import { performance } from 'node:perf_hooks';
+import type net from 'node:net';
+import WebSocket from 'ws';
+
+export interface KeepAliveOptions {
+  /** Ping period. */
+  intervalMs: number;
+  /** A socket from which nothing at all was received this long is terminated. */
+  timeoutMs: number;
+  /** Called once, right after the socket was terminated for silence. */
+  onDead?: () => void;
+}
+
+interface Member {
+  ws: WebSocket;
+  timeoutMs: number;
+  lastSeen: number;
+  onDead: (() => void) | undefined;
+  stop: () => void;
+}
+
+/**
+ * One interval timer per ping period walks every socket tracked at that
+ * period: thousands of sockets cost one timer, a Set entry and a few
+ * listeners each.
+ */
+class Wheel {
+  readonly #intervalMs: number;
+  readonly #members = new Set<Member>();
+  #timer: NodeJS.Timeout | null = null;
+
+  constructor(intervalMs: number) {
+    this.#intervalMs = intervalMs;
+  }
+
+  add(member: Member): void {
+    this.#members.add(member);
+    if (!this.#timer) {
+      this.#timer = setInterval(() => this.#tick(), this.#intervalMs);
+      this.#timer.unref();
+    }
+  }
+
+  delete(member: Member): void {
+    this.#members.delete(member);
+    if (this.#members.size === 0 && this.#timer) {
+      clearInterval(this.#timer);
+      this.#timer = null;
+      wheels.delete(this.#intervalMs);
+    }
+  }
+
+  #tick(): void {
+    const now = performance.now();
+    const dead: Member[] = [];
+    for (const member of this.#members) {
+      const { ws } = member;
+      // A socket we paused for backpressure is not read, so its pongs wait in
+      // the kernel: our own slowness is not the peer's death.
+      if (ws.isPaused) member.lastSeen = now;
+      if (now - member.lastSeen >= member.timeoutMs) {
+        dead.push(member);
+        continue;
+      }
+      if (ws.readyState === WebSocket.OPEN) {
+        try {
+          ws.ping();
+        } catch {
+          // closing under us: its 'close' event untracks it
+        }
+      }
+    }
+    for (const member of dead) {
+      member.stop();
+      // The peer is presumed gone: no close handshake that would wait for it.
+      member.ws.terminate();
+      member.onDead?.();
+    }
+  }
+}
+
+const wheels = new Map<number, Wheel>();
+
+/**
+ * Ping/pong liveness for one WebSocket, identical on server and client ends:
+ * pings every `intervalMs`; anything received (pong, ping, message, or any
+ * raw bytes of a frame still arriving) counts as life; after `timeoutMs` of
+ * silence the socket is `terminate()`d (no close handshake) and `onDead` is
+ * called. Death is detected within `timeoutMs + intervalMs` of the last byte
+ * received. A client still connecting is terminated too (ws then emits
+ * 'error'). Tracking ends when the socket closes or the returned stop
+ * function is called (idempotent).
+ */
+export function keepAlive(ws: WebSocket, opts: KeepAliveOptions): () => void {
+  if (!(opts.intervalMs > 0) || !(opts.timeoutMs > 0)) {
+    throw new RangeError('keepAlive: intervalMs and timeoutMs must be positive');
+  }
+  if (ws.readyState === WebSocket.CLOSING || ws.readyState === WebSocket.CLOSED) return () => {};
+
+  let wheel = wheels.get(opts.intervalMs);
+  if (!wheel) {
+    wheel = new Wheel(opts.intervalMs);
+    wheels.set(opts.intervalMs, wheel);
+  }
+  const owner = wheel;
+
+  let raw: net.Socket | null = null;
+  let stopped = false;
+  const seen = (): void => {
+    member.lastSeen = performance.now();
+  };
+  // Raw bytes count too: one large frame arriving slowly is life before it
+  // becomes a 'message'. ws keeps its socket private, hence the cast.
+  const attachRaw = (): void => {
+    raw = (ws as unknown as { _socket?: net.Socket | null })._socket ?? null;
+    raw?.on('data', seen);
+  };
+  const stop = (): void => {
+    if (stopped) return;
+    stopped = true;
+    owner.delete(member);
+    ws.off('message', seen);
+    ws.off('ping', seen);
+    ws.off('pong', seen);
+    ws.off('open', onOpen);
+    ws.off('close', stop);
+    raw?.off('data', seen);
+    raw = null;
+  };
+  const onOpen = (): void => {
+    seen();
+    attachRaw();
+  };
+
+  const member: Member = { ws, timeoutMs: opts.timeoutMs, lastSeen: performance.now(), onDead: opts.onDead, stop };
+  ws.on('message', seen);
+  ws.on('ping', seen);
+  ws.on('pong', seen);
+  ws.on('close', stop);
+  if (ws.readyState === WebSocket.CONNECTING) ws.once('open', onOpen);
+  else attachRaw();
+  owner.add(member);
+  return stop;
+}
