@@ -47,6 +47,9 @@ export interface ExecWebSocketOptions {
   tty?: boolean;
   workdir?: string;
   user?: string;
+  /** Sent as repeated `env=KEY=VALUE` parameters. */
+  env?: Record<string, string>;
+  timeoutSeconds?: number;
   cols?: number;
   rows?: number;
 }
@@ -272,11 +275,25 @@ export class OpenShellClient {
 
   /** `GET …/files?path=`: the file's bytes, or with `tar` the directory as a tar stream. */
   async downloadFile(name: string, path: string, opts: { tar?: boolean } & SignalOption = {}): Promise<Readable> {
+    return (await this.download(name, path, opts)).body;
+  }
+
+  /** {@link downloadFile} with the response's content type and length (`null` when streamed without one). */
+  async download(
+    name: string,
+    path: string,
+    opts: { tar?: boolean } & SignalOption = {},
+  ): Promise<{ body: Readable; contentType: string | null; contentLength: number | null }> {
     const res = await this.#request('GET', `${sandboxPath(name)}/files`, {
       query: { path, format: opts.tar ? 'tar' : undefined },
       signal: opts.signal,
     });
-    return Readable.from(this.#chunks(res), { objectMode: false });
+    const length = res.headers.get('content-length');
+    return {
+      body: Readable.from(this.#chunks(res), { objectMode: false }),
+      contentType: res.headers.get('content-type'),
+      contentLength: length !== null && /^\d+$/.test(length) ? Number(length) : null,
+    };
   }
 
   // --- WebSockets ------------------------------------------------------------
@@ -293,6 +310,8 @@ export class OpenShellClient {
       tty: opts.tty,
       workdir: opts.workdir,
       user: opts.user,
+      env: opts.env ? Object.entries(opts.env).map(([k, v]) => `${k}=${v}`) : undefined,
+      timeoutSeconds: opts.timeoutSeconds,
       cols: opts.cols,
       rows: opts.rows,
     });

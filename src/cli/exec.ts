@@ -1,0 +1,213 @@
+import { fstatSync } from 'node:fs';
+import { constants as osConstants } from 'node:os';
+import type { Readable, Writable } from 'node:stream';
+import type { Command } from 'commander';
+import type WebSocket from 'ws';
+import { ExecChannel } from '../client/index.js';
+import type { ExecBody } from '../schemas/sandbox.js';
+import { CliExit, collectKeyValue, contextOf, isTty, parseSeconds, writeAll, type CliIo, type Context } from './context.js';
+import { openWebSocket } from './ws.js';
+
+interface ExecOptions {
+  workdir?: string;
+  env?: Record<string, string>;
+  timeout?: number;
+  tty?: boolean;
+  user?: string;
+}
+
+/** Exit code of a command that ended with an exec `error` event (like ssh's 255). */
+export const EXEC_ERROR_EXIT = 255;
+
+/** `openshell sandbox exec NAME [opts] -- cmd…`. */
+export function registerExecCommand(sandbox: Command, io: CliIo): void {
+  sandbox
+    .command('exec')
+    .description('run a command in a sandbox; exits with its exit code')
+    .argument('<name>')
+    .argument('<command...>', 'the command, after --')
+    .option('--workdir <dir>', 'working directory')
+    .option('--env <KEY=VALUE>', 'environment variable, repeatable', collectKeyValue('--env'))
+    .option('--timeout <seconds>', 'kill the command after this long (exit 124)', parseSeconds('--timeout', true))
+    .option('-t, --tty', 'allocate a terminal (interactive, over a WebSocket)')
+    .option('--user <user>', 'run as this user')
+    .action(async (name: string, command: string[], opts: ExecOptions, cmd: Command) => {
+      const ctx = contextOf(io, cmd);
+      const body: ExecBody = { command };
+      if (opts.env) body.env = opts.env;
+      if (opts.workdir) body.workdir = opts.workdir;
+      if (opts.user) body.user = opts.user;
+      if (opts.timeout !== undefined) body.timeoutSeconds = opts.timeout;
+      const code = opts.tty ? await execInteractive(ctx, name, command, opts) : await execStream(ctx, name, body);
+      if (code !== 0) throw new CliExit(code);
+    });
+}
+
+/** The exit code the CLI reports for an exec's end: the command's, 124 on timeout, 128+n on a signal. */
+export function exitCodeOf(end: { exitCode?: number | null; signal?: string | null; timedOut?: boolean }): number {
+  if (end.timedOut) return 124;
+  if (typeof end.exitCode === 'number') return end.exitCode;
+  if (end.signal) {
+    const n = (osConstants.signals as Record<string, number>)[end.signal];
+    return n ? 128 + n : EXEC_ERROR_EXIT;
+  }
+  return EXEC_ERROR_EXIT;
+}
+
+/** `POST …/exec`, output streamed to our stdout/stderr as it arrives. */
+async function execStream(ctx: Context, name: string, body: ExecBody): Promise<number> {
+  const stdin = await readPipedStdin(ctx.io.stdin);
+  if (stdin && stdin.length > 0) body.stdin = stdin.toString('base64');
+  for await (const ev of ctx.client.exec(name, body)) {
+    switch (ev.type) {
+      case 'stdout':
+        await writeAll(ctx.io.stdout, Buffer.from(ev.data, 'base64'));
+        break;
+      case 'stderr':
+        await writeAll(ctx.io.stderr, Buffer.from(ev.data, 'base64'));
+        break;
+      case 'exit':
+        return exitCodeOf(ev);
+      case 'error':
+        throw new CliExit(EXEC_ERROR_EXIT, `openshell: exec failed: ${ev.message} (${ev.code})`);
+    }
+  }
+  throw new CliExit(EXEC_ERROR_EXIT, `openshell: exec stream from ${ctx.gateway} ended without an exit status`);
+}
+
+/**
+ * Our stdin when it is piped or redirected from a file: read to the end. A
+ * TTY (interactive) or a character device such as /dev/null is not read.
+ */
+async function readPipedStdin(stdin: Readable): Promise<Buffer | undefined> {
+  if (isTty(stdin)) return undefined;
+  const fd = (stdin as { fd?: unknown }).fd;
+  if (typeof fd === 'number') {
+    try {
+      const st = fstatSync(fd);
+      if (st.isCharacterDevice()) return undefined;
+      if (st.isFile() && st.size === 0) return undefined;
+    } catch {
+      return undefined;
+    }
+  }
+  const chunks: Buffer[] = [];
+  for await (const chunk of stdin as AsyncIterable<Buffer | string>) {
+    chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
+  }
+  return Buffer.concat(chunks);
+}
+
+/**
+ * Interactive exec over the WebSocket: channel-byte frames (0 stdin, 1
+ * stdout, 2 stderr, 3 status JSON, 4 resize JSON), the local terminal in raw
+ * mode, resized on SIGWINCH.
+ */
+async function execInteractive(ctx: Context, name: string, command: string[], opts: ExecOptions): Promise<number> {
+  const { stdin, stdout, stderr } = ctx.io;
+  const size = () => ({
+    cols: (stdout as { columns?: number }).columns ?? 80,
+    rows: (stdout as { rows?: number }).rows ?? 24,
+  });
+  const url = ctx.client.execUrl(name, {
+    command,
+    tty: true,
+    workdir: opts.workdir,
+    user: opts.user,
+    env: opts.env,
+    timeoutSeconds: opts.timeout,
+    ...size(),
+  });
+  const ws = await openWebSocket(ctx, url);
+  const raw = isTty(stdin) && typeof (stdin as { setRawMode?: unknown }).setRawMode === 'function';
+  const setRaw = (on: boolean) => (stdin as unknown as { setRawMode(on: boolean): void }).setRawMode(on);
+  const sendResize = () => {
+    const { cols, rows } = size();
+    // Both spellings: ours ({cols, rows}) and the channel.k8s.io one ({Width, Height}).
+    sendFrame(ws, ExecChannel.resize, Buffer.from(JSON.stringify({ cols, rows, Width: cols, Height: rows })));
+  };
+  const onStdin = (chunk: Buffer | string) => sendFrame(ws, ExecChannel.stdin, typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
+  let status: number | undefined;
+  let errorMessage: string | undefined;
+  try {
+    if (raw) setRaw(true);
+    stdin.on('data', onStdin);
+    stdin.resume();
+    if (isTty(stdout)) process.on('SIGWINCH', sendResize);
+    return await new Promise<number>((resolve, reject) => {
+      ws.on('message', (data: Buffer, isBinary: boolean) => {
+        const frame = isBinary ? data : Buffer.from(data);
+        if (frame.length === 0) return;
+        const payload = frame.subarray(1);
+        switch (frame[0]) {
+          case ExecChannel.stdout:
+            write(stdout, payload, ws);
+            break;
+          case ExecChannel.stderr:
+            write(stderr, payload, ws);
+            break;
+          case ExecChannel.status: {
+            const parsed = parseStatus(payload);
+            status = parsed.code;
+            errorMessage = parsed.error;
+            break;
+          }
+        }
+      });
+      ws.once('close', (code: number, reason: Buffer) => {
+        if (errorMessage) reject(new CliExit(EXEC_ERROR_EXIT, `openshell: exec failed: ${errorMessage}`));
+        else if (status !== undefined) resolve(status);
+        else if (code >= 4000) reject(new CliExit(EXEC_ERROR_EXIT, `openshell: exec failed: ${reason.toString() || `closed with ${code}`}`));
+        else reject(new CliExit(EXEC_ERROR_EXIT, `openshell: exec connection to ${ctx.gateway} closed without an exit status (${code})`));
+      });
+      ws.once('error', (err) => reject(new CliExit(EXEC_ERROR_EXIT, `openshell: exec connection to ${ctx.gateway} failed: ${err.message}`)));
+    });
+  } finally {
+    process.off('SIGWINCH', sendResize);
+    stdin.off('data', onStdin);
+    stdin.pause();
+    if (raw) setRaw(false);
+    ws.terminate();
+  }
+}
+
+function sendFrame(ws: WebSocket, channel: number, payload: Buffer): void {
+  if (ws.readyState !== ws.OPEN) return;
+  ws.send(Buffer.concat([Buffer.of(channel), payload]), { binary: true });
+}
+
+/** Writes terminal output, pausing the socket while our stdout is full. */
+function write(out: Writable, payload: Buffer, ws: WebSocket): void {
+  if (!out.write(payload)) {
+    ws.pause();
+    out.once('drain', () => ws.resume());
+  }
+}
+
+/**
+ * The status frame: ours (`{exitCode, signal, timedOut}` or `{error|code,
+ * message}`) or the channel.k8s.io `Status` (`Success`, or `Failure` with an
+ * `ExitCode` cause).
+ */
+export function parseStatus(payload: Buffer): { code?: number; error?: string } {
+  let s: Record<string, unknown>;
+  try {
+    s = JSON.parse(payload.toString('utf8')) as Record<string, unknown>;
+  } catch {
+    return { error: `unreadable status frame: ${payload.toString('utf8').slice(0, 200)}` };
+  }
+  if (s.type === 'error' || (typeof s.code === 'string' && typeof s.message === 'string' && !('exitCode' in s))) {
+    return { error: `${String(s.message)} (${String(s.code)})` };
+  }
+  if ('exitCode' in s || 'timedOut' in s || 'signal' in s) {
+    return { code: exitCodeOf(s as { exitCode?: number | null; signal?: string | null; timedOut?: boolean }) };
+  }
+  if (s.status === 'Success') return { code: 0 };
+  if (s.status === 'Failure') {
+    const causes = ((s.details as { causes?: Array<{ reason?: string; message?: string }> } | undefined)?.causes ?? []);
+    const exit = causes.find((c) => c.reason === 'ExitCode');
+    if (exit && /^\d+$/.test(exit.message ?? '')) return { code: Number(exit.message) };
+    return { error: String(s.message ?? s.reason ?? 'failed') };
+  }
+  return { error: `unknown status frame: ${payload.toString('utf8').slice(0, 200)}` };
+}
