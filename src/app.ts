@@ -8,7 +8,9 @@ import { OpenShellError } from './errors.js';
 import { Gateway, type GatewayDeps } from './gateway.js';
 import { REDACT_PATHS } from './log.js';
 import { errorHandler, notFoundHandler } from './routes/error-handler.js';
+import { execRoutes } from './routes/exec.js';
 import { healthRoutes } from './routes/health.js';
+import { relayRoutes } from './routes/relay.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
 import { supervisorRoutes } from './routes/supervisor.js';
 import { bearerToken } from './sandboxes/tokens.js';
@@ -62,6 +64,8 @@ export async function buildApp(config: Config, deps: GatewayDeps = {}): Promise<
   await app.register(healthRoutes);
   await app.register(sandboxRoutes);
   await app.register(supervisorRoutes);
+  await app.register(relayRoutes);
+  await app.register(execRoutes);
 
   app.addHook('onListen', async () => {
     const address = app.server.address();

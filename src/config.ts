@@ -28,6 +28,8 @@ export const ConfigSchema = Type.Object({
   /** How long create waits for the driver; how often TTLs are swept. */
   ttlSweepMs: Type.Integer({ minimum: 50, default: 1000 }),
   bodyLimitBytes: Type.Integer({ minimum: 1024, default: 1_048_576 }),
+  /** Exec bodies carry base64 stdin: a larger limit (interactive exec and file uploads stream without one). */
+  execBodyLimitBytes: Type.Integer({ minimum: 1024, default: 64 * 1_048_576 }),
 });
 export type Config = Static<typeof ConfigSchema>;
 

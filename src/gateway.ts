@@ -3,7 +3,9 @@ import { ProcessDriver } from './drivers/process.js';
 import type { ComputeDriver } from './drivers/types.js';
 import type { Logger } from './log.js';
 import type { SupervisorToGateway } from './protocol/control.js';
+import { RelayBroker } from './relay/broker.js';
 import type { SupervisorSession } from './relay/control.js';
+import { ExecService } from './relay/exec-service.js';
 import { SessionRegistry } from './relay/sessions.js';
 import { SandboxService } from './sandboxes/service.js';
 import { openStore, type SandboxStore } from './store/index.js';
@@ -27,6 +29,8 @@ export class Gateway {
   readonly driver: ComputeDriver;
   readonly sessions = new SessionRegistry<SupervisorSession>();
   readonly sandboxes: SandboxService;
+  readonly broker: RelayBroker;
+  readonly execs: ExecService;
   #endpoint = '';
   readonly #unsubscribe: Array<() => void> = [];
 
@@ -44,6 +48,8 @@ export class Gateway {
       validatePolicy: deps.validatePolicy,
       sandboxEndpoint: () => this.endpoint,
     });
+    this.broker = new RelayBroker({ sessions: this.sessions, config, log });
+    this.execs = new ExecService({ broker: this.broker, sandboxes: this.sandboxes, log });
     const reconcile = (sandboxId: string) =>
       void this.sandboxes.reconcile(sandboxId).catch((err: unknown) => this.log.error({ err, sandboxId }, 'readiness update failed'));
     this.#unsubscribe.push(
@@ -67,6 +73,9 @@ export class Gateway {
 
   onSupervisorMessage(session: SupervisorSession, message: SupervisorToGateway): void {
     switch (message.type) {
+      case 'relayOpenResult':
+        this.broker.onOpenResult(session, message);
+        break;
       case 'mainProcess':
         void this.sandboxes
           .setMainProcess(session.sandboxId, {
@@ -83,6 +92,7 @@ export class Gateway {
 
   /** Ends every supervisor session (the supervisors reconnect to the next gateway). */
   closeSessions(): void {
+    this.broker.close();
     this.sessions.closeAll(1001, 'gateway shutting down');
   }
 

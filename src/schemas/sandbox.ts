@@ -31,8 +31,12 @@ export type MainProcess = Static<typeof MainProcessSchema>;
 
 export const LabelsSchema = Type.Record(Type.String({ pattern: LABEL_KEY_PATTERN }), Type.String({ maxLength: 253 }), {
   maxProperties: 64,
+  additionalProperties: false,
 });
-export const EnvSchema = Type.Record(Type.String({ pattern: ENV_KEY_PATTERN }), Type.String(), { maxProperties: 1024 });
+export const EnvSchema = Type.Record(Type.String({ pattern: ENV_KEY_PATTERN }), Type.String(), {
+  maxProperties: 1024,
+  additionalProperties: false,
+});
 
 export const SandboxSchema = Type.Object(
   {

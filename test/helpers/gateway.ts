@@ -97,3 +97,17 @@ export function alive(pid: number): boolean {
     return false;
   }
 }
+
+/**
+ * Puts a real TCP fault proxy between supervisors and the gateway: sandboxes
+ * created from now on dial the proxy (as if `--sandbox-endpoint` named it).
+ */
+export async function proxySupervisors(t: Teardown, gw: TestGateway): Promise<TcpProxy> {
+  const port = Number(new URL(gw.url).port);
+  const proxy = await startTcpProxy({ host: '127.0.0.1', port });
+  t.teardown(() => proxy.close());
+  gw.app.openshell.config.sandboxEndpoint = `http://127.0.0.1:${proxy.port}`;
+  return proxy;
+}
+
+import { startTcpProxy, type TcpProxy } from './tcp-proxy.js';

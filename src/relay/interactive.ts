@@ -1,0 +1,105 @@
+import type { RawData, WebSocket } from 'ws';
+import { isOpenShellError } from '../errors.js';
+import type { Logger } from '../log.js';
+import type { ExecService } from './exec-service.js';
+
+/** Channel bytes of the Kubernetes `channel.k8s.io` convention. */
+export const Channel = { STDIN: 0, STDOUT: 1, STDERR: 2, STATUS: 3, RESIZE: 4 } as const;
+
+export interface InteractiveOptions {
+  name: string;
+  command: string[];
+  tty: boolean;
+  workdir?: string;
+  cols?: number;
+  rows?: number;
+  log: Logger;
+}
+
+/**
+ * Interactive exec over a caller's WebSocket: frames carry a channel byte
+ * (0 stdin, 1 stdout, 2 stderr, 3 status JSON, 4 resize JSON). The last
+ * frame is a status on channel 3, then a 1000 close. The caller closing
+ * early kills the process group.
+ */
+export async function serveInteractiveExec(client: WebSocket, execs: ExecService, opts: InteractiveOptions): Promise<void> {
+  const abort = new AbortController();
+  client.once('close', () => abort.abort());
+  const pendingInput: RawData[] = [];
+  const buffer = (data: RawData) => pendingInput.push(data);
+  client.on('message', buffer);
+  let run;
+  try {
+    run = await execs.start(
+      opts.name,
+      { command: opts.command, tty: opts.tty, ...(opts.workdir ? { workdir: opts.workdir } : {}) },
+      { signal: abort.signal, interactiveStdin: true, cols: opts.cols, rows: opts.rows },
+    );
+  } catch (err) {
+    const code = isOpenShellError(err) ? err.code : 'INTERNAL';
+    sendStatus(client, { status: 'Failure', reason: code, message: (err as Error).message });
+    client.close(isOpenShellError(err) ? 4000 + (err.statusCode % 1000) : 4500, code);
+    return;
+  }
+  const started = Date.now();
+  const onInput = (data: RawData) => {
+    const buf = Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
+    if (buf.length === 0) return;
+    const channel = buf[0];
+    const payload = buf.subarray(1);
+    if (channel === Channel.STDIN) {
+      // An empty stdin frame is end-of-input (as `kubectl exec` without -i sends).
+      if (payload.length === 0) run.closeStdin();
+      else run.writeStdin(payload);
+    } else if (channel === Channel.RESIZE) {
+      try {
+        const size = JSON.parse(payload.toString()) as { Width?: number; Height?: number; cols?: number; rows?: number };
+        const cols = size.cols ?? size.Width;
+        const rows = size.rows ?? size.Height;
+        if (typeof cols === 'number' && typeof rows === 'number' && cols > 0 && rows > 0) run.resize(cols, rows);
+      } catch {
+        opts.log.debug({}, 'ignored a malformed resize frame');
+      }
+    }
+  };
+  client.off('message', buffer);
+  for (const data of pendingInput.splice(0)) onInput(data);
+  client.on('message', onInput);
+  abort.signal.addEventListener('abort', () => {
+    if (!run.finished) run.abort();
+  });
+
+  let outcome = 'aborted';
+  for await (const event of run) {
+    if (event.type === 'stdout' || event.type === 'stderr') {
+      if (client.readyState !== client.OPEN) continue;
+      const frame = Buffer.allocUnsafe(event.data.length + 1);
+      frame[0] = event.type === 'stdout' ? Channel.STDOUT : Channel.STDERR;
+      event.data.copy(frame, 1);
+      client.send(frame, { binary: true });
+    } else if (event.type === 'exit') {
+      outcome = 'exit';
+      sendStatus(client, {
+        status: event.exitCode === 0 ? 'Success' : 'Failure',
+        ...(event.exitCode === 0 ? {} : { reason: 'NonZeroExitCode' }),
+        exitCode: event.exitCode,
+        signal: event.signal,
+        ...(event.timedOut ? { timedOut: true } : {}),
+        details: { causes: [{ reason: 'ExitCode', message: String(event.exitCode ?? '') }] },
+      });
+      client.close(1000, 'exit');
+    } else if (event.type === 'error') {
+      outcome = 'error';
+      sendStatus(client, { status: 'Failure', reason: event.code, message: event.message });
+      client.close(4502, event.code);
+    }
+  }
+  execs.finished(Date.now() - started, outcome);
+}
+
+function sendStatus(client: WebSocket, status: Record<string, unknown>): void {
+  if (client.readyState !== client.OPEN) return;
+  client.send(Buffer.concat([Buffer.from([Channel.STATUS]), Buffer.from(JSON.stringify({ metadata: {}, ...status }))]), {
+    binary: true,
+  });
+}

@@ -1,0 +1,88 @@
+import { Readable } from 'node:stream';
+import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
+import { Type } from '@sinclair/typebox';
+import { OpenShellError } from '../errors.js';
+import { collectExec, execLines } from '../relay/exec-stream.js';
+import { serveInteractiveExec } from '../relay/interactive.js';
+import { ExecBodySchema, SANDBOX_NAME_PATTERN } from '../schemas/sandbox.js';
+
+const NameParams = Type.Object({ name: Type.String({ pattern: SANDBOX_NAME_PATTERN, maxLength: 63 }) });
+const InteractiveQuery = Type.Object({
+  command: Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.String(), { minItems: 1, maxItems: 1024 })]),
+  tty: Type.Optional(Type.Union([Type.Literal('true'), Type.Literal('false'), Type.Literal('1'), Type.Literal('0')])),
+  workdir: Type.Optional(Type.String({ minLength: 1 })),
+  cols: Type.Optional(Type.String({ pattern: '^[0-9]{1,4}$' })),
+  rows: Type.Optional(Type.String({ pattern: '^[0-9]{1,4}$' })),
+});
+
+export const execRoutes: FastifyPluginAsyncTypebox = async (app) => {
+  const { execs, config } = app.openshell;
+
+  app.post(
+    '/v1/sandboxes/:name/exec',
+    {
+      bodyLimit: config.execBodyLimitBytes,
+      schema: {
+        tags: ['exec'],
+        params: NameParams,
+        body: ExecBodySchema,
+      },
+    },
+    async (request, reply) => {
+      const abort = new AbortController();
+      // The response's close (not the request's) means the caller went away.
+      reply.raw.once('close', () => abort.abort());
+      const run = await execs.start(request.params.name, request.body, { signal: abort.signal });
+      const started = Date.now();
+      abort.signal.addEventListener('abort', () => {
+        if (!run.finished) run.abort();
+      });
+      const finish = (outcome: string) => execs.finished(Date.now() - started, outcome);
+
+      if (wantsJson(request.headers.accept)) {
+        const result = await collectExec(run);
+        if ('type' in result) {
+          finish(result.code);
+          throw new OpenShellError(result.code, result.message);
+        }
+        finish('exit');
+        return result;
+      }
+      const lines = (async function* () {
+        let outcome = 'aborted';
+        try {
+          for await (const text of execLines(run)) {
+            if (text.startsWith('{"type":"exit"')) outcome = 'exit';
+            else if (text.startsWith('{"type":"error"')) outcome = 'error';
+            yield text;
+          }
+        } finally {
+          finish(outcome);
+        }
+      })();
+      return reply.type('application/x-ndjson').header('cache-control', 'no-store').send(Readable.from(lines));
+    },
+  );
+
+  app.get(
+    '/v1/sandboxes/:name/exec',
+    { websocket: true, schema: { params: NameParams, querystring: InteractiveQuery } },
+    (socket, request) => {
+      const q = request.query;
+      void serveInteractiveExec(socket, execs, {
+        name: request.params.name,
+        command: Array.isArray(q.command) ? q.command : [q.command],
+        tty: q.tty === 'true' || q.tty === '1',
+        workdir: q.workdir,
+        cols: q.cols ? Number(q.cols) : undefined,
+        rows: q.rows ? Number(q.rows) : undefined,
+        log: request.log,
+      });
+    },
+  );
+};
+
+function wantsJson(accept: string | undefined): boolean {
+  if (!accept) return false;
+  return accept.includes('application/json') && !accept.includes('application/x-ndjson');
+}

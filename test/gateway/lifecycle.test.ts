@@ -1,0 +1,109 @@
+import { existsSync } from 'node:fs';
+import { join } from 'node:path';
+import t from 'tap';
+import type { Sandbox, SandboxList } from '../../src/schemas/sandbox.js';
+import { alive, api, startGateway, waitForPhase } from '../helpers/gateway.js';
+import { supervisorPid, supervisorsOf } from '../helpers/sandbox.js';
+
+t.test('create → Ready, list, get, label filter, delete', async (t) => {
+  const gw = await startGateway(t);
+  const started = Date.now();
+  const created = await api<Sandbox>(gw.url, 'POST', '/v1/sandboxes', {
+    name: 'alpha',
+    labels: { team: 'red' },
+    command: ['sleep', 'infinity'],
+  });
+  t.equal(created.status, 201);
+  t.equal(created.body.name, 'alpha');
+  t.match(created.body.id, /^sbx_/);
+  t.equal(created.body.driver, 'process');
+  const ready = await waitForPhase(gw.app, 'alpha', 'Ready', 10_000);
+  t.equal(ready.conditions[0].reason, 'SupervisorConnected');
+  t.ok(Date.now() - started < 10_000, 'Ready within seconds');
+
+  const other = await api<Sandbox>(gw.url, 'POST', '/v1/sandboxes', { labels: { team: 'blue' } });
+  t.equal(other.status, 201);
+  t.match(other.body.name, /^[a-z]+-[a-z]+$/, 'generated two-word name');
+
+  const all = await api<SandboxList>(gw.url, 'GET', '/v1/sandboxes');
+  t.same(all.body.sandboxes.map((s) => s.name).sort(), ['alpha', other.body.name].sort());
+  const red = await api<SandboxList>(gw.url, 'GET', '/v1/sandboxes?label=team=red');
+  t.same(red.body.sandboxes.map((s) => s.name), ['alpha']);
+  const got = await api<Sandbox>(gw.url, 'GET', '/v1/sandboxes/alpha');
+  t.equal(got.body.id, created.body.id);
+  t.equal(got.body.mainProcess.state, 'Running');
+
+  const pid = supervisorPid(gw.stateDir, created.body.id);
+  t.ok(alive(-pid), 'supervisor process group alive');
+  const dir = join(gw.stateDir, 'sandboxes', created.body.id);
+  t.ok(existsSync(dir));
+
+  const deleting = await api<Sandbox>(gw.url, 'DELETE', '/v1/sandboxes/alpha');
+  t.equal(deleting.status, 200);
+  t.equal(deleting.body.phase, 'Deleting');
+  await gw.app.openshell.sandboxes.deleted(created.body.id);
+  const gone = await api(gw.url, 'GET', '/v1/sandboxes/alpha');
+  t.equal(gone.status, 404);
+  t.notOk(alive(-pid), 'process group dead');
+  t.same(supervisorsOf(created.body.id), [], 'no supervisor left');
+  t.notOk(existsSync(dir), 'directory removed');
+});
+
+t.test('the entrypoint exiting leaves the sandbox usable and reports mainProcess', async (t) => {
+  const gw = await startGateway(t);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'quick', command: ['sh', '-c', 'exit 3'] });
+  await waitForPhase(gw.app, 'quick', 'Ready');
+  const exited = await new Promise<Sandbox>((resolve) => {
+    const check = async () => {
+      const s = await gw.app.openshell.sandboxes.get('quick');
+      if (s.mainProcess.state === 'Exited') {
+        off();
+        resolve(s);
+      }
+    };
+    const off = gw.app.openshell.sandboxes.on('change', () => void check());
+    void check();
+  });
+  t.equal(exited.phase, 'Ready');
+  t.same(exited.mainProcess, { state: 'Exited', exitCode: 3, signal: null });
+});
+
+t.test('ttlSeconds: the gateway deletes the sandbox when its TTL runs out', async (t) => {
+  const gw = await startGateway(t, { ttlSweepMs: 100 });
+  const created = await api<Sandbox>(gw.url, 'POST', '/v1/sandboxes', { name: 'brief', ttlSeconds: 1 });
+  t.ok(created.body.expiresAt);
+  await new Promise<void>((resolve) => {
+    const off = gw.app.openshell.sandboxes.on('deleted', (r) => {
+      if (r.name === 'brief') {
+        off();
+        resolve();
+      }
+    });
+  });
+  t.equal((await api(gw.url, 'GET', '/v1/sandboxes/brief')).status, 404);
+  t.same(supervisorsOf(created.body.id), []);
+});
+
+t.test('watch streams snapshots and ends when the sandbox is gone', async (t) => {
+  const gw = await startGateway(t);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'watched' });
+  const res = await fetch(`${gw.url}/v1/sandboxes/watched/watch`);
+  t.equal(res.headers.get('content-type'), 'application/x-ndjson');
+  const phases: string[] = [];
+  const reader = (async () => {
+    let buffer = '';
+    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+      buffer += Buffer.from(chunk).toString();
+      let nl;
+      while ((nl = buffer.indexOf('\n')) >= 0) {
+        const s = JSON.parse(buffer.slice(0, nl)) as Sandbox;
+        buffer = buffer.slice(nl + 1);
+        if (phases.at(-1) !== s.phase) phases.push(s.phase);
+        if (s.phase === 'Ready') void api(gw.url, 'DELETE', '/v1/sandboxes/watched');
+      }
+    }
+  })();
+  await reader;
+  t.same(phases.slice(-2), ['Ready', 'Deleting']);
+  t.equal((await api(gw.url, 'GET', '/v1/sandboxes/watched')).status, 404);
+});

@@ -1,0 +1,51 @@
+import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
+
+/** The supervisor pid the process driver recorded for a sandbox. */
+export function supervisorPid(stateDir: string, sandboxId: string): number {
+  const file = join(stateDir, 'sandboxes', sandboxId, 'supervisor.json');
+  return (JSON.parse(readFileSync(file, 'utf8')) as { pid: number }).pid;
+}
+
+/** Reads one variable of a live process's environment (Linux /proc). */
+export function processEnv(pid: number, name: string): string | undefined {
+  const entries = readFileSync(`/proc/${pid}/environ`, 'latin1').split('\0');
+  const hit = entries.find((e) => e.startsWith(`${name}=`));
+  return hit?.slice(name.length + 1);
+}
+
+/** The sandbox token, as handed to its supervisor. */
+export function sandboxToken(stateDir: string, sandboxId: string): string {
+  const token = processEnv(supervisorPid(stateDir, sandboxId), 'OPENSHELL_SANDBOX_TOKEN');
+  if (!token) throw new Error(`no token in the environment of ${sandboxId}'s supervisor`);
+  return token;
+}
+
+/** Pids of every live supervisor process of a sandbox (to count duplicates). */
+export function supervisorsOf(sandboxId: string): number[] {
+  const found: number[] = [];
+  for (const entry of readdirSafe('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'latin1');
+      if (!cmdline.includes('supervisor/main.js')) continue;
+      if (readFileSync(`/proc/${entry}/environ`, 'latin1').includes(`OPENSHELL_SANDBOX_ID=${sandboxId}\0`)) {
+        const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+        if (!stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) found.push(Number(entry));
+      }
+    } catch {
+      // raced with exit
+    }
+  }
+  return found;
+}
+
+function readdirSafe(dir: string): string[] {
+  try {
+    return readdirSyncCompat(dir);
+  } catch {
+    return [];
+  }
+}
+
+import { readdirSync as readdirSyncCompat } from 'node:fs';
