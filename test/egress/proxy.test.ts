@@ -1,0 +1,359 @@
+import t from 'tap';
+import net from 'node:net';
+import http from 'node:http';
+import { once } from 'node:events';
+import type { Logger } from '../../src/log.js';
+import { startEgressProxy, type Policy } from '../../src/egress/index.js';
+import {
+  connectVia,
+  dial,
+  forwardRequest,
+  onePolicy,
+  portOf,
+  startHttp,
+  startProxy,
+  within,
+} from './fixtures/helpers.js';
+
+const API = 'api.example.test';
+
+t.test('default deny: 403 JSON naming the decision, connection closed', async (t) => {
+  const server = await startHttp(t);
+  const { proxy, decisions } = await startProxy(t, null);
+  await within(5000, (async () => {
+    const c = await dial(t, proxy.port);
+    c.sock.write(`GET http://${API}:${portOf(server)}/x HTTP/1.1\r\nHost: ${API}\r\n\r\n`);
+    const r = await c.bytes.response();
+    t.equal(r.status, 403);
+    t.match(r.head, /\r\ncontent-type: application\/json\r\n/i);
+    t.match(r.head, /\r\nconnection: close\r\n/i);
+    const body = JSON.parse(r.body);
+    t.match(body, { error: String, host: API, port: portOf(server), reason: /no network policy/, policy: null });
+    await c.bytes.closed();
+
+    const tun = await connectVia(t, proxy, `${API}:${portOf(server)}`);
+    t.equal(tun.status, 403);
+    t.match(JSON.parse(tun.body), { host: API, port: portOf(server), policy: null });
+    await tun.bytes.closed();
+  })());
+  t.equal(decisions.length, 2);
+  t.match(decisions[0], { action: 'deny', host: API, layer: 'L4', method: 'GET', path: '/x' });
+});
+
+t.test('host matching through the proxy: exact, *. one label, **. deep, port mismatch', async (t) => {
+  const server = await startHttp(t);
+  const port = portOf(server);
+  const policy: Policy = {
+    version: 1,
+    network_policies: {
+      exact: { endpoints: [{ host: API, port, allowed_ips: ['127.0.0.1'] }] },
+      one: { endpoints: [{ host: '*.one.test', port, allowed_ips: ['127.0.0.0/8'] }] },
+      deep: { endpoints: [{ host: '**.deep.test', port, allowed_ips: ['127.0.0.1/32'] }] },
+    },
+  };
+  const { proxy, decisions } = await startProxy(t, policy);
+  const get = (host: string, p = port) => forwardRequest(proxy, `http://${host}:${p}/hello`);
+  await within(5000, (async () => {
+    t.equal((await get(API)).status, 200, 'exact');
+    t.equal((await get('API.EXAMPLE.TEST')).status, 200, 'exact, case-insensitive');
+    t.equal((await get('x.one.test')).status, 200, '*. one label');
+    t.equal((await get('y.x.one.test')).status, 403, '*. is not deep');
+    t.equal((await get('a.b.c.deep.test')).status, 200, '**. deep');
+    t.equal((await get('other.test')).status, 403, 'unlisted host');
+    const wrongPort = await get(API, port + 1 > 65535 ? port - 1 : port + 1);
+    t.equal(wrongPort.status, 403, 'port mismatch');
+    t.match(JSON.parse(wrongPort.body), { policy: null, reason: /no policy endpoint/ });
+    t.equal((await connectVia(t, proxy, `x.one.test:${port}`)).status, 200, 'CONNECT wildcard');
+  })());
+  t.match(decisions.find((d) => d.host === 'x.one.test'), { action: 'allow', policy: 'one', layer: 'L4' });
+});
+
+t.test('L7 access presets, rules with **, deny_rules, audit', async (t) => {
+  const server = await startHttp(t);
+  const port = portOf(server);
+  const ep = (host: string, extra: Record<string, unknown>) => ({ host, port, protocol: 'rest' as const, allowed_ips: ['127.0.0.1/32'], ...extra });
+  const policy = {
+    version: 1,
+    network_policies: {
+      ro: { endpoints: [ep('ro.test', { access: 'read-only' })] },
+      rw: { endpoints: [ep('rw.test', { access: 'read-write' })] },
+      full: { endpoints: [ep('full.test', { access: 'full', deny_rules: [{ method: 'DELETE', path: '/keep/**' }] })] },
+      rules: {
+        endpoints: [
+          ep('rules.test', {
+            rules: [{ allow: { method: 'GET', path: '/repos/**' } }, { allow: { method: 'POST', path: '/repos/*/issues' } }],
+            deny_rules: [{ method: '*', path: '/repos/*/admin/**' }],
+          }),
+        ],
+      },
+      audit: { endpoints: [ep('audit.test', { access: 'read-only', enforcement: 'audit' })] },
+    },
+  } as Policy;
+  const { proxy, decisions } = await startProxy(t, policy);
+  const req = (method: string, host: string, path: string) =>
+    forwardRequest(proxy, `http://${host}:${port}${path}`, { method, body: method === 'GET' || method === 'HEAD' ? undefined : 'x' });
+  await within(10_000, (async () => {
+    const expect: Array<[string, string, string, number]> = [
+      ['GET', 'ro.test', '/a', 200],
+      ['HEAD', 'ro.test', '/a', 200],
+      ['OPTIONS', 'ro.test', '/a', 200],
+      ['POST', 'ro.test', '/a', 403],
+      ['POST', 'rw.test', '/a', 200],
+      ['PUT', 'rw.test', '/a', 200],
+      ['PATCH', 'rw.test', '/a', 200],
+      ['DELETE', 'rw.test', '/a', 403],
+      ['DELETE', 'full.test', '/a', 200],
+      ['DELETE', 'full.test', '/keep/x/y', 403],
+      ['GET', 'rules.test', '/repos/o/r/pulls/1', 200],
+      ['GET', 'rules.test', '/repos', 200],
+      ['POST', 'rules.test', '/repos/r/issues', 200],
+      ['POST', 'rules.test', '/repos/o/r/issues', 403],
+      ['GET', 'rules.test', '/users/x', 403],
+      ['GET', 'rules.test', '/repos/o/admin/keys', 403],
+      ['GET', 'rules.test', '/repos/x/../o/admin/keys', 403],
+      ['POST', 'audit.test', '/a', 200],
+    ];
+    for (const [method, host, path, status] of expect) {
+      const r = await req(method, host, path);
+      t.equal(r.status, status, `${method} ${host}${path} → ${status}`);
+      if (status === 403) t.match(JSON.parse(r.body), { host, port, method, layer: 'L7', policy: host.split('.')[0] });
+    }
+  })());
+  t.match(decisions.find((d) => d.host === 'audit.test'), { action: 'audit', layer: 'L7', method: 'POST', path: '/a', policy: 'audit' });
+  t.match(decisions.find((d) => d.host === 'full.test' && d.action === 'deny'), { reason: /deny rule/ });
+});
+
+t.test('path escapes in rest requests are rejected with 400', async (t) => {
+  const server = await startHttp(t);
+  const { proxy } = await startProxy(t, onePolicy({ host: API, port: portOf(server), protocol: 'rest', access: 'full' }));
+  await within(5000, (async () => {
+    for (const p of ['/a/../../etc/passwd', '/a%2fb', '/a%5Cb', '/%2e%2e/x']) {
+      const c = await dial(t, proxy.port);
+      c.sock.write(`GET http://${API}:${portOf(server)}${p} HTTP/1.1\r\nHost: ${API}\r\n\r\n`);
+      t.equal((await c.bytes.response()).status, 400, p);
+      await c.bytes.closed();
+    }
+  })());
+});
+
+t.test('keep-alive: second request denied at L7 after the first was allowed (forward and tunnel)', async (t) => {
+  const server = await startHttp(t);
+  const port = portOf(server);
+  const { proxy, decisions } = await startProxy(t, onePolicy({ host: API, port, protocol: 'rest', access: 'read-only' }));
+  await within(5000, (async () => {
+    const c = await dial(t, proxy.port);
+    c.sock.write(`GET http://${API}:${port}/one HTTP/1.1\r\nHost: ${API}\r\n\r\n`);
+    const r1 = await c.bytes.response();
+    t.equal(r1.status, 200);
+    t.match(JSON.parse(r1.body), { method: 'GET', url: '/one' }, 'absolute URI rewritten to origin-form');
+    c.sock.write(`DELETE http://${API}:${port}/two HTTP/1.1\r\nHost: ${API}\r\n\r\n`);
+    const r2 = await c.bytes.response();
+    t.equal(r2.status, 403);
+    await c.bytes.closed();
+
+    const tun = await connectVia(t, proxy, `${API}:${port}`);
+    t.equal(tun.status, 200);
+    tun.sock.write(`GET /three HTTP/1.1\r\nHost: ${API}\r\n\r\nGET /four HTTP/1.1\r\nHost: ${API}\r\n\r\n`);
+    t.equal((await tun.bytes.response()).status, 200, 'pipelined 1');
+    t.equal((await tun.bytes.response()).status, 200, 'pipelined 2');
+    tun.sock.write(`POST /five HTTP/1.1\r\nHost: ${API}\r\nContent-Length: 2\r\n\r\nhi`);
+    const r5 = await tun.bytes.response();
+    t.equal(r5.status, 403);
+    t.match(JSON.parse(r5.body), { method: 'POST', path: '/five', layer: 'L7' });
+    await tun.bytes.closed();
+  })());
+  t.same(
+    decisions.map((d) => `${d.action} ${d.layer} ${d.method ?? 'CONNECT'} ${d.path ?? ''}`),
+    ['allow L7 GET /one', 'deny L7 DELETE /two', 'allow L4 CONNECT ', 'allow L7 GET /three', 'allow L7 GET /four', 'deny L7 POST /five'],
+  );
+});
+
+t.test('forward keep-alive: each request decided on its own, target may change', async (t) => {
+  const a = await startHttp(t);
+  const b = await startHttp(t);
+  const policy: Policy = {
+    network_policies: {
+      a: { endpoints: [{ host: 'a.test', port: portOf(a), allowed_ips: ['127.0.0.1'] }] },
+      b: { endpoints: [{ host: 'b.test', port: portOf(b), allowed_ips: ['127.0.0.1'] }] },
+    },
+  };
+  const { proxy } = await startProxy(t, policy);
+  await within(5000, (async () => {
+    const c = await dial(t, proxy.port);
+    for (const [h, p] of [['a.test', portOf(a)], ['b.test', portOf(b)], ['a.test', portOf(a)]] as const) {
+      c.sock.write(`GET http://${h}:${p}/x HTTP/1.1\r\nHost: ${h}\r\n\r\n`);
+      t.equal((await c.bytes.response()).status, 200, h);
+    }
+    c.sock.write(`GET http://c.test:${portOf(a)}/x HTTP/1.1\r\nHost: c.test\r\n\r\n`);
+    t.equal((await c.bytes.response()).status, 403, 'unlisted target on the same connection');
+  })());
+});
+
+t.test('chunked 20 MiB upload streams through a rest endpoint', async (t) => {
+  const TOTAL = 20 * 1024 * 1024;
+  let firstByteAt = 0;
+  let received = 0;
+  const server = await startHttp(t, (req, res) => {
+    req.on('data', (c: Buffer) => {
+      if (!firstByteAt) firstByteAt = Date.now();
+      received += c.length;
+    });
+    req.on('end', () => res.end(JSON.stringify({ received, chunked: req.headers['transfer-encoding'] })));
+  });
+  const { proxy } = await startProxy(t, onePolicy({ host: API, port: portOf(server), protocol: 'rest', access: 'read-write' }));
+  const rssBefore = process.memoryUsage().rss;
+  const result = await within(20_000, new Promise<{ status: number; body: string; finishedAt: number }>((resolve, reject) => {
+    const req = http.request({ host: '127.0.0.1', port: proxy.port, method: 'POST', path: `http://${API}:${portOf(server)}/upload`, agent: false });
+    let finishedAt = 0;
+    req.on('response', (res) => {
+      let body = '';
+      res.on('data', (c: Buffer) => (body += c));
+      res.on('end', () => resolve({ status: res.statusCode!, body, finishedAt }));
+    });
+    req.on('error', reject);
+    const chunk = Buffer.alloc(64 * 1024, 0x61);
+    let sent = 0;
+    const pump = (): void => {
+      while (sent < TOTAL) {
+        sent += chunk.length;
+        if (!req.write(chunk)) {
+          req.once('drain', pump);
+          return;
+        }
+      }
+      finishedAt = Date.now();
+      req.end();
+    };
+    pump();
+  }));
+  t.equal(result.status, 200);
+  t.same(JSON.parse(result.body), { received: TOTAL, chunked: 'chunked' });
+  t.ok(firstByteAt > 0 && firstByteAt <= result.finishedAt, 'server received bytes before the client finished sending');
+  t.ok(process.memoryUsage().rss - rssBefore < 60 * 1024 * 1024, 'no whole-body buffering');
+});
+
+t.test('100 Continue is forwarded and the body follows', async (t) => {
+  const server = await startHttp(t);
+  const { proxy } = await startProxy(t, onePolicy({ host: API, port: portOf(server), protocol: 'rest', access: 'read-write' }));
+  await within(5000, (async () => {
+    const c = await dial(t, proxy.port);
+    c.sock.write(`POST http://${API}:${portOf(server)}/up HTTP/1.1\r\nHost: ${API}\r\nContent-Length: 5\r\nExpect: 100-continue\r\n\r\n`);
+    t.match(await c.bytes.until('\r\n\r\n'), /^HTTP\/1\.1 100 Continue/);
+    c.sock.write('hello');
+    const r = await c.bytes.response();
+    t.equal(r.status, 200);
+    t.match(JSON.parse(r.body), { method: 'POST', bytes: 5 });
+  })());
+});
+
+t.test('unsolicited 101 is a protocol error: 502 and close', async (t) => {
+  const evil = net.createServer((s) => {
+    s.on('error', () => {});
+    s.once('data', () => s.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nRAWBYTES'));
+  });
+  evil.listen(0, '127.0.0.1');
+  await once(evil, 'listening');
+  t.teardown(() => evil.close());
+  for (const rest of [false, true]) {
+    const { proxy } = await startProxy(t, onePolicy(rest ? { host: API, port: portOf(evil), protocol: 'rest', access: 'full' } : { host: API, port: portOf(evil) }));
+    await within(5000, (async () => {
+      const c = await dial(t, proxy.port);
+      c.sock.write(`GET http://${API}:${portOf(evil)}/ HTTP/1.1\r\nHost: ${API}\r\n\r\n`);
+      const r = await c.bytes.response();
+      t.equal(r.status, 502, `forward ${rest ? 'rest' : 'L4'}`);
+      t.match(JSON.parse(r.body).reason, /unsolicited 101/);
+      await c.bytes.closed();
+      t.notMatch(c.bytes.buf.toString(), /RAWBYTES/);
+    })());
+  }
+});
+
+t.test('setPolicy hot swap: denied → allowed → denied, no restart', async (t) => {
+  const server = await startHttp(t);
+  const { proxy } = await startProxy(t, null);
+  const url = `http://${API}:${portOf(server)}/x`;
+  await within(5000, (async () => {
+    t.equal((await forwardRequest(proxy, url)).status, 403);
+    // an L7 tunnel opened under v1 sees v2 on its next request
+    proxy.setPolicy(onePolicy({ host: API, port: portOf(server), protocol: 'rest', access: 'read-only' }), 1);
+    t.equal(proxy.policyVersion, 1);
+    t.equal((await forwardRequest(proxy, url)).status, 200);
+    const tun = await connectVia(t, proxy, `${API}:${portOf(server)}`);
+    tun.sock.write(`GET /a HTTP/1.1\r\nHost: ${API}\r\n\r\n`);
+    t.equal((await tun.bytes.response()).status, 200);
+    proxy.setPolicy(null, 2);
+    t.equal(proxy.policyVersion, 2);
+    t.equal((await forwardRequest(proxy, url)).status, 403);
+    tun.sock.write(`GET /b HTTP/1.1\r\nHost: ${API}\r\n\r\n`);
+    t.equal((await tun.bytes.response()).status, 403, 'existing L7 tunnel checks the current policy');
+  })());
+  t.throws(() => proxy.setPolicy({ network_policies: { x: { endpoints: [{ host: '*', port: 1 }] } } }, 3), { name: 'PolicyError' });
+  t.equal(proxy.policyVersion, 2, 'a rejected policy changes nothing');
+});
+
+t.test('bad input → 400 (431 for huge heads) and close; the proxy keeps serving', async (t) => {
+  const server = await startHttp(t);
+  const { proxy } = await startProxy(t, onePolicy({ host: API, port: portOf(server) }));
+  const cases: Array<[string, string | Buffer, number[]]> = [
+    ['garbage request line', 'HELLO THERE\r\n\r\n', [400]],
+    ['binary garbage', Buffer.from([0, 1, 2, 3, 13, 10, 13, 10]), [400]],
+    ['1 MiB header', `GET http://${API}:${portOf(server)}/ HTTP/1.1\r\nX-Big: ${'a'.repeat(1 << 20)}\r\n\r\n`, [400, 431]],
+    ['CONNECT without port', `CONNECT ${API} HTTP/1.1\r\nHost: ${API}\r\n\r\n`, [400]],
+    ['CONNECT head over 8 KiB', `CONNECT ${API}:${portOf(server)} HTTP/1.1\r\nX: ${'b'.repeat(9000)}\r\n\r\n`, [400, 431]],
+    ['userinfo', `GET http://user:pw@${API}:${portOf(server)}/ HTTP/1.1\r\nHost: ${API}\r\n\r\n`, [400]],
+    ['origin-form', `GET /x HTTP/1.1\r\nHost: ${API}\r\n\r\n`, [400]],
+    ['bad port', `GET http://${API}:99999/ HTTP/1.1\r\n\r\n`, [400]],
+    ['TE + CL smuggling', `POST http://${API}:${portOf(server)}/ HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n`, [400]],
+    ['obs-fold', `GET http://${API}:${portOf(server)}/ HTTP/1.1\r\nX: a\r\n b\r\n\r\n`, [400]],
+  ];
+  await within(10_000, (async () => {
+    for (const [name, bytes, statuses] of cases) {
+      const c = await dial(t, proxy.port);
+      c.sock.write(bytes);
+      const r = await c.bytes.response();
+      t.ok(statuses.includes(r.status), `${name}: ${r.status}`);
+      await c.bytes.closed();
+    }
+    t.equal((await forwardRequest(proxy, `http://${API}:${portOf(server)}/ok`)).status, 200, 'still serving');
+  })());
+});
+
+t.test('upstream failures: 502 on refused, 504 on connect timeout', async (t) => {
+  const closed = net.createServer();
+  closed.listen(0, '127.0.0.1');
+  await once(closed, 'listening');
+  const deadPort = portOf(closed);
+  await new Promise((r) => closed.close(r));
+  const { proxy } = await startProxy(t, onePolicy({ host: API, port: deadPort }));
+  const r = await within(5000, forwardRequest(proxy, `http://${API}:${deadPort}/`));
+  t.equal(r.status, 502);
+  const slow = await startProxy(t, onePolicy({ host: API, port: 9 }), {
+    connectTimeoutMs: 200,
+    connect: () => new net.Socket(), // never connects
+  });
+  const r2 = await within(5000, forwardRequest(slow.proxy, `http://${API}:9/`));
+  t.equal(r2.status, 504);
+  t.match(JSON.parse(r2.body), { reason: /timed out/ });
+});
+
+t.test('decision log lines never carry header values', async (t) => {
+  const server = await startHttp(t);
+  const lines: string[] = [];
+  const capture: Logger = {
+    debug: (o, m) => lines.push(JSON.stringify(o) + (m ?? '')),
+    info: (o, m) => lines.push(JSON.stringify(o) + (m ?? '')),
+    warn: (o, m) => lines.push(JSON.stringify(o) + (m ?? '')),
+    error: (o, m) => lines.push(JSON.stringify(o) + (m ?? '')),
+    child: () => capture,
+  };
+  const proxy = await startEgressProxy({
+    policy: onePolicy({ host: '127.0.0.1', port: portOf(server), protocol: 'rest', access: 'read-only' }),
+    log: capture,
+  });
+  t.teardown(() => proxy.close());
+  const url = `http://127.0.0.1:${portOf(server)}/p?token=querysecret`;
+  t.equal((await forwardRequest(proxy, url, { headers: { authorization: 'Bearer topsecret' } })).status, 200);
+  t.equal((await forwardRequest(proxy, url, { method: 'DELETE', headers: { authorization: 'Bearer topsecret' } })).status, 403);
+  t.ok(lines.some((l) => l.includes('egress decision')));
+  t.notOk(lines.some((l) => l.includes('topsecret') || l.includes('querysecret')), 'no header values or query strings logged');
+});
