@@ -122,7 +122,7 @@ export class OpenShellClient {
       signal: opts.signal,
       headers: { accept: 'application/x-ndjson' },
     });
-    yield* parseNdjson<Sandbox>(this.#chunks(res));
+    yield* parseNdjson<Sandbox>(this.#chunks(res, opts.signal));
   }
 
   /**
@@ -186,7 +186,7 @@ export class OpenShellClient {
       signal: opts.signal,
       headers: { accept: 'application/x-ndjson' },
     });
-    yield* parseNdjson<ExecEvent>(this.#chunks(res));
+    yield* parseNdjson<ExecEvent>(this.#chunks(res, opts.signal));
   }
 
   /** `POST …/exec` with `Accept: application/json`: waits for the end, output decoded as UTF-8. */
@@ -226,7 +226,7 @@ export class OpenShellClient {
       signal: opts.signal,
       headers: { accept: 'application/x-ndjson' },
     });
-    yield* parseNdjson<ExecEvent>(this.#chunks(res));
+    yield* parseNdjson<ExecEvent>(this.#chunks(res, opts.signal));
   }
 
   /** Sends a signal (e.g. `SIGTERM`) to the exec's process group. */
@@ -251,7 +251,7 @@ export class OpenShellClient {
       query: { follow: opts.follow ? true : undefined },
       signal: opts.signal,
     });
-    yield* splitLines(this.#chunks(res));
+    yield* splitLines(this.#chunks(res, opts.signal));
   }
 
   // --- files ---------------------------------------------------------------
@@ -290,7 +290,7 @@ export class OpenShellClient {
     });
     const length = res.headers.get('content-length');
     return {
-      body: Readable.from(this.#chunks(res), { objectMode: false }),
+      body: Readable.from(this.#chunks(res, opts.signal), { objectMode: false }),
       contentType: res.headers.get('content-type'),
       contentLength: length !== null && /^\d+$/.test(length) ? Number(length) : null,
     };
@@ -380,14 +380,34 @@ export class OpenShellClient {
     }
   }
 
-  /** The response body as byte chunks; a connection lost mid-stream names the gateway. */
-  async *#chunks(res: Response): AsyncGenerator<Uint8Array> {
+  /**
+   * The response body as byte chunks. Aborting `signal` ends the iteration with
+   * its reason even if the `fetch` in use ignores signals; leaving the loop
+   * early cancels the body (closing the stream); a connection lost mid-stream
+   * names the gateway.
+   */
+  async *#chunks(res: Response, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
     if (!res.body) return;
+    const reader = res.body.getReader();
+    const onAbort = () => void reader.cancel(signal?.reason).catch(() => undefined);
+    signal?.addEventListener('abort', onAbort, { once: true });
     try {
-      for await (const chunk of res.body as AsyncIterable<Uint8Array>) yield chunk;
-    } catch (err) {
-      if ((err as Error)?.name === 'AbortError') throw err;
-      throw connectionError(this.baseUrl, err);
+      for (;;) {
+        let next: { done: boolean; value?: Uint8Array };
+        try {
+          next = await reader.read();
+        } catch (err) {
+          if (signal?.aborted) throw signal.reason;
+          if ((err as Error)?.name === 'AbortError') throw err;
+          throw connectionError(this.baseUrl, err);
+        }
+        if (signal?.aborted) throw signal.reason;
+        if (next.done) return;
+        if (next.value) yield next.value;
+      }
+    } finally {
+      signal?.removeEventListener('abort', onAbort);
+      await reader.cancel().catch(() => undefined);
     }
   }
 

@@ -1,0 +1,193 @@
+import { createServer } from 'node:net';
+import { once } from 'node:events';
+import t from 'tap';
+import {
+  OpenShellApiError,
+  OpenShellClient,
+  OpenShellConnectionError,
+  SandboxWaitError,
+  parseNdjson,
+  type Sandbox,
+} from '../../src/client/index.js';
+import { startGateway } from '../helpers/gateway.js';
+
+/** A port nobody listens on (bound, then released). */
+async function closedPort(): Promise<number> {
+  const server = createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  const { port } = server.address() as { port: number };
+  server.close();
+  await once(server, 'close');
+  return port;
+}
+
+async function* chunksOf(...parts: Array<string | Uint8Array>): AsyncGenerator<Uint8Array | string> {
+  for (const p of parts) yield p;
+}
+
+function snapshot(name: string, phase: Sandbox['phase'], reason: string, message = ''): Sandbox {
+  return {
+    id: 'sbx_test',
+    name,
+    phase,
+    driver: 'process',
+    image: null,
+    command: [],
+    labels: {},
+    env: {},
+    createdAt: new Date().toISOString(),
+    expiresAt: null,
+    policyVersion: 1,
+    conditions: [{ type: 'Ready', status: phase === 'Ready' ? 'True' : 'False', reason, message, lastTransitionTime: '' }],
+    mainProcess: { state: 'Pending', exitCode: null, signal: null },
+  };
+}
+
+/** A fetch answering every call with this NDJSON body (kept open unless `end`), recording requests. */
+function ndjsonFetch(lines: unknown[], end: boolean, seen: Request[] = []): typeof fetch {
+  return (async (input: string | URL | Request, init?: RequestInit) => {
+    seen.push(new Request(input, init));
+    const body = new ReadableStream<Uint8Array>({
+      start(controller) {
+        for (const l of lines) controller.enqueue(new TextEncoder().encode(`${JSON.stringify(l)}\n`));
+        if (end) controller.close();
+      },
+    });
+    return new Response(body, { status: 200, headers: { 'content-type': 'application/x-ndjson' } });
+  }) as typeof fetch;
+}
+
+t.test('parseNdjson: lines split across chunks, multi-byte characters split, blank lines, no final newline', async (t) => {
+  const euro = Buffer.from('"€"');
+  const got: unknown[] = [];
+  for await (const v of parseNdjson(
+    chunksOf('{"a":', '1}\n\n{"b"', ':[1,2]}\n', euro.subarray(0, 2), euro.subarray(2), '\r\n{"c":true}'),
+  )) {
+    got.push(v);
+  }
+  t.same(got, [{ a: 1 }, { b: [1, 2] }, '€', { c: true }]);
+});
+
+t.test('OpenShellApiError from the envelope, and from a body that is not one', async (t) => {
+  const e = OpenShellApiError.fromBody(404, 'Not Found', '{"error":{"code":"SANDBOX_NOT_FOUND","message":"sandbox \\"x\\" not found","details":{"name":"x"}}}');
+  t.ok(e instanceof Error);
+  t.equal(e.status, 404);
+  t.equal(e.code, 'SANDBOX_NOT_FOUND');
+  t.equal(e.message, 'sandbox "x" not found');
+  t.same(e.details, { name: 'x' });
+  const raw = OpenShellApiError.fromBody(502, 'Bad Gateway', '<html>upstream down</html>');
+  t.equal(raw.code, 'HTTP_502');
+  t.match(raw.message, /HTTP 502 Bad Gateway: <html>upstream down/);
+});
+
+t.test('bearer token, label query and URL building', async (t) => {
+  const seen: Request[] = [];
+  const client = new OpenShellClient({
+    baseUrl: 'https://gw.example:9443/',
+    token: 's3cret',
+    fetch: (async (input: string | URL | Request, init?: RequestInit) => {
+      seen.push(new Request(input, init));
+      return Response.json({ sandboxes: [] });
+    }) as typeof fetch,
+  });
+  t.same(await client.listSandboxes({ labels: { team: 'a', env: 'ci' } }), { sandboxes: [] });
+  t.equal(seen[0].headers.get('authorization'), 'Bearer s3cret');
+  const url = new URL(seen[0].url);
+  t.equal(url.pathname, '/v1/sandboxes');
+  t.same(url.searchParams.getAll('label'), ['team=a', 'env=ci']);
+  t.equal(client.sshUrl('box'), 'wss://gw.example:9443/v1/sandboxes/box/ssh');
+  const execUrl = new URL(client.execUrl('box', { command: ['sh', '-c', 'echo hi'], tty: true }));
+  t.equal(execUrl.protocol, 'wss:');
+  t.equal(execUrl.pathname, '/v1/sandboxes/box/exec');
+  t.same(execUrl.searchParams.getAll('command'), ['sh', '-c', 'echo hi']);
+  t.equal(execUrl.searchParams.get('tty'), 'true');
+  t.same(client.wsHeaders(), { authorization: 'Bearer s3cret' });
+  t.throws(() => new OpenShellClient({ baseUrl: 'ftp://x' }), /invalid gateway URL/);
+});
+
+t.test('unreachable gateway: the error names the URL and the cause', async (t) => {
+  const port = await closedPort();
+  const client = new OpenShellClient({ baseUrl: `http://127.0.0.1:${port}` });
+  const err = await client.listSandboxes().then(
+    () => undefined,
+    (e: unknown) => e,
+  );
+  t.ok(err instanceof OpenShellConnectionError);
+  t.equal((err as Error).message, `cannot reach the gateway at http://127.0.0.1:${port}: ECONNREFUSED`);
+  t.equal((err as OpenShellConnectionError).code, 'ECONNREFUSED');
+});
+
+t.test('waitForReady: Error phase and timeout name phase, reason and message', async (t) => {
+  const failing = new OpenShellClient({
+    baseUrl: 'http://gw.invalid',
+    fetch: ndjsonFetch([snapshot('a', 'Provisioning', 'Provisioning'), snapshot('a', 'Error', 'DriverError', 'supervisor process exited (code 1)')], false),
+  });
+  const updates: string[] = [];
+  const e1 = await failing.waitForReady('a', { timeoutMs: 5000, onUpdate: (s) => updates.push(s.phase) }).catch((e: unknown) => e);
+  t.ok(e1 instanceof SandboxWaitError);
+  t.equal((e1 as Error).message, 'sandbox "a" reached phase Error, reason DriverError: supervisor process exited (code 1)');
+  t.equal((e1 as SandboxWaitError).phase, 'Error');
+  t.same(updates, ['Provisioning', 'Error']);
+
+  const stuck = new OpenShellClient({
+    baseUrl: 'http://gw.invalid',
+    fetch: ndjsonFetch([snapshot('b', 'Provisioning', 'SupervisorDisconnected', 'session lost')], false),
+  });
+  const e2 = await stuck.waitForReady('b', { timeoutMs: 200 }).catch((e: unknown) => e);
+  t.ok(e2 instanceof SandboxWaitError);
+  t.equal((e2 as Error).message, 'sandbox "b" not Ready after 0.2s (phase Provisioning, reason SupervisorDisconnected: session lost)');
+
+  const gone = new OpenShellClient({ baseUrl: 'http://gw.invalid', fetch: ndjsonFetch([snapshot('c', 'Provisioning', 'Provisioning')], true) });
+  await t.rejects(gone.waitForReady('c', { timeoutMs: 5000 }), /sandbox "c" was deleted before it became Ready/);
+
+  const abort = new AbortController();
+  const waiting = stuck.waitForReady('b', { timeoutMs: 5000, signal: abort.signal });
+  abort.abort(new Error('user gave up'));
+  await t.rejects(waiting, /user gave up/);
+});
+
+t.test('against a real gateway: create, wait, watch until deleted, errors', async (t) => {
+  const gw = await startGateway(t);
+  const client = new OpenShellClient({ baseUrl: gw.url });
+
+  const created = await client.createSandbox({ name: 'client-one', labels: { suite: 'client' }, command: ['sleep', '300'] });
+  t.equal(created.name, 'client-one');
+  const ready = await client.waitForReady('client-one', { timeoutMs: 20_000 });
+  t.equal(ready.phase, 'Ready');
+  t.equal((await client.getSandbox('client-one')).id, created.id);
+  t.same((await client.listSandboxes({ labels: { suite: 'client' } })).sandboxes.map((s) => s.name), ['client-one']);
+  t.same((await client.listSandboxes({ labels: { suite: 'other' } })).sandboxes, []);
+
+  // The watch yields the current state first, then changes, and ends once the sandbox is gone.
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), 20_000);
+  t.teardown(() => clearTimeout(timer));
+  const phases: string[] = [];
+  for await (const s of client.watchSandbox('client-one', { signal: abort.signal })) {
+    phases.push(s.phase);
+    if (phases.length === 1) t.same((await client.deleteSandbox('client-one')).phase, 'Deleting');
+  }
+  t.equal(phases[0], 'Ready');
+  t.equal(phases.at(-1), 'Deleting');
+  t.notOk(abort.signal.aborted, 'the watch ended by itself');
+
+  const notFound = await client.getSandbox('client-one').catch((e: unknown) => e);
+  t.ok(notFound instanceof OpenShellApiError);
+  t.equal((notFound as OpenShellApiError).status, 404);
+  t.equal((notFound as OpenShellApiError).code, 'SANDBOX_NOT_FOUND');
+  t.equal((notFound as Error).message, 'sandbox "client-one" not found');
+
+  const bad = await client.createSandbox({ name: 'Not_Valid' }).catch((e: unknown) => e);
+  t.ok(bad instanceof OpenShellApiError);
+  t.equal((bad as OpenShellApiError).code, 'INVALID_ARGUMENT');
+  t.match((bad as Error).message, /name/);
+
+  await t.rejects(client.watchSandbox('client-one').next(), { code: 'SANDBOX_NOT_FOUND' });
+});
+
+t.test('bearer token against a gateway that requires one', async (t) => {
+  const gw = await startGateway(t, { authToken: 'tok-123' });
+  await t.rejects(new OpenShellClient({ baseUrl: gw.url }).listSandboxes(), { status: 401, code: 'UNAUTHENTICATED' });
+  t.same(await new OpenShellClient({ baseUrl: gw.url, token: 'tok-123' }).listSandboxes(), { sandboxes: [] });
+});
