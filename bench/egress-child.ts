@@ -1,0 +1,57 @@
+/**
+ * Child process for bench/egress.ts, so client, targets and proxy do not
+ * share one event loop. `servers`: loopback HTTP (bulk + small) and
+ * WebSocket echo targets. `proxy <policy-json>`: our egress proxy.
+ * Reports its ports over IPC, runs until killed.
+ */
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
+import { once } from 'node:events';
+import { WebSocketServer } from 'ws';
+import { silentLogger } from '../src/log.js';
+import { startEgressProxy, type Policy } from '../src/egress/index.js';
+
+const CHUNK = Buffer.alloc(1 << 20, 0x62);
+
+async function servers(): Promise<void> {
+  const server = http.createServer({ keepAliveTimeout: 60_000 }, (req, res) => {
+    const m = /^\/big\/(\d+)$/.exec(req.url ?? '');
+    if (!m) {
+      res.writeHead(200, { 'content-type': 'text/plain', 'content-length': 2 });
+      res.end('ok');
+      return;
+    }
+    let left = Number(m[1]);
+    res.writeHead(200, { 'content-type': 'application/octet-stream', 'content-length': left });
+    const pump = (): void => {
+      while (left > 0) {
+        const n = Math.min(left, CHUNK.length);
+        left -= n;
+        const ok = res.write(n === CHUNK.length ? CHUNK : CHUNK.subarray(0, n));
+        if (!ok) {
+          res.once('drain', pump);
+          return;
+        }
+      }
+      res.end();
+    };
+    pump();
+  });
+  server.on('connection', (s) => s.setNoDelay(true));
+  const wss = new WebSocketServer({ server, perMessageDeflate: false });
+  wss.on('connection', (ws) => ws.on('message', (d, bin) => ws.send(d, { binary: bin })));
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  process.send!({ httpPort: (server.address() as AddressInfo).port });
+}
+
+async function proxy(policyJson: string): Promise<void> {
+  const p = await startEgressProxy({ policy: JSON.parse(policyJson) as Policy, log: silentLogger });
+  process.send!({ port: p.port });
+}
+
+const role = process.argv[2];
+process.on('disconnect', () => process.exit(0));
+if (role === 'servers') await servers();
+else if (role === 'proxy') await proxy(process.argv[3] ?? 'null');
+else throw new Error(`unknown role ${role}`);

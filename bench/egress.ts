@@ -1,0 +1,456 @@
+/**
+ * Egress proxy benchmark: ours (L4 and L7 `rest`) vs direct vs squid and
+ * tinyproxy, in one run, on loopback. Targets and our proxy run in child
+ * processes; this process is only the client.
+ *
+ *   node dist/bench/egress.js [--quick]
+ */
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
+import { once } from 'node:events';
+import { mkdtemp, mkdir, writeFile, rm, chmod } from 'node:fs/promises';
+import { existsSync } from 'node:fs';
+import { fileURLToPath, pathToFileURL } from 'node:url';
+import { setTimeout as delay } from 'node:timers/promises';
+import WebSocket from 'ws';
+
+type Row = Record<string, string | number>;
+type Kind = 'direct' | 'ours-L4' | 'ours-L7' | 'squid' | 'tinyproxy';
+
+interface Peer {
+  kind: Kind;
+  port: number | null; // null = direct
+  stop(): Promise<void>;
+}
+
+const children: ChildProcess[] = [];
+function killAll(): void {
+  for (const c of children) if (c.exitCode === null) c.kill('SIGKILL');
+}
+process.once('exit', killAll);
+
+function childScript(): { file: string; execArgv: string[] } {
+  const here = fileURLToPath(import.meta.url);
+  const ext = path.extname(here);
+  return { file: path.join(path.dirname(here), `egress-child${ext}`), execArgv: process.execArgv };
+}
+
+async function forkChild(args: string[]): Promise<{ child: ChildProcess; msg: Record<string, number> }> {
+  const { file, execArgv } = childScript();
+  const child = fork(file, args, { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  children.push(child);
+  const [msg] = (await Promise.race([
+    once(child, 'message'),
+    once(child, 'exit').then(() => {
+      throw new Error(`bench child ${args[0]} exited`);
+    }),
+  ])) as [Record<string, number>];
+  return { child, msg };
+}
+
+async function stopChild(child: ChildProcess): Promise<void> {
+  if (child.exitCode !== null || child.signalCode !== null) return;
+  child.kill('SIGTERM');
+  await Promise.race([once(child, 'exit'), delay(2000)]);
+  if (child.exitCode === null) child.kill('SIGKILL');
+}
+
+async function freePort(): Promise<number> {
+  const s = net.createServer();
+  s.listen(0, '127.0.0.1');
+  await once(s, 'listening');
+  const port = (s.address() as net.AddressInfo).port;
+  await new Promise((r) => s.close(r));
+  return port;
+}
+
+async function waitForPort(port: number, ms: number): Promise<boolean> {
+  const deadline = Date.now() + ms;
+  while (Date.now() < deadline) {
+    const ok = await new Promise<boolean>((resolve) => {
+      const s = net.connect({ host: '127.0.0.1', port });
+      s.once('connect', () => {
+        s.destroy();
+        resolve(true);
+      });
+      s.once('error', () => resolve(false));
+    });
+    if (ok) return true;
+    await delay(100);
+  }
+  return false;
+}
+
+function which(bin: string): string | null {
+  for (const dir of ['/usr/sbin', '/usr/bin', '/usr/local/sbin', '/usr/local/bin', ...(process.env.PATH ?? '').split(':')]) {
+    const p = path.join(dir, bin);
+    if (existsSync(p)) return p;
+  }
+  return null;
+}
+
+/** Install the peer proxies from Debian packages when missing and we are root. */
+function ensurePackages(): void {
+  const missing = [['squid', 'squid'], ['tinyproxy', 'tinyproxy']].filter(([bin]) => !which(bin!)).map(([, pkg]) => pkg!);
+  if (missing.length === 0 || process.getuid?.() !== 0 || !which('apt-get')) return;
+  const env = { ...process.env, DEBIAN_FRONTEND: 'noninteractive' };
+  let r = spawnSync('apt-get', ['install', '-y', '--no-install-recommends', ...missing], { stdio: 'ignore', env, timeout: 300_000 });
+  if (r.status !== 0) {
+    spawnSync('apt-get', ['update'], { stdio: 'ignore', env, timeout: 300_000 });
+    r = spawnSync('apt-get', ['install', '-y', '--no-install-recommends', ...missing], { stdio: 'ignore', env, timeout: 300_000 });
+  }
+}
+
+async function startSquid(dir: string): Promise<Peer | null> {
+  const bin = which('squid');
+  if (!bin) return null;
+  const port = await freePort();
+  const d = path.join(dir, 'squid');
+  await mkdir(d, { recursive: true });
+  await chmod(d, 0o777); // squid drops privileges to its own user
+  const conf = path.join(d, 'squid.conf');
+  await writeFile(
+    conf,
+    [
+      `http_port 127.0.0.1:${port}`,
+      'http_access allow all',
+      'cache deny all',
+      'cache_mem 8 MB',
+      'access_log none',
+      `cache_log ${path.join(d, 'cache.log')}`,
+      `pid_filename ${path.join(d, 'squid.pid')}`,
+      `coredump_dir ${d}`,
+      'shutdown_lifetime 0 seconds',
+      'pinger_enable off',
+      'via off',
+      'forwarded_for delete',
+      'max_filedescriptors 4096',
+      '',
+    ].join('\n'),
+  );
+  const child = spawn(bin, ['-N', '-f', conf], { stdio: 'ignore' });
+  children.push(child);
+  if (!(await waitForPort(port, 15_000))) {
+    await stopChild(child);
+    return null;
+  }
+  return { kind: 'squid', port, stop: () => stopChild(child) };
+}
+
+async function startTinyproxy(dir: string): Promise<Peer | null> {
+  const bin = which('tinyproxy');
+  if (!bin) return null;
+  const port = await freePort();
+  const d = path.join(dir, 'tinyproxy');
+  await mkdir(d, { recursive: true });
+  await chmod(d, 0o777);
+  const conf = path.join(d, 'tinyproxy.conf');
+  const user = process.getuid?.() === 0 ? ['User nobody', 'Group nogroup'] : [];
+  await writeFile(
+    conf,
+    [...user, `Port ${port}`, 'Listen 127.0.0.1', 'Timeout 600', 'MaxClients 256', 'LogLevel Critical', `LogFile "${path.join(d, 'tinyproxy.log')}"`, 'DisableViaHeader Yes', ''].join('\n'),
+  );
+  const child = spawn(bin, ['-d', '-c', conf], { stdio: 'ignore' });
+  children.push(child);
+  if (!(await waitForPort(port, 10_000))) {
+    await stopChild(child);
+    return null;
+  }
+  return { kind: 'tinyproxy', port, stop: () => stopChild(child) };
+}
+
+async function startOurs(kind: 'ours-L4' | 'ours-L7', httpPort: number): Promise<Peer> {
+  const endpoint =
+    kind === 'ours-L7'
+      ? { host: '127.0.0.1', port: httpPort, protocol: 'rest', access: 'full' }
+      : { host: '127.0.0.1', port: httpPort };
+  const policy = { version: 1, network_policies: { bench: { endpoints: [endpoint] } } };
+  const { child, msg } = await forkChild(['proxy', JSON.stringify(policy)]);
+  return { kind, port: msg.port!, stop: () => stopChild(child) };
+}
+
+// ------------------------------------------------------------ raw client
+
+/** A minimal keep-alive HTTP/1.1 client over one socket: heads + Content-Length bodies only. */
+class RawConn {
+  readonly sock: net.Socket;
+  #buf: Buffer = Buffer.alloc(0);
+  #want: ((b: Buffer) => boolean) | null = null;
+  #done: (() => void) | null = null;
+  #fail: ((e: Error) => void) | null = null;
+  #bodyLeft = -1;
+
+  constructor(sock: net.Socket) {
+    this.sock = sock;
+    sock.setNoDelay(true);
+    sock.on('data', (c: Buffer) => this.#onData(c));
+    sock.on('error', (e) => this.#fail?.(e));
+    sock.on('close', () => this.#fail?.(new Error('closed')));
+  }
+
+  #onData(c: Buffer): void {
+    if (this.#bodyLeft > 0 && this.#buf.length === 0) {
+      // bulk fast path: count, don't copy
+      if (c.length <= this.#bodyLeft) {
+        this.#bodyLeft -= c.length;
+        if (this.#bodyLeft === 0) this.#finish();
+        return;
+      }
+    }
+    this.#buf = this.#buf.length ? Buffer.concat([this.#buf, c]) : c;
+    this.#drive();
+  }
+
+  #drive(): void {
+    if (this.#bodyLeft < 0) {
+      const i = this.#buf.indexOf('\r\n\r\n');
+      if (i < 0) return;
+      const head = this.#buf.toString('latin1', 0, i);
+      this.#buf = this.#buf.subarray(i + 4);
+      if (!/^HTTP\/1\.1 2\d\d/.test(head)) return this.#fail?.(new Error(`bad response: ${head.split('\r\n')[0]}`));
+      if (this.#want) {
+        // CONNECT: head only
+        this.#want = null;
+        this.#bodyLeft = -1;
+        return this.#finish();
+      }
+      const m = /\r\ncontent-length: *(\d+)/i.exec(head);
+      this.#bodyLeft = m ? Number(m[1]) : 0;
+    }
+    const take = Math.min(this.#bodyLeft, this.#buf.length);
+    this.#bodyLeft -= take;
+    this.#buf = this.#buf.subarray(take);
+    if (this.#bodyLeft === 0) this.#finish();
+  }
+
+  #finish(): void {
+    this.#bodyLeft = -1;
+    const d = this.#done;
+    this.#done = this.#fail = null;
+    d?.();
+  }
+
+  static async open(port: number): Promise<RawConn> {
+    const s = net.connect({ host: '127.0.0.1', port });
+    await once(s, 'connect');
+    return new RawConn(s);
+  }
+
+  #await(headOnly: boolean): Promise<void> {
+    return new Promise<void>((resolve, reject) => {
+      this.#done = resolve;
+      this.#fail = reject;
+      this.#want = headOnly ? () => true : null;
+      if (this.#buf.length) this.#drive();
+    });
+  }
+
+  async tunnel(authority: string): Promise<void> {
+    const p = this.#await(true);
+    this.sock.write(`CONNECT ${authority} HTTP/1.1\r\nHost: ${authority}\r\n\r\n`);
+    await p;
+  }
+
+  async get(target: string, close = false): Promise<void> {
+    const p = this.#await(false);
+    this.sock.write(`GET ${target} HTTP/1.1\r\nHost: 127.0.0.1\r\n${close ? 'Connection: close\r\n' : ''}\r\n`);
+    await p;
+  }
+
+  close(): void {
+    this.#fail = null;
+    this.sock.destroy();
+  }
+}
+
+interface Ctx {
+  httpPort: number;
+  quick: boolean;
+}
+
+/** A connection ready for origin-form requests: direct, or through a CONNECT tunnel. */
+async function openTunnel(peer: Peer, ctx: Ctx): Promise<RawConn> {
+  if (peer.port === null) return RawConn.open(ctx.httpPort);
+  const c = await RawConn.open(peer.port);
+  await c.tunnel(`127.0.0.1:${ctx.httpPort}`);
+  return c;
+}
+
+function target(peer: Peer, ctx: Ctx, p: string, forward: boolean): string {
+  return forward && peer.port !== null ? `http://127.0.0.1:${ctx.httpPort}${p}` : p;
+}
+
+async function bulk(peer: Peer, ctx: Ctx, mode: 'connect' | 'forward'): Promise<number> {
+  const size = ctx.quick ? 128 << 20 : 1 << 30;
+  const c = mode === 'connect' || peer.port === null ? await openTunnel(peer, ctx) : await RawConn.open(peer.port);
+  await c.get(target(peer, ctx, '/big/65536', mode === 'forward'));
+  const t0 = process.hrtime.bigint();
+  await c.get(target(peer, ctx, `/big/${size}`, mode === 'forward'));
+  const s = Number(process.hrtime.bigint() - t0) / 1e9;
+  c.close();
+  return size / s / 1e6;
+}
+
+function pct(sorted: number[], p: number): number {
+  return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))]!;
+}
+
+/** Latency of small GETs (ms) over `conc` workers for a fixed time. */
+async function latency(peer: Peer, ctx: Ctx, mode: 'tunnel' | 'new-connect' | 'forward', conc: number): Promise<{ p50: number; p99: number; rps: number }> {
+  const ms = ctx.quick ? 400 : 1500;
+  const samples: number[] = [];
+  const deadline = Date.now() + ms;
+  const worker = async (): Promise<void> => {
+    let conn: RawConn | null = null;
+    if (mode === 'tunnel') conn = await openTunnel(peer, ctx);
+    if (mode === 'forward') conn = peer.port === null ? await RawConn.open(ctx.httpPort) : await RawConn.open(peer.port);
+    await conn?.get(target(peer, ctx, '/small', mode === 'forward')); // warm
+    while (Date.now() < deadline) {
+      const t0 = process.hrtime.bigint();
+      if (mode === 'new-connect') {
+        const c = await openTunnel(peer, ctx);
+        await c.get('/small', true);
+        c.close();
+      } else {
+        await conn!.get(target(peer, ctx, '/small', mode === 'forward'));
+      }
+      samples.push(Number(process.hrtime.bigint() - t0) / 1e6);
+    }
+    conn?.close();
+  };
+  const t0 = Date.now();
+  await Promise.all(Array.from({ length: conc }, worker));
+  const elapsed = (Date.now() - t0) / 1000;
+  samples.sort((a, b) => a - b);
+  return { p50: pct(samples, 50), p99: pct(samples, 99), rps: samples.length / elapsed };
+}
+
+/** WebSocket echo round trip (µs p50) through a CONNECT tunnel. */
+async function wsEcho(peer: Peer, ctx: Ctx): Promise<{ p50: number; p99: number }> {
+  let sock: net.Socket;
+  if (peer.port === null) {
+    sock = net.connect({ host: '127.0.0.1', port: ctx.httpPort });
+    await once(sock, 'connect');
+  } else {
+    sock = net.connect({ host: '127.0.0.1', port: peer.port });
+    await once(sock, 'connect');
+    sock.write(`CONNECT 127.0.0.1:${ctx.httpPort} HTTP/1.1\r\nHost: 127.0.0.1:${ctx.httpPort}\r\n\r\n`);
+    let acc = '';
+    while (!acc.includes('\r\n\r\n')) acc += ((await once(sock, 'data')) as [Buffer])[0].toString('latin1');
+    if (!/^HTTP\/1\.1 200/.test(acc)) throw new Error(`CONNECT refused: ${acc.split('\r\n')[0]}`);
+  }
+  sock.setNoDelay(true);
+  const ws = new WebSocket(`ws://127.0.0.1:${ctx.httpPort}/`, { perMessageDeflate: false, createConnection: () => sock });
+  await once(ws, 'open');
+  const n = ctx.quick ? 500 : 3000;
+  const samples: number[] = [];
+  const msg = Buffer.alloc(32, 1);
+  for (let i = 0; i < n; i++) {
+    const t0 = process.hrtime.bigint();
+    const p = once(ws, 'message');
+    ws.send(msg);
+    await p;
+    samples.push(Number(process.hrtime.bigint() - t0) / 1e3);
+  }
+  ws.terminate();
+  samples.sort((a, b) => a - b);
+  return { p50: pct(samples, 50), p99: pct(samples, 99) };
+}
+
+async function safely<T>(f: () => Promise<T>): Promise<T | null> {
+  try {
+    return await f();
+  } catch {
+    return null;
+  }
+}
+
+function fmt(n: number | null | undefined, digits = 2): string | number {
+  return n === null || n === undefined || !Number.isFinite(n) ? 'n/a' : Number(n.toFixed(digits));
+}
+
+export async function runEgressBench(opts: { quick?: boolean } = {}): Promise<{ title: string; rows: Row[] }> {
+  const ctx0 = { quick: opts.quick ?? false };
+  ensurePackages();
+  const dir = await mkdtemp(path.join(os.tmpdir(), 'openshell-egress-bench-'));
+  const peers: Peer[] = [];
+  try {
+    const servers = await forkChild(['servers']);
+    const ctx: Ctx = { ...ctx0, httpPort: servers.msg.httpPort! };
+    peers.push({ kind: 'direct', port: null, stop: async () => {} });
+    peers.push(await startOurs('ours-L4', ctx.httpPort));
+    peers.push(await startOurs('ours-L7', ctx.httpPort));
+    const squid = await safely(() => startSquid(dir));
+    const tiny = await safely(() => startTinyproxy(dir));
+    const kinds: Kind[] = ['direct', 'ours-L4', 'ours-L7', 'squid', 'tinyproxy'];
+    const byKind = new Map<Kind, Peer | null>(kinds.map((k) => [k, peers.find((p) => p.kind === k) ?? null]));
+    byKind.set('squid', squid);
+    byKind.set('tinyproxy', tiny);
+    if (squid) peers.push(squid);
+    if (tiny) peers.push(tiny);
+
+    type Metric = { name: string; better: 'higher' | 'lower'; run: (p: Peer) => Promise<number> };
+    const metrics: Metric[] = [
+      { name: 'CONNECT bulk MB/s', better: 'higher', run: (p) => bulk(p, ctx, 'connect') },
+      { name: 'forward bulk MB/s', better: 'higher', run: (p) => bulk(p, ctx, 'forward') },
+    ];
+    for (const conc of [1, 32]) {
+      for (const mode of ['tunnel', 'new-connect', 'forward'] as const) {
+        const cache = new Map<Kind, Promise<{ p50: number; p99: number; rps: number } | null>>();
+        const get = (p: Peer) => {
+          if (!cache.has(p.kind)) cache.set(p.kind, safely(() => latency(p, ctx, mode, conc)));
+          return cache.get(p.kind)!;
+        };
+        const label = mode === 'tunnel' ? 'reused tunnel' : mode === 'new-connect' ? 'new CONNECT/req' : 'forward keep-alive';
+        metrics.push({ name: `${label} c=${conc} p50 ms`, better: 'lower', run: async (p) => (await get(p))?.p50 ?? NaN });
+        metrics.push({ name: `${label} c=${conc} p99 ms`, better: 'lower', run: async (p) => (await get(p))?.p99 ?? NaN });
+      }
+    }
+    const wsCache = new Map<Kind, Promise<{ p50: number; p99: number } | null>>();
+    const wsGet = (p: Peer) => {
+      if (!wsCache.has(p.kind)) wsCache.set(p.kind, safely(() => wsEcho(p, ctx)));
+      return wsCache.get(p.kind)!;
+    };
+    metrics.push({ name: 'WebSocket echo RTT p50 µs', better: 'lower', run: async (p) => (await wsGet(p))?.p50 ?? NaN });
+    metrics.push({ name: 'WebSocket echo RTT p99 µs', better: 'lower', run: async (p) => (await wsGet(p))?.p99 ?? NaN });
+
+    const rows: Row[] = [];
+    for (const m of metrics) {
+      const vals = new Map<Kind, number | null>();
+      for (const k of kinds) {
+        const peer = byKind.get(k);
+        vals.set(k, peer ? ((await safely(() => m.run(peer))) ?? null) : null);
+      }
+      const num = (k: Kind): number | null => {
+        const v = vals.get(k);
+        return v === null || v === undefined || !Number.isFinite(v) ? null : v;
+      };
+      const ratio = (a: number | null, b: number | null): number | null => (a !== null && b !== null && b > 0 ? a / b : null);
+      const row: Row = { metric: m.name };
+      for (const k of kinds) row[k] = fmt(num(k));
+      row['L4/squid'] = fmt(ratio(num('ours-L4'), num('squid')));
+      row['L7/L4'] = fmt(ratio(num('ours-L7'), num('ours-L4')));
+      row.better = m.better;
+      rows.push(row);
+    }
+    return { title: `egress proxy: ours (L4, L7 rest) vs direct, squid, tinyproxy${ctx.quick ? ' (quick)' : ''}`, rows };
+  } finally {
+    for (const p of peers) await p.stop();
+    killAll();
+    await rm(dir, { recursive: true, force: true });
+  }
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const quick = process.argv.includes('--quick');
+  const result = await runEgressBench({ quick });
+  console.log(result.title);
+  console.table(result.rows);
+  const out = path.join(path.dirname(fileURLToPath(import.meta.url)), '..', '..', 'bench', 'results');
+  const resultsDir = existsSync(path.join(process.cwd(), 'bench')) ? path.join(process.cwd(), 'bench', 'results') : out;
+  await mkdir(resultsDir, { recursive: true });
+  await writeFile(path.join(resultsDir, 'egress.json'), JSON.stringify({ ...result, date: new Date().toISOString() }, null, 2) + '\n');
+  process.exit(0);
+}
