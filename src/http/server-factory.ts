@@ -37,7 +37,7 @@ export interface ServerFactoryOptions {
  */
 export function createServerFactory(opts: ServerFactoryOptions = {}): ServerFactory {
   return (handler, fastifyOpts) => {
-    const server = opts.tls ? createTlsServer(handler, opts.tls) : createCleartextServer(handler, opts);
+    const server = opts.tls ? createTlsServer(handler, opts.tls, fastifyOpts) : createCleartextServer(handler, opts, fastifyOpts);
     applyHttp1Options(server, fastifyOpts);
     return server;
   };
@@ -57,9 +57,9 @@ function applyHttp1Options(server: http.Server, fastifyOpts: Record<string, unkn
 }
 
 /** Tracks HTTP/2 sessions so close() can end them gracefully and closeAllConnections() can destroy them. */
-function trackSessions(h2: http2.Http2Server | http2.Http2SecureServer, fastifyOpts?: Record<string, unknown>) {
+function trackSessions(h2: http2.Http2Server | http2.Http2SecureServer, fastifyOpts: Record<string, unknown>) {
   const sessions = new Set<http2.ServerHttp2Session>();
-  const sessionTimeout = typeof fastifyOpts?.http2SessionTimeout === 'number' ? fastifyOpts.http2SessionTimeout : 72_000;
+  const sessionTimeout = typeof fastifyOpts.http2SessionTimeout === 'number' ? fastifyOpts.http2SessionTimeout : 72_000;
   h2.on('session', (session: http2.ServerHttp2Session) => {
     sessions.add(session);
     session.once('close', () => sessions.delete(session));
@@ -76,10 +76,14 @@ function trackSessions(h2: http2.Http2Server | http2.Http2SecureServer, fastifyO
   };
 }
 
-function createCleartextServer(handler: RequestHandler, opts: ServerFactoryOptions): http.Server {
+function createCleartextServer(
+  handler: RequestHandler,
+  opts: ServerFactoryOptions,
+  fastifyOpts: Record<string, unknown>,
+): http.Server {
   const server = http.createServer(handler);
   const h2 = http2.createServer(handler as unknown as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void);
-  const h2Sessions = trackSessions(h2);
+  const h2Sessions = trackSessions(h2, fastifyOpts);
   // http2 wraps our Duplex in a handle-less socket that cannot ask the kernel
   // for addresses; hand them over so request.ip and logs see the peer. The
   // session is created synchronously inside the 'connection' emit.
@@ -173,12 +177,16 @@ function createCleartextServer(handler: RequestHandler, opts: ServerFactoryOptio
   return server;
 }
 
-function createTlsServer(handler: RequestHandler, tls: { cert: Buffer; key: Buffer }): http.Server {
+function createTlsServer(
+  handler: RequestHandler,
+  tls: { cert: Buffer; key: Buffer },
+  fastifyOpts: Record<string, unknown>,
+): http.Server {
   const h2 = http2.createSecureServer(
     { cert: tls.cert, key: tls.key, allowHTTP1: true },
     handler as unknown as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void,
   );
-  const h2Sessions = trackSessions(h2);
+  const h2Sessions = trackSessions(h2, fastifyOpts);
   h2.on('connection', (socket: net.Socket) => socket.setNoDelay(true));
 
   // With allowHTTP1, Node tracks HTTP/1.1 connections on the http2 server the

@@ -21,7 +21,7 @@ interface Built {
   hanging: Promise<void>;
 }
 
-async function buildApp(t: Test, opts: { tls?: typeof tls } = {}): Promise<Built> {
+async function buildApp(t: Test, opts: { tls?: typeof tls; sniffTimeoutMs?: number } = {}): Promise<Built> {
   const app = Fastify({ serverFactory: createServerFactory(opts), forceCloseConnections: true });
   await app.register(websocket);
   app.get('/hello', async (request) => ({ hello: 'world', httpVersion: request.raw.httpVersion, ip: request.ip }));
@@ -218,3 +218,21 @@ for (const mode of ['cleartext', 'TLS'] as const) {
     t.pass('the h2 session closed');
   });
 }
+
+t.test('cleartext: a connection that never speaks is dropped and does not hold app.close()', async (t) => {
+  const { app, port } = await buildApp(t, { sniffTimeoutMs: 200 });
+  const silent = net.connect({ host: '127.0.0.1', port });
+  t.teardown(() => silent.destroy());
+  await once(silent, 'connect');
+  await once(silent, 'close');
+  t.pass('dropped after the sniff timeout');
+
+  const again = net.connect({ host: '127.0.0.1', port });
+  t.teardown(() => again.destroy());
+  await once(again, 'connect');
+  const closed = once(again, 'close');
+  const started = Date.now();
+  await app.close();
+  t.ok(Date.now() - started < 1000, 'app.close() did not wait for it');
+  await closed;
+});
