@@ -187,7 +187,24 @@ function createTlsServer(
     handler as unknown as (req: http2.Http2ServerRequest, res: http2.Http2ServerResponse) => void,
   );
   const h2Sessions = trackSessions(h2, fastifyOpts);
-  h2.on('connection', (socket: net.Socket) => socket.setNoDelay(true));
+  // TCP connections still in the TLS handshake belong to neither HTTP/1.1 nor
+  // HTTP/2 bookkeeping; without this a silent one holds close() for the
+  // whole handshake timeout.
+  const handshaking = new Map<string, net.Socket>();
+  const peerKey = (socket: net.Socket): string => `${socket.remoteAddress}|${socket.remotePort}`;
+  h2.on('connection', (socket: net.Socket) => {
+    socket.setNoDelay(true);
+    const key = peerKey(socket);
+    handshaking.set(key, socket);
+    socket.once('close', () => {
+      if (handshaking.get(key) === socket) handshaking.delete(key);
+    });
+  });
+  h2.prependListener('secureConnection', (socket: net.Socket) => handshaking.delete(peerKey(socket)));
+  const destroyHandshaking = (): void => {
+    for (const socket of handshaking.values()) socket.destroy();
+    handshaking.clear();
+  };
 
   // With allowHTTP1, Node tracks HTTP/1.1 connections on the http2 server the
   // way http.Server does (upgraded sockets leave the list), and its close()
@@ -196,11 +213,13 @@ function createTlsServer(
   const close = h2.close.bind(h2);
   server.close = function (callback?: (err?: Error) => void) {
     close(callback);
+    destroyHandshaking();
     h2Sessions.closeGracefully();
     return this;
   };
   server.closeAllConnections = () => {
     http.Server.prototype.closeAllConnections.call(server);
+    destroyHandshaking();
     h2Sessions.destroyAll();
   };
   server.closeIdleConnections = () => {

@@ -236,3 +236,15 @@ t.test('cleartext: a connection that never speaks is dropped and does not hold a
   t.ok(Date.now() - started < 1000, 'app.close() did not wait for it');
   await closed;
 });
+
+t.test('TLS: a connection stuck before its handshake does not hold app.close()', async (t) => {
+  const { app, port } = await buildApp(t, { tls });
+  const silent = net.connect({ host: '127.0.0.1', port });
+  t.teardown(() => silent.destroy());
+  await once(silent, 'connect');
+  const closed = once(silent, 'close');
+  const started = Date.now();
+  await app.close();
+  t.ok(Date.now() - started < 1000, 'app.close() did not wait for the handshake timeout');
+  await closed;
+});
