@@ -179,9 +179,14 @@ export class Supervisor {
     });
     ws.once('open', () => {
       stop = keepAlive(ws, this.#keepalive);
+      // Hold incoming frames until a handler is attached: the engine may still be loading.
+      ws.pause();
       if (target === 'exec') {
         this.#execEngine().then(
-          ({ registry, relay }) => relay.serveExecRelay(ws, registry, log),
+          ({ registry, relay }) => {
+            void relay.serveExecRelay(ws, registry, log);
+            ws.resume();
+          },
           (err: unknown) => {
             log.error({ err }, 'exec engine unavailable');
             ws.close(4500, 'exec engine unavailable');
@@ -198,6 +203,7 @@ export class Supervisor {
       await this.#sshServer();
       const socket = connect(this.#o.sshSocket);
       const stream = createWebSocketStream(ws);
+      ws.resume();
       await pipeline(stream, socket, stream);
     } catch (err) {
       log.debug({ err }, 'ssh relay ended');

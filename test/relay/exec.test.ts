@@ -1,0 +1,135 @@
+import { createHash, randomBytes } from 'node:crypto';
+import t from 'tap';
+import type { ExecResult } from '../../src/schemas/sandbox.js';
+import { execStream } from '../helpers/exec.js';
+import { allGone, api, startGateway, waitForPhase } from '../helpers/gateway.js';
+
+const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
+
+t.test('exec through the real gateway and supervisor', async (t) => {
+  const gw = await startGateway(t);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'ex', env: { SANDBOX_VAR: 'from-sandbox' } });
+  await waitForPhase(gw.app, 'ex', 'Ready');
+
+  t.test('stdout and stderr separated, ordered, with offsets; exit code', async (t) => {
+    const r = await execStream(gw.url, 'ex', {
+      command: ['sh', '-c', 'for i in 1 2 3; do echo out$i; echo err$i >&2; done; exit 7'],
+    });
+    t.equal(r.events[0].type, 'started');
+    t.match((r.events[0] as { execId: string }).execId, /^ex_/);
+    t.equal(r.stdout.toString(), 'out1\nout2\nout3\n');
+    t.equal(r.stderr.toString(), 'err1\nerr2\nerr3\n');
+    t.match(r.last, { type: 'exit', exitCode: 7, signal: null });
+    const offsets = r.events.filter((e) => e.type === 'stdout').map((e) => (e as { offset: number }).offset);
+    t.equal(offsets[0], 0);
+    t.same([...offsets].sort((a, b) => a - b), offsets, 'offsets ascend');
+    t.equal(r.events.filter((e) => e.type === 'exit' || e.type === 'error').length, 1, 'exactly one terminal event');
+  });
+
+  t.test('signals, env, workdir, a string command', async (t) => {
+    const killed = await execStream(gw.url, 'ex', { command: ['sh', '-c', 'kill -TERM $$'] });
+    t.match(killed.last, { type: 'exit', exitCode: null, signal: 'SIGTERM' });
+    const env = await execStream(gw.url, 'ex', {
+      command: 'echo "$SANDBOX_VAR $EXTRA $(pwd)"',
+      env: { EXTRA: 'per-exec' },
+      workdir: '/tmp',
+    });
+    t.equal(env.stdout.toString(), 'from-sandbox per-exec /tmp\n');
+    t.match(env.last, { type: 'exit', exitCode: 0 });
+  });
+
+  t.test('10 MiB of stdin round-trips through cat', async (t) => {
+    const data = randomBytes(10 * 1024 * 1024);
+    const r = await execStream(gw.url, 'ex', { command: ['cat'], stdin: data.toString('base64') });
+    t.equal(r.stdout.length, data.length);
+    t.equal(sha(r.stdout), sha(data));
+    t.match(r.last, { type: 'exit', exitCode: 0 });
+  });
+
+  t.test('binary output intact', async (t) => {
+    const r = await execStream(gw.url, 'ex', {
+      command: ['sh', '-c', 'head -c 1048576 /dev/urandom > /tmp/openshell-bin.$$; cat /tmp/openshell-bin.$$; sha256sum /tmp/openshell-bin.$$ >&2; rm /tmp/openshell-bin.$$'],
+    });
+    t.equal(r.stdout.length, 1048576);
+    t.equal(r.stderr.toString().split(' ')[0], sha(r.stdout));
+  });
+
+  t.test('buffered JSON mode', async (t) => {
+    const res = await fetch(`${gw.url}/v1/sandboxes/ex/exec`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'application/json' },
+      body: JSON.stringify({ command: ['sh', '-c', 'echo hello; echo oops >&2; exit 3'] }),
+    });
+    t.equal(res.status, 200);
+    const body = (await res.json()) as ExecResult;
+    t.match(body, { exitCode: 3, signal: null, stdout: 'hello\n', stderr: 'oops\n' });
+    t.type(body.durationMs, 'number');
+  });
+
+  t.test('timeout → 124, the whole process group (grandchild too) gone', async (t) => {
+    const pids: number[] = [];
+    const r = await execStream(
+      gw.url,
+      'ex',
+      { command: ['sh', '-c', 'sleep 100 & echo $!; echo $$; sleep 100'], timeoutSeconds: 1 },
+      {
+        onEvent: (e) => {
+          if (e.type === 'stdout') pids.push(...Buffer.from(e.data, 'base64').toString().trim().split('\n').map(Number));
+        },
+      },
+    );
+    t.match(r.last, { type: 'exit', exitCode: 124, timedOut: true });
+    t.equal(pids.length, 2);
+    t.ok(await allGone(pids), `pids ${pids.join(' ')} gone`);
+  });
+
+  t.test('caller disconnect kills the process group', async (t) => {
+    const abort = new AbortController();
+    const pids: number[] = [];
+    const done = execStream(
+      gw.url,
+      'ex',
+      { command: ['sh', '-c', 'sleep 100 & echo $!; echo $$; wait'] },
+      {
+        signal: abort.signal,
+        onEvent: (e) => {
+          if (e.type === 'stdout') {
+            pids.push(...Buffer.from(e.data, 'base64').toString().trim().split('\n').map(Number));
+            if (pids.length >= 2) abort.abort();
+          }
+        },
+      },
+    ).catch((err: Error) => err);
+    await done;
+    t.equal(pids.length, 2);
+    t.ok(await allGone(pids), `pids ${pids.join(' ')} gone`);
+  });
+
+  t.test('validation: 400 naming the field', async (t) => {
+    const cases: Array<[Record<string, unknown>, string]> = [
+      [{}, 'body.command'],
+      [{ command: [] }, 'body.command'],
+      [{ command: Array.from({ length: 1025 }, () => 'x') }, 'body.command'],
+      [{ command: ['true'], env: { '1BAD': 'x' } }, 'body.env'],
+      [{ command: ['true'], stdin: 'not base64!' }, 'stdin'],
+      [{ command: ['true'], timeoutSeconds: -1 }, 'body.timeoutSeconds'],
+    ];
+    for (const [body, field] of cases) {
+      const res = await api<{ error: { code: string; message: string } }>(gw.url, 'POST', '/v1/sandboxes/ex/exec', body);
+      t.equal(res.status, 400, JSON.stringify(body).slice(0, 50));
+      t.match(res.body.error.message, field);
+    }
+    const missing = await api(gw.url, 'POST', '/v1/sandboxes/nope/exec', { command: ['true'] });
+    t.equal(missing.status, 404);
+  });
+});
+
+t.test('a deleted sandbox answers 404 to exec', async (t) => {
+  const gw = await startGateway(t);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'idle' });
+  await waitForPhase(gw.app, 'idle', 'Ready');
+  await api(gw.url, 'DELETE', '/v1/sandboxes/idle');
+  await gw.app.openshell.sandboxes.deleted((await gw.app.openshell.store.list())[0]?.id ?? '');
+  const res = await api<{ error: { code: string } }>(gw.url, 'POST', '/v1/sandboxes/idle/exec', { command: ['true'] });
+  t.equal(res.status, 404);
+});
