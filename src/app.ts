@@ -1,10 +1,12 @@
 import { timingSafeEqual } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import fastifySwagger from '@fastify/swagger';
 import fastifyWebsocket from '@fastify/websocket';
 import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Config } from './config.js';
 import { OpenShellError } from './errors.js';
+import { createServerFactory } from './http/server-factory.js';
 import { Gateway, type GatewayDeps } from './gateway.js';
 import { REDACT_PATHS } from './log.js';
 import { errorHandler, notFoundHandler } from './routes/error-handler.js';
@@ -25,7 +27,10 @@ export type App = FastifyInstance;
 
 /** Builds the gateway app (what `server.ts` listens with and what tests build). */
 export async function buildApp(config: Config, deps: GatewayDeps = {}): Promise<FastifyInstance> {
+  // One port: HTTP/1.1 (WebSocket upgrades) and HTTP/2 (h2c by preface sniffing, or h2 via ALPN with TLS).
+  const tls = config.tlsCert && config.tlsKey ? { cert: readFileSync(config.tlsCert), key: readFileSync(config.tlsKey) } : undefined;
   const app = Fastify({
+    serverFactory: createServerFactory({ tls }) as never,
     logger: config.logLevel === 'silent' ? false : { level: config.logLevel, redact: REDACT_PATHS },
     forceCloseConnections: true,
     bodyLimit: config.bodyLimitBytes,

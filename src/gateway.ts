@@ -107,7 +107,12 @@ export class Gateway {
 function createDriver(config: Config, log: Logger): ComputeDriver {
   switch (config.driver) {
     case 'process':
-      return new ProcessDriver({ stateDir: config.stateDir, log });
+      return new ProcessDriver({
+        stateDir: config.stateDir,
+        log,
+        // Supervisors dial back over TLS; a self-signed gateway cert must be trusted by them.
+        supervisorEnv: config.tlsCert ? { NODE_EXTRA_CA_CERTS: config.tlsCert } : {},
+      });
     default:
       throw new Error(`--driver ${config.driver}: not available in this build yet (use --driver process)`);
   }

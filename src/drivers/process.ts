@@ -12,6 +12,8 @@ export interface ProcessDriverOptions {
   log: Logger;
   /** Compiled supervisor entry; defaults to the package's `dist/src/supervisor/main.js`. */
   supervisorEntry?: string;
+  /** Extra environment for supervisors (e.g. NODE_EXTRA_CA_CERTS for a TLS gateway). */
+  supervisorEnv?: Record<string, string>;
   /** How often adopted supervisors are checked for life. */
   pollMs?: number;
 }
@@ -81,6 +83,7 @@ export class ProcessDriver implements ComputeDriver {
           SHELL: '/bin/sh',
           LANG: 'C.UTF-8',
           ...spec.env,
+          ...this.#opts.supervisorEnv,
           OPENSHELL_SANDBOX_ID: spec.id,
           OPENSHELL_SANDBOX_NAME: spec.name,
           OPENSHELL_SANDBOX_TOKEN: spec.token,

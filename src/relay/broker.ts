@@ -52,9 +52,11 @@ export class RelayBroker {
   readonly #open = new Set<WebSocket>();
   readonly #reaper: NodeJS.Timeout;
   #closed = false;
+  #ttlMs: number;
 
   constructor(opts: RelayBrokerOptions) {
     this.#o = opts;
+    this.#ttlMs = opts.pendingTtlMs ?? PENDING_TTL_MS;
     this.#log = opts.log.child({ component: 'relay' });
     this.#reaper = setInterval(() => this.reap(), REAP_INTERVAL_MS).unref();
   }
@@ -65,6 +67,16 @@ export class RelayBroker {
 
   get openCount(): number {
     return this.#open.size;
+  }
+
+  /** Channel ids pending for a sandbox (diagnostics and tests). */
+  pendingChannels(sandboxId: string): string[] {
+    return [...this.#pending.values()].filter((p) => p.sandboxId === sandboxId).map((p) => p.channelId);
+  }
+
+  /** Changes how long a relay may stay unclaimed (tests shorten it). */
+  setPendingTtlMs(ms: number): void {
+    this.#ttlMs = ms;
   }
 
   pendingFor(sandboxId: string): number {
@@ -98,7 +110,7 @@ export class RelayBroker {
     }
     const channelId = `ch_${randomBytes(12).toString('hex')}`;
     const ws = await new Promise<WebSocket>((resolve, reject) => {
-      const ttl = this.#o.pendingTtlMs ?? PENDING_TTL_MS;
+      const ttl = this.#ttlMs;
       const cleanup = () => {
         clearTimeout(timer);
         session.signal.removeEventListener('abort', onSessionEnd);
@@ -169,7 +181,7 @@ export class RelayBroker {
 
   /** Expires pending relays older than the TTL (a backstop to each opener's own timer). */
   reap(now = Date.now()): number {
-    const ttl = this.#o.pendingTtlMs ?? PENDING_TTL_MS;
+    const ttl = this.#ttlMs;
     let reaped = 0;
     for (const entry of [...this.#pending.values()]) {
       if (now - entry.createdAt < ttl) continue;

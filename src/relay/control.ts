@@ -1,4 +1,4 @@
-import { EventEmitter } from 'node:events';
+import { EventEmitter, setMaxListeners } from 'node:events';
 import type { WebSocket } from 'ws';
 import type { Logger } from '../log.js';
 import { CloseCode, parseMessage, type GatewayToSupervisor, type SupervisorToGateway } from '../protocol/control.js';
@@ -37,6 +37,8 @@ export class SupervisorSession extends EventEmitter<SessionEvents> implements Re
     this.sessionId = opts.sessionId;
     this.#ws = opts.ws;
     this.#log = opts.log;
+    // Every relay and waiter riding this session listens on its signal.
+    setMaxListeners(0, this.#abort.signal);
     const stop = keepAlive(opts.ws, {
       intervalMs: opts.keepaliveIntervalMs,
       timeoutMs: opts.keepaliveTimeoutMs,
