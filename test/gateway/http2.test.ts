@@ -2,7 +2,7 @@ import { once } from 'node:events';
 import http2 from 'node:http2';
 import t from 'tap';
 import WebSocket from 'ws';
-import { startGateway, tempDir } from '../helpers/gateway.js';
+import { startGateway, tempDir, waitForPhase } from '../helpers/gateway.js';
 import { selfSignedCert } from '../helpers/tls.js';
 import { writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -51,11 +51,7 @@ t.test('h2 (ALPN) and HTTP/1.1 upgrade over TLS with a self-signed cert', async 
   t.equal(h2.status, 200);
   t.equal(await wsUpgrade(gw.url, cert), 401);
   // Supervisors dial back over wss and trust the gateway's certificate.
-  const created = await fetch(`${gw.url}/v1/sandboxes`, {
-    method: 'POST',
-    headers: { 'content-type': 'application/json' },
-    body: JSON.stringify({ name: 'secure' }),
-    dispatcher: undefined,
-  } as RequestInit).catch((err: Error) => err);
-  void created;
+  await gw.app.openshell.sandboxes.create({ name: 'secure' });
+  const ready = await waitForPhase(gw.app, 'secure', 'Ready');
+  t.equal(ready.conditions[0].reason, 'SupervisorConnected');
 });
