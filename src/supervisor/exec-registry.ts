@@ -86,7 +86,7 @@ const KILL_GRACE_MS = 2000;
 /** After the leader exits, how long stdio may stay open (held by a background child) without output. */
 const LINGER_MS = 2000;
 /** Unwritten spool bytes above which the child's stream is paused. */
-const SPOOL_HIGH_WATER = 8 * 1024 * 1024;
+const SPOOL_HIGH_WATER = 16 * 1024 * 1024;
 /** Largest chunk a catching-up reader gets at once. */
 const REPLAY_CHUNK = 1024 * 1024;
 const EXEC_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;

@@ -31,9 +31,19 @@ function toBuffer(data: RawData): Buffer {
  * A `start` for an execId that already exists (a retried start) attaches from
  * offset 0. `started` is sent after `attach` too, with the exec's pid.
  *
+ * Call it as soon as the socket exists (before or in its `open` handler, not
+ * after an await): frames that arrive with no listener are lost. `registry`
+ * may be a promise; frames are queued until it resolves.
+ *
  * Resolves when the socket is closed.
  */
-export function serveExecRelay(ws: WebSocket, registry: ExecRegistry, log: Logger): Promise<void> {
+export function serveExecRelay(
+  ws: WebSocket,
+  registryOrPromise: ExecRegistry | Promise<ExecRegistry>,
+  log: Logger,
+): Promise<void> {
+  let registry: ExecRegistry | null = null;
+  let queued: [RawData, boolean][] | null = null;
   let rlog = log.child({ component: 'exec-relay' });
   let handle: ExecHandle | null = null;
   let sub: ExecSubscription | null = null;
@@ -79,11 +89,11 @@ export function serveExecRelay(ws: WebSocket, registry: ExecRegistry, log: Logge
 
   const begin = (op: ExecStartOp | ExecAttachOp): void => {
     if (op.op === 'start') {
-      const existing = registry.get(op.execId);
+      const existing = registry!.get(op.execId);
       if (existing) {
         handle = existing;
       } else {
-        handle = registry.start({
+        handle = registry!.start({
           ...op,
           env: op.env ?? {},
           tty: op.tty === true,
@@ -92,7 +102,7 @@ export function serveExecRelay(ws: WebSocket, registry: ExecRegistry, log: Logge
       }
     } else {
       if (typeof op.execId !== 'string') throw new ExecError('INVALID_ARGUMENT', 'execId: must be a string');
-      handle = registry.get(op.execId) ?? null;
+      handle = registry!.get(op.execId) ?? null;
       if (!handle) throw new ExecError('EXEC_NOT_FOUND', `exec "${op.execId}" not found`);
     }
     rlog = rlog.child({ execId: handle.execId });
@@ -159,7 +169,11 @@ export function serveExecRelay(ws: WebSocket, registry: ExecRegistry, log: Logge
     }
   };
 
-  ws.on('message', (data: RawData, isBinary: boolean) => {
+  const onMessage = (data: RawData, isBinary: boolean): void => {
+    if (!registry) {
+      queued?.push([data, isBinary]);
+      return;
+    }
     if (!gotFirst) {
       gotFirst = true;
       onFirst(data, isBinary);
@@ -176,7 +190,27 @@ export function serveExecRelay(ws: WebSocket, registry: ExecRegistry, log: Logge
     } else {
       onControl(toBuffer(data).toString('utf8'));
     }
-  });
+  };
+
+  if (registryOrPromise instanceof Promise) {
+    queued = [];
+    registryOrPromise.then(
+      (r) => {
+        registry = r;
+        const q = queued ?? [];
+        queued = null;
+        for (const [data, isBinary] of q) onMessage(data, isBinary);
+      },
+      (err: unknown) => {
+        rlog.error({ err }, 'exec engine unavailable');
+        gotFirst = true;
+        fail('INTERNAL', 'exec engine unavailable');
+      },
+    );
+  } else {
+    registry = registryOrPromise;
+  }
+  ws.on('message', onMessage);
   ws.on('error', (err) => {
     rlog.debug({ err }, 'exec relay socket error');
   });

@@ -5,14 +5,12 @@ import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
-import t from 'tap';
+import t, { type Test } from 'tap';
 import { WebSocket, WebSocketServer } from 'ws';
 import { silentLogger } from '../../src/log.js';
 import { decodeOutput, type ExecEv, type ExecStartOp } from '../../src/protocol/exec.js';
 import { ExecRegistry } from '../../src/supervisor/exec-registry.js';
 import { serveExecRelay } from '../../src/supervisor/exec-relay.js';
-
-type Test = typeof t;
 
 interface Ctx {
   dir: string;
@@ -47,8 +45,9 @@ async function setup(t: Test): Promise<Ctx> {
 async function openRelay(ctx: Ctx): Promise<{ gw: WebSocket; client: WebSocket; done: Promise<void> }> {
   const conn = once(ctx.wss, 'connection');
   const client = new WebSocket(`ws://127.0.0.1:${ctx.port}`, { perMessageDeflate: false, skipUTF8Validation: true });
-  await once(client, 'open');
+  // Served before 'open', as the supervisor must: frames right after the upgrade have no other listener.
   const done = serveExecRelay(client, ctx.registry, silentLogger);
+  await once(client, 'open');
   const [gw] = (await conn) as [WebSocket];
   return { gw, client, done };
 }
