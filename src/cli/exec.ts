@@ -6,7 +6,7 @@ import type WebSocket from 'ws';
 import { ExecChannel } from '../client/index.js';
 import type { ExecBody } from '../schemas/sandbox.js';
 import { CliExit, collectKeyValue, contextOf, isTty, parseSeconds, writeAll, type CliIo, type Context } from './context.js';
-import { openWebSocket } from './ws.js';
+import { waitOpen } from './ws.js';
 
 interface ExecOptions {
   workdir?: string;
@@ -118,7 +118,7 @@ async function execInteractive(ctx: Context, name: string, command: string[], op
     timeoutSeconds: opts.timeout,
     ...size(),
   });
-  const ws = await openWebSocket(ctx, url);
+  const ws = ctx.client.openWebSocket(url);
   const raw = isTty(stdin) && typeof (stdin as { setRawMode?: unknown }).setRawMode === 'function';
   const setRaw = (on: boolean) => (stdin as unknown as { setRawMode(on: boolean): void }).setRawMode(on);
   const sendResize = () => {
@@ -126,45 +126,57 @@ async function execInteractive(ctx: Context, name: string, command: string[], op
     // Both spellings: ours ({cols, rows}) and the channel.k8s.io one ({Width, Height}).
     sendFrame(ws, ExecChannel.resize, Buffer.from(JSON.stringify({ cols, rows, Width: cols, Height: rows })));
   };
-  const onStdin = (chunk: Buffer | string) => sendFrame(ws, ExecChannel.stdin, typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
+  const onStdin = (chunk: Buffer | string) => {
+    const data = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+    if (data.length > 0) sendFrame(ws, ExecChannel.stdin, data);
+  };
+  // An empty stdin frame is end-of-input.
+  const onStdinEnd = () => sendFrame(ws, ExecChannel.stdin, Buffer.alloc(0));
   let status: number | undefined;
   let errorMessage: string | undefined;
+  // Listeners go on before the upgrade completes: a short command's output and
+  // status can arrive together with the 101.
+  const ended = new Promise<number>((resolve, reject) => {
+    ws.on('message', (data: Buffer, isBinary: boolean) => {
+      const frame = isBinary ? data : Buffer.from(data);
+      if (frame.length === 0) return;
+      const payload = frame.subarray(1);
+      switch (frame[0]) {
+        case ExecChannel.stdout:
+          write(stdout, payload, ws);
+          break;
+        case ExecChannel.stderr:
+          write(stderr, payload, ws);
+          break;
+        case ExecChannel.status: {
+          const parsed = parseStatus(payload);
+          status = parsed.code;
+          errorMessage = parsed.error;
+          break;
+        }
+      }
+    });
+    ws.once('close', (code: number, reason: Buffer) => {
+      if (errorMessage) reject(new CliExit(EXEC_ERROR_EXIT, `openshell: exec failed: ${errorMessage}`));
+      else if (status !== undefined) resolve(status);
+      else if (code >= 4000) reject(new CliExit(EXEC_ERROR_EXIT, `openshell: exec failed: ${reason.toString() || `closed with ${code}`}`));
+      else reject(new CliExit(EXEC_ERROR_EXIT, `openshell: exec connection to ${ctx.gateway} closed without an exit status (${code})`));
+    });
+  });
+  ended.catch(() => undefined); // awaited below; a failed upgrade rejects waitOpen first
   try {
+    await waitOpen(ctx, ws);
+    ws.on('error', () => undefined); // a lost connection shows up as 'close'
     if (raw) setRaw(true);
     stdin.on('data', onStdin);
+    stdin.once('end', onStdinEnd);
     stdin.resume();
     if (isTty(stdout)) process.on('SIGWINCH', sendResize);
-    return await new Promise<number>((resolve, reject) => {
-      ws.on('message', (data: Buffer, isBinary: boolean) => {
-        const frame = isBinary ? data : Buffer.from(data);
-        if (frame.length === 0) return;
-        const payload = frame.subarray(1);
-        switch (frame[0]) {
-          case ExecChannel.stdout:
-            write(stdout, payload, ws);
-            break;
-          case ExecChannel.stderr:
-            write(stderr, payload, ws);
-            break;
-          case ExecChannel.status: {
-            const parsed = parseStatus(payload);
-            status = parsed.code;
-            errorMessage = parsed.error;
-            break;
-          }
-        }
-      });
-      ws.once('close', (code: number, reason: Buffer) => {
-        if (errorMessage) reject(new CliExit(EXEC_ERROR_EXIT, `openshell: exec failed: ${errorMessage}`));
-        else if (status !== undefined) resolve(status);
-        else if (code >= 4000) reject(new CliExit(EXEC_ERROR_EXIT, `openshell: exec failed: ${reason.toString() || `closed with ${code}`}`));
-        else reject(new CliExit(EXEC_ERROR_EXIT, `openshell: exec connection to ${ctx.gateway} closed without an exit status (${code})`));
-      });
-      ws.once('error', (err) => reject(new CliExit(EXEC_ERROR_EXIT, `openshell: exec connection to ${ctx.gateway} failed: ${err.message}`)));
-    });
+    return await ended;
   } finally {
     process.off('SIGWINCH', sendResize);
     stdin.off('data', onStdin);
+    stdin.off('end', onStdinEnd);
     stdin.pause();
     if (raw) setRaw(false);
     ws.terminate();
@@ -207,7 +219,8 @@ export function parseStatus(payload: Buffer): { code?: number; error?: string } 
     const causes = ((s.details as { causes?: Array<{ reason?: string; message?: string }> } | undefined)?.causes ?? []);
     const exit = causes.find((c) => c.reason === 'ExitCode');
     if (exit && /^\d+$/.test(exit.message ?? '')) return { code: Number(exit.message) };
-    return { error: String(s.message ?? s.reason ?? 'failed') };
+    const reason = typeof s.reason === 'string' ? s.reason : undefined;
+    return { error: s.message ? `${String(s.message)}${reason ? ` (${reason})` : ''}` : (reason ?? 'failed') };
   }
   return { error: `unknown status frame: ${payload.toString('utf8').slice(0, 200)}` };
 }

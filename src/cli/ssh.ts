@@ -9,7 +9,7 @@ import { createWebSocketStream } from 'ws';
 import { packageRoot } from '../paths.js';
 import { CliExit, contextOf, type CliIo, type Context } from './context.js';
 import { shellQuote } from './output.js';
-import { openWebSocket } from './ws.js';
+import { waitOpen } from './ws.js';
 
 /** The `openshell` launcher that ProxyCommand runs. */
 export function cliEntry(): string {
@@ -92,8 +92,10 @@ async function connect(ctx: Context, name: string): Promise<number> {
  * ends (ssh closes its end first, our stdin EOF closes the WebSocket).
  */
 async function sshProxy(ctx: Context, name: string): Promise<void> {
-  const ws = await openWebSocket(ctx, ctx.client.sshUrl(name));
-  const duplex = createWebSocketStream(ws);
+  const ws = ctx.client.openWebSocket(ctx.client.sshUrl(name));
+  const duplex = createWebSocketStream(ws); // listening before the upgrade completes: sshd speaks first
+  duplex.on('error', () => undefined); // reported by waitOpen or the pipelines
+  await waitOpen(ctx, ws);
   const input = new AbortController();
   const upstream = pipeline(ctx.io.stdin, duplex, { signal: input.signal }).catch(() => undefined);
   try {

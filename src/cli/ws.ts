@@ -4,11 +4,13 @@ import { OpenShellApiError, OpenShellConnectionError } from '../client/index.js'
 import type { Context } from './context.js';
 
 /**
- * Opens a WebSocket to the gateway and waits until it is open. A refused
- * upgrade becomes an {@link OpenShellApiError} from the error envelope.
+ * Waits until a WebSocket to the gateway is open. A refused upgrade becomes
+ * an {@link OpenShellApiError} from the error envelope. Attach 'message'
+ * listeners before calling this: frames sent right after the upgrade arrive
+ * with the 101 and are emitted before an awaiting caller resumes.
  */
-export async function openWebSocket(ctx: Context, url: string): Promise<WebSocket> {
-  const ws = ctx.client.openWebSocket(url);
+export async function waitOpen(ctx: Context, ws: WebSocket): Promise<void> {
+  if (ws.readyState === ws.OPEN) return;
   await new Promise<void>((resolve, reject) => {
     const cleanup = () => {
       ws.off('open', onOpen);
@@ -40,5 +42,4 @@ export async function openWebSocket(ctx: Context, url: string): Promise<WebSocke
     ws.on('error', onError);
     ws.on('unexpected-response', onResponse);
   });
-  return ws;
 }
