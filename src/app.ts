@@ -11,7 +11,9 @@ import { Gateway, type GatewayDeps } from './gateway.js';
 import { REDACT_PATHS } from './log.js';
 import { errorHandler, notFoundHandler } from './routes/error-handler.js';
 import { execRoutes } from './routes/exec.js';
+import { fileRoutes } from './routes/files.js';
 import { healthRoutes } from './routes/health.js';
+import { policyRoutes } from './routes/policy.js';
 import { relayRoutes } from './routes/relay.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
 import { supervisorRoutes } from './routes/supervisor.js';
@@ -71,6 +73,8 @@ export async function buildApp(config: Config, deps: GatewayDeps = {}): Promise<
   await app.register(supervisorRoutes);
   await app.register(relayRoutes);
   await app.register(execRoutes);
+  await app.register(fileRoutes);
+  await app.register(policyRoutes);
 
   app.addHook('onListen', async () => {
     const address = app.server.address();

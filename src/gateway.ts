@@ -7,6 +7,8 @@ import { RelayBroker } from './relay/broker.js';
 import type { SupervisorSession } from './relay/control.js';
 import { ExecService } from './relay/exec-service.js';
 import { SessionRegistry } from './relay/sessions.js';
+import { SandboxLogs } from './sandboxes/logs.js';
+import { PolicyService, validatePolicy } from './sandboxes/policy.js';
 import { SandboxService } from './sandboxes/service.js';
 import { openStore, type SandboxStore } from './store/index.js';
 
@@ -31,6 +33,8 @@ export class Gateway {
   readonly sandboxes: SandboxService;
   readonly broker: RelayBroker;
   readonly execs: ExecService;
+  readonly policies: PolicyService;
+  readonly logs = new SandboxLogs();
   #endpoint = '';
   readonly #unsubscribe: Array<() => void> = [];
 
@@ -45,16 +49,18 @@ export class Gateway {
       driver: this.driver,
       log,
       hasSession: (id) => this.sessions.get(id) !== undefined,
-      validatePolicy: deps.validatePolicy,
+      validatePolicy: deps.validatePolicy ?? validatePolicy,
       sandboxEndpoint: () => this.endpoint,
     });
     this.broker = new RelayBroker({ sessions: this.sessions, config, log });
     this.execs = new ExecService({ broker: this.broker, sandboxes: this.sandboxes, log });
+    this.policies = new PolicyService(this.sandboxes, this.sessions);
     const reconcile = (sandboxId: string) =>
       void this.sandboxes.reconcile(sandboxId).catch((err: unknown) => this.log.error({ err, sandboxId }, 'readiness update failed'));
     this.#unsubscribe.push(
       this.sessions.on('connected', (session) => reconcile(session.sandboxId)),
       this.sessions.on('disconnected', (sandboxId) => reconcile(sandboxId)),
+      this.sandboxes.on('deleted', (record) => this.logs.forget(record.id)),
     );
   }
 
@@ -75,6 +81,12 @@ export class Gateway {
     switch (message.type) {
       case 'relayOpenResult':
         this.broker.onOpenResult(session, message);
+        break;
+      case 'policyApplied':
+        this.policies.onApplied(session, message);
+        break;
+      case 'log':
+        this.logs.append(session.sandboxId, message.lines);
         break;
       case 'mainProcess':
         void this.sandboxes

@@ -195,9 +195,12 @@ export class SandboxService {
     return this.#mutate(id, () => ({ mainProcess }));
   }
 
-  async setPolicy(id: string, policy: unknown): Promise<SandboxRecord> {
-    const validated = this.#validatePolicy(policy);
-    const updated = await this.#mutate(id, (r) => ({ policy: validated, policyVersion: r.policyVersion + 1 }));
+  /** Stores an already validated policy (see PolicyService) at `version` (at least one past the current). */
+  async setPolicy(id: string, policy: unknown, version?: number): Promise<SandboxRecord> {
+    const updated = await this.#mutate(id, (r) => ({
+      policy,
+      policyVersion: Math.max(version ?? 0, r.policyVersion + 1),
+    }));
     if (!updated) throw new OpenShellError('SANDBOX_NOT_FOUND', `sandbox ${id} not found`);
     return updated;
   }

@@ -12,7 +12,7 @@ export async function runSupervisor(argv: string[], env: NodeJS.ProcessEnv): Pro
   const dash = argv.indexOf('--');
   const command = dash >= 0 ? argv.slice(dash + 1) : argv;
   const supervisor = new Supervisor(supervisorOptionsFromEnv(env, command));
-  supervisor.start();
+  void supervisor.start();
   let stopping = false;
   const stop = (signal: NodeJS.Signals) => {
     if (stopping) return;

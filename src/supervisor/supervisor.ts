@@ -55,11 +55,13 @@ export function supervisorOptionsFromEnv(env: NodeJS.ProcessEnv, command: string
     workdir: env.OPENSHELL_WORKDIR || process.cwd(),
     sshSocket: env.OPENSHELL_SSH_SOCKET || '/run/openshell/ssh.sock',
     spoolDir: env.OPENSHELL_SPOOL_DIR || join(tmpdir(), 'openshell-spool'),
-    proxyListen: env.OPENSHELL_PROXY_LISTEN || '0.0.0.0:3128',
+    proxyListen: env.OPENSHELL_PROXY_LISTEN || '127.0.0.1:3128',
   };
 }
 
 type ExecModule = typeof import('./exec-registry.js');
+type EgressModule = typeof import('../egress/index.js');
+type EgressProxy = Awaited<ReturnType<EgressModule['startEgressProxy']>>;
 type RelayModule = typeof import('./exec-relay.js');
 
 /**
@@ -80,6 +82,7 @@ export class Supervisor {
   #proxyEnv: Record<string, string> = {};
   #engine: Promise<{ registry: InstanceType<ExecModule['ExecRegistry']>; relay: RelayModule }> | undefined;
   #sshd: Promise<{ close(): Promise<void> }> | undefined;
+  #egress: Promise<{ proxy: EgressProxy; mod: EgressModule }> | undefined;
   #closed = false;
 
   constructor(opts: SupervisorOptions) {
@@ -108,9 +111,64 @@ export class Supervisor {
     return { ...this.#o.sandboxEnv, ...this.#proxyEnv };
   }
 
-  start(): void {
+  /** Dials the gateway first (readiness), then brings up the egress proxy and the entrypoint. */
+  start(): Promise<void> {
     this.#control.start();
-    this.#startMain();
+    return this.#startEgress().then(
+      () => this.#startMain(),
+      (err: unknown) => {
+        this.#log.error({ err }, 'egress proxy failed to start; processes run without a proxy');
+        this.#startMain();
+      },
+    );
+  }
+
+  /** The egress proxy's address once it listens (tests and diagnostics). */
+  get proxyUrl(): string | undefined {
+    return this.#proxyEnv.HTTP_PROXY;
+  }
+
+  #startEgress(): Promise<{ proxy: EgressProxy; mod: EgressModule }> {
+    this.#egress ??= (async () => {
+      const mod = await import('../egress/index.js');
+      const [host, port] = splitHostPort(this.#o.proxyListen);
+      const log = this.#log.child({ component: 'egress' });
+      const proxy = await mod.startEgressProxy({
+        host,
+        port,
+        policy: null,
+        policyVersion: 0,
+        log,
+        onDecision: (decision) => log.info({ decision }, 'egress decision'),
+      });
+      const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${proxy.port}`;
+      this.#proxyEnv = {
+        HTTP_PROXY: url,
+        HTTPS_PROXY: url,
+        ALL_PROXY: url,
+        http_proxy: url,
+        https_proxy: url,
+        all_proxy: url,
+        NO_PROXY: '',
+        no_proxy: '',
+      };
+      return { proxy, mod };
+    })();
+    return this.#egress;
+  }
+
+  /** Validates and swaps the network policy atomically; the last good policy stays on failure. */
+  async #applyPolicy(policy: unknown, version: number): Promise<void> {
+    const { proxy, mod } = await this.#startEgress();
+    try {
+      const parsed = policy === null || policy === undefined ? null : mod.parsePolicy(policy);
+      proxy.setPolicy(parsed, version);
+      this.#log.info({ policyVersion: version }, 'network policy applied');
+      this.#control.send({ type: 'policyApplied', version, ok: true });
+    } catch (err) {
+      this.#log.warn({ policyVersion: version, err }, 'network policy rejected; keeping the last good one');
+      this.#control.send({ type: 'policyApplied', version, ok: false, error: (err as Error).message });
+    }
   }
 
   async close(reason: string): Promise<void> {
@@ -124,10 +182,12 @@ export class Supervisor {
     const engine = await this.#engine?.catch(() => undefined);
     engine?.registry.close();
     await (await this.#sshd?.catch(() => undefined))?.close();
+    await (await this.#egress?.catch(() => undefined))?.proxy.close();
   }
 
   #onWelcome(welcome: WelcomeMessage): void {
     this.#keepalive = { intervalMs: welcome.keepaliveIntervalMs, timeoutMs: welcome.keepaliveTimeoutMs };
+    void this.#applyPolicy(welcome.policy ?? null, welcome.policyVersion ?? 0);
     if (this.#mainState) this.#control.send(this.#mainState);
     this.#flushLogs();
     // Warm the exec engine and sshd off the Ready path.
@@ -141,6 +201,9 @@ export class Supervisor {
     switch (message.type) {
       case 'relayOpen':
         this.#openRelay(message.channelId, message.target);
+        break;
+      case 'policy':
+        void this.#applyPolicy(message.policy, message.version);
         break;
       case 'relayClose':
         this.#relays.get(message.channelId)?.close(1000, message.reason);
@@ -213,6 +276,8 @@ export class Supervisor {
 
   #execEngine(): Promise<{ registry: InstanceType<ExecModule['ExecRegistry']>; relay: RelayModule }> {
     this.#engine ??= (async () => {
+      // Execs get the proxy variables: bring the proxy up first (a failure is logged by start()).
+      await this.#startEgress().catch(() => undefined);
       const [{ ExecRegistry }, relay] = await Promise.all([import('./exec-registry.js'), import('./exec-relay.js')]);
       const registry = new ExecRegistry({
         log: this.#log.child({ component: 'exec' }),
@@ -275,6 +340,13 @@ export class Supervisor {
     if (this.#pendingLogs.length === 0 || !this.#control.connected) return;
     if (this.#control.send({ type: 'log', lines: this.#pendingLogs.slice() })) this.#pendingLogs.length = 0;
   }
+}
+
+function splitHostPort(listen: string): [string, number] {
+  const i = listen.lastIndexOf(':');
+  const host = i > 0 ? listen.slice(0, i).replace(/^\[|\]$/g, '') : '127.0.0.1';
+  const port = Number(i >= 0 ? listen.slice(i + 1) : listen);
+  return [host || '127.0.0.1', Number.isInteger(port) && port >= 0 && port < 65536 ? port : 0];
 }
 
 function killGroup(pid: number, signal: NodeJS.Signals): void {
