@@ -1,0 +1,124 @@
+import { once } from 'node:events';
+import { createServer, type Server } from 'node:http';
+import { connect } from 'node:net';
+import t from 'tap';
+import { WebSocketServer } from 'ws';
+import type { ExecResult } from '../../src/schemas/sandbox.js';
+import { api, startGateway, waitForPhase } from '../helpers/gateway.js';
+
+async function listen(server: Server): Promise<number> {
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  return (server.address() as { port: number }).port;
+}
+
+async function exec(url: string, name: string, command: string): Promise<ExecResult> {
+  const res = await fetch(`${url}/v1/sandboxes/${name}/exec`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', accept: 'application/json' },
+    body: JSON.stringify({ command }),
+  });
+  return (await res.json()) as ExecResult;
+}
+
+const allow = (port: number, extra: Record<string, unknown> = {}) => ({
+  version: 1,
+  network_policies: {
+    local: { name: 'local', endpoints: [{ host: '127.0.0.1', port, ...extra }] },
+  },
+});
+
+t.test('egress through a real sandbox: default deny, live policy, WebSocket passthrough, decision logs', async (t) => {
+  const http = createServer((req, res) => res.end(`hello ${req.method} ${req.url}`));
+  const wss = new WebSocketServer({ server: http });
+  wss.on('connection', (ws) => {
+    ws.send('first');
+    ws.on('message', (m) => ws.send(`echo:${m.toString()}`));
+  });
+  const port = await listen(http);
+  t.teardown(() => {
+    wss.close();
+    http.close();
+  });
+
+  const gw = await startGateway(t);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'net' });
+  await waitForPhase(gw.app, 'net', 'Ready');
+
+  const env = await exec(gw.url, 'net', 'echo "$HTTP_PROXY|$HTTPS_PROXY|$ALL_PROXY|$http_proxy|$NO_PROXY"');
+  const proxy = env.stdout.trim().split('|')[0];
+  t.match(proxy, /^http:\/\/127\.0\.0\.1:\d+$/);
+  t.equal(env.stdout.trim(), `${proxy}|${proxy}|${proxy}|${proxy}|`, 'every proxy variable set, NO_PROXY empty');
+
+  const denied = await exec(gw.url, 'net', `curl -s -w ' %{http_code}' http://127.0.0.1:${port}/x`);
+  t.match(denied.stdout, / 403$/, 'default deny');
+  const body = JSON.parse(denied.stdout.replace(/ 403$/, '')) as Record<string, unknown>;
+  t.match(body, { host: '127.0.0.1', port });
+  t.ok(body.reason, 'the 403 says why');
+
+  const put = await api<{ version: number; applied: boolean }>(gw.url, 'PUT', '/v1/sandboxes/net/policy', allow(port));
+  t.equal(put.status, 200);
+  t.equal(put.body.applied, true);
+  const allowed = await exec(gw.url, 'net', `curl -s http://127.0.0.1:${port}/y`);
+  t.equal(allowed.stdout, 'hello GET /y', 'allowed without a restart');
+
+  const invalid = await api<{ error: { message: string } }>(gw.url, 'PUT', '/v1/sandboxes/net/policy', {
+    version: 1,
+    network_policies: { bad: { endpoints: [{ host: '*', port: 80 }] } },
+  });
+  t.equal(invalid.status, 400);
+  t.match(invalid.body.error.message, /policy\.network_policies\.bad\.endpoints\[0\]\.host/);
+  const still = await exec(gw.url, 'net', `curl -s http://127.0.0.1:${port}/z`);
+  t.equal(still.stdout, 'hello GET /z', 'the old policy stays in force');
+  const got = await api<{ version: number; policy: unknown }>(gw.url, 'GET', '/v1/sandboxes/net/policy');
+  t.equal(got.body.version, put.body.version);
+
+  // WebSocket through the sandbox's proxy (CONNECT), raw bytes as in the original bug report.
+  const sock = connect(Number(new URL(proxy).port), '127.0.0.1');
+  await once(sock, 'connect');
+  sock.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
+  let buf = Buffer.alloc(0);
+  const until = async (pred: (b: Buffer) => boolean) => {
+    while (!pred(buf)) {
+      const [chunk] = (await once(sock, 'data')) as [Buffer];
+      buf = Buffer.concat([buf, chunk]);
+    }
+  };
+  await until((b) => b.includes('\r\n\r\n'));
+  t.match(buf.toString(), /^HTTP\/1\.1 200/);
+  buf = Buffer.alloc(0);
+  sock.write(
+    'GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n' +
+      'Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n',
+  );
+  await until((b) => b.includes('first'));
+  t.match(buf.toString(), /^HTTP\/1\.1 101/, '101 and the first frame sent right after it');
+  sock.destroy();
+
+  const revoke = await api(gw.url, 'PUT', '/v1/sandboxes/net/policy', { version: 1, network_policies: {} });
+  t.equal(revoke.status, 200);
+  const again = await exec(gw.url, 'net', `curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:${port}/`);
+  t.equal(again.stdout, '403', 'and denied again');
+
+  const logs = await fetch(`${gw.url}/v1/sandboxes/net/logs`);
+  const lines = (await logs.text()).trim().split('\n').map((l) => JSON.parse(l) as { source: string; fields?: { decision?: { action: string } } });
+  const decisions = lines.filter((l) => l.source === 'egress' && l.fields?.decision).map((l) => l.fields?.decision?.action);
+  t.ok(decisions.includes('deny') && decisions.includes('allow'), `decisions logged: ${decisions.join(',')}`);
+});
+
+t.test('a policy given at create is in force from the start; invalid ones are refused with the field', async (t) => {
+  const http = createServer((_req, res) => res.end('ok'));
+  const port = await listen(http);
+  t.teardown(() => http.close());
+  const gw = await startGateway(t);
+  const bad = await api<{ error: { message: string } }>(gw.url, 'POST', '/v1/sandboxes', {
+    name: 'badpol',
+    policy: { version: 1, network_policies: { x: { endpoints: [{ host: '*.com', port: 443 }] } } },
+  });
+  t.equal(bad.status, 400);
+  t.match(bad.body.error.message, /policy\.network_policies\.x\.endpoints\[0\]\.host/);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'withpol', policy: allow(port) });
+  await waitForPhase(gw.app, 'withpol', 'Ready');
+  const r = await exec(gw.url, 'withpol', `curl -s http://127.0.0.1:${port}/`);
+  t.equal(r.stdout, 'ok');
+});
