@@ -1,6 +1,7 @@
 import type { Command } from 'commander';
 import { stringify as toYaml } from 'yaml';
-import { contextOf, type CliIo } from './context.js';
+import type { LogLine } from '../client/index.js';
+import { contextOf, UsageError, writeAll, type CliIo } from './context.js';
 import { printJson } from './output.js';
 import { readPolicyFile } from './sandbox.js';
 
@@ -14,9 +15,10 @@ export function registerPolicyCommands(program: Command, io: CliIo): void {
     .argument('<name>')
     .action(async (name: string, _opts: unknown, cmd: Command) => {
       const ctx = contextOf(io, cmd);
-      const value = await ctx.client.getPolicy(name);
-      if (ctx.output === 'json') printJson(io.stdout, value);
-      else io.stdout.write(value === null ? '# no policy: all egress is denied\n' : toYaml(value));
+      const state = await ctx.client.getPolicy(name);
+      if (ctx.output === 'json') printJson(io.stdout, state);
+      else if (state.policy === null || state.policy === undefined) io.stdout.write(`# version ${state.version}: no policy, all egress is denied\n`);
+      else io.stdout.write(`# version ${state.version}\n${toYaml(state.policy)}`);
     });
 
   policy
@@ -28,7 +30,10 @@ export function registerPolicyCommands(program: Command, io: CliIo): void {
       const ctx = contextOf(io, cmd);
       const result = await ctx.client.setPolicy(name, await readPolicyFile(file, io));
       if (ctx.output === 'json') printJson(io.stdout, result);
-      else io.stdout.write(`policy of sandbox "${name}" updated\n`);
+      else {
+        const how = result.applied ? 'applied live' : 'stored; the supervisor applies it when it reconnects';
+        io.stdout.write(`policy of sandbox "${name}" updated to version ${result.version} (${how})\n`);
+      }
     });
 }
 
@@ -39,8 +44,22 @@ export function registerLogsCommand(sandbox: Command, io: CliIo): void {
     .description('print supervisor and egress-decision log lines')
     .argument('<name>')
     .option('-f, --follow', 'keep streaming new lines')
-    .action(async (name: string, opts: { follow?: boolean }, cmd: Command) => {
+    .option('--tail <lines>', 'only the last N lines', (v: string) => {
+      if (!/^\d{1,6}$/.test(v)) throw new UsageError(`--tail: expected a number of lines, got "${v}"`);
+      return Number(v);
+    })
+    .action(async (name: string, opts: { follow?: boolean; tail?: number }, cmd: Command) => {
       const ctx = contextOf(io, cmd);
-      for await (const line of ctx.client.logs(name, { follow: opts.follow })) io.stdout.write(`${line}\n`);
+      for await (const line of ctx.client.logs(name, { follow: opts.follow, tail: opts.tail })) {
+        await writeAll(io.stdout, ctx.output === 'json' ? `${JSON.stringify(line)}\n` : formatLogLine(line));
+      }
     });
+}
+
+/** `2026-01-01T00:00:00.000Z INFO  egress  allow api.github.com:443 policy=github`. */
+export function formatLogLine(line: LogLine): string {
+  const fields = Object.entries(line.fields ?? {})
+    .map(([k, v]) => `${k}=${typeof v === 'string' ? v : JSON.stringify(v)}`)
+    .join(' ');
+  return `${line.time} ${line.level.toUpperCase().padEnd(5)} ${line.source.padEnd(10)} ${line.message}${fields ? ` ${fields}` : ''}\n`;
 }

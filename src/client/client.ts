@@ -9,7 +9,7 @@ import type {
   SandboxList,
 } from '../schemas/sandbox.js';
 import { connectionError, OpenShellApiError, SandboxWaitError } from './errors.js';
-import { parseNdjson, splitLines } from './ndjson.js';
+import { parseNdjson } from './ndjson.js';
 
 export interface OpenShellClientOptions {
   /** The gateway, e.g. `http://127.0.0.1:8080`. */
@@ -52,6 +52,25 @@ export interface ExecWebSocketOptions {
   timeoutSeconds?: number;
   cols?: number;
   rows?: number;
+}
+
+export interface PolicyState {
+  version: number;
+  policy: unknown;
+}
+
+export interface PolicyUpdate extends PolicyState {
+  /** True when the sandbox's supervisor acknowledged the new policy; otherwise it applies on reconnect. */
+  applied: boolean;
+}
+
+/** One supervisor or egress-decision log line. */
+export interface LogLine {
+  time: string;
+  level: 'debug' | 'info' | 'warn' | 'error';
+  source: 'supervisor' | 'egress';
+  message: string;
+  fields?: Record<string, unknown>;
 }
 
 type Query = Record<string, string | number | boolean | ReadonlyArray<string> | undefined>;
@@ -236,22 +255,24 @@ export class OpenShellClient {
 
   // --- policy, logs ---------------------------------------------------------
 
-  async getPolicy(name: string, opts: SignalOption = {}): Promise<unknown> {
-    return this.#json('GET', `${sandboxPath(name)}/policy`, { signal: opts.signal });
+  /** The network policy and its version (`policy: null` = none: all egress denied). */
+  async getPolicy(name: string, opts: SignalOption = {}): Promise<PolicyState> {
+    return this.#json<PolicyState>('GET', `${sandboxPath(name)}/policy`, { signal: opts.signal });
   }
 
-  /** Replaces the network policy; applied live. */
-  async setPolicy(name: string, policy: unknown, opts: SignalOption = {}): Promise<unknown> {
-    return this.#json('PUT', `${sandboxPath(name)}/policy`, { json: policy, signal: opts.signal });
+  /** Replaces the network policy (`null` clears it); `applied` says whether a connected supervisor took it live. */
+  async setPolicy(name: string, policy: unknown, opts: SignalOption = {}): Promise<PolicyUpdate> {
+    return this.#json<PolicyUpdate>('PUT', `${sandboxPath(name)}/policy`, { json: policy, signal: opts.signal });
   }
 
-  /** Supervisor and egress-decision log lines, as text; `follow` keeps streaming new ones. */
-  async *logs(name: string, opts: { follow?: boolean } & SignalOption = {}): AsyncGenerator<string> {
+  /** Supervisor and egress-decision log lines; `follow` keeps streaming new ones until the sandbox is gone. */
+  async *logs(name: string, opts: { follow?: boolean; tail?: number } & SignalOption = {}): AsyncGenerator<LogLine> {
     const res = await this.#request('GET', `${sandboxPath(name)}/logs`, {
-      query: { follow: opts.follow ? true : undefined },
+      query: { follow: opts.follow ? true : undefined, tail: opts.tail },
       signal: opts.signal,
+      headers: { accept: 'application/x-ndjson' },
     });
-    yield* splitLines(this.#chunks(res, opts.signal));
+    yield* parseNdjson<LogLine>(this.#chunks(res, opts.signal));
   }
 
   // --- files ---------------------------------------------------------------

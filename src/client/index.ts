@@ -3,6 +3,9 @@ export { OpenShellClient, ExecChannel, describeCondition } from './client.js';
 export type {
   ExecInfo,
   ExecWebSocketOptions,
+  LogLine,
+  PolicyState,
+  PolicyUpdate,
   OpenShellClientOptions,
   SignalOption,
   WaitForReadyOptions,
