@@ -2,6 +2,7 @@ import type { Config } from './config.js';
 import { ProcessDriver } from './drivers/process.js';
 import type { ComputeDriver } from './drivers/types.js';
 import type { Logger } from './log.js';
+import { GatewayMetrics } from './metrics.js';
 import type { SupervisorToGateway } from './protocol/control.js';
 import { RelayBroker } from './relay/broker.js';
 import type { SupervisorSession } from './relay/control.js';
@@ -35,6 +36,7 @@ export class Gateway {
   readonly execs: ExecService;
   readonly policies: PolicyService;
   readonly logs = new SandboxLogs();
+  readonly metrics: GatewayMetrics;
   #endpoint = '';
   readonly #unsubscribe: Array<() => void> = [];
 
@@ -52,8 +54,9 @@ export class Gateway {
       validatePolicy: deps.validatePolicy ?? validatePolicy,
       sandboxEndpoint: () => this.endpoint,
     });
-    this.broker = new RelayBroker({ sessions: this.sessions, config, log });
-    this.execs = new ExecService({ broker: this.broker, sandboxes: this.sandboxes, log });
+    this.metrics = new GatewayMetrics({ sessions: () => this.sessions, broker: () => this.broker });
+    this.broker = new RelayBroker({ sessions: this.sessions, config, log, metrics: this.metrics.relay });
+    this.execs = new ExecService({ broker: this.broker, sandboxes: this.sandboxes, log, metrics: this.metrics.exec });
     this.policies = new PolicyService(this.sandboxes, this.sessions);
     const reconcile = (sandboxId: string) =>
       void this.sandboxes.reconcile(sandboxId).catch((err: unknown) => this.log.error({ err, sandboxId }, 'readiness update failed'));

@@ -26,7 +26,7 @@ interface Pending {
 
 export interface RelayMetrics {
   opened(target: RelayTarget, result: string): void;
-  bytes?(direction: 'in' | 'out', n: number): void;
+  bytes?(direction: 'from_sandbox' | 'to_sandbox', n: number): void;
 }
 
 export interface RelayBrokerOptions {
@@ -214,6 +214,8 @@ export class RelayBroker {
 
   #track(ws: WebSocket, session: SupervisorSession, channelId: string, target: RelayTarget): void {
     this.#open.add(ws);
+    const bytes = this.#o.metrics?.bytes;
+    if (bytes) ws.on('message', (data: Buffer) => bytes('from_sandbox', data.length));
     const stop = keepAlive(ws, {
       intervalMs: this.#o.config.keepaliveIntervalMs,
       timeoutMs: this.#o.config.keepaliveTimeoutMs,

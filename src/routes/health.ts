@@ -7,4 +7,9 @@ export const healthRoutes: FastifyPluginAsyncTypebox = async (app) => {
     { schema: { response: { 200: Type.Object({ status: Type.Literal('ok') }) } } },
     async () => ({ status: 'ok' as const }),
   );
+
+  app.get('/metrics', { schema: { hide: true } }, async (_request, reply) => {
+    const { registry } = app.openshell.metrics;
+    return reply.type(registry.contentType).send(await registry.metrics());
+  });
 };
