@@ -1,0 +1,67 @@
+import { once } from 'node:events';
+import t from 'tap';
+import WebSocket from 'ws';
+import { api, startGateway, waitForPhase } from '../helpers/gateway.js';
+
+t.test('interactive exec over WebSocket with a tty: input, output, resize, exit code', async (t) => {
+  const gw = await startGateway(t);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'tty' });
+  await waitForPhase(gw.app, 'tty', 'Ready');
+  const ws = new WebSocket(`${gw.url.replace(/^http/, 'ws')}/v1/sandboxes/tty/exec?command=sh&tty=true&cols=80&rows=24`);
+  t.teardown(() => ws.terminate());
+  await once(ws, 'open');
+  let output = '';
+  let status: Record<string, unknown> | undefined;
+  const closed = once(ws, 'close');
+  const waitFor = (pattern: RegExp) =>
+    new Promise<void>((resolve) => {
+      const check = () => {
+        if (pattern.test(output)) {
+          ws.off('message', check);
+          resolve();
+        }
+      };
+      ws.on('message', check);
+      check();
+    });
+  ws.on('message', (data: Buffer) => {
+    if (data[0] === 1 || data[0] === 2) output += data.subarray(1).toString();
+    if (data[0] === 3) status = JSON.parse(data.subarray(1).toString()) as Record<string, unknown>;
+  });
+  const send = (channel: number, payload: string) => ws.send(Buffer.concat([Buffer.from([channel]), Buffer.from(payload)]));
+  send(0, 'echo $((6*7))\n');
+  await waitFor(/^42\r?$/m);
+  t.pass('read 42');
+  send(4, JSON.stringify({ Width: 120, Height: 40 }));
+  send(0, 'stty size\n');
+  await waitFor(/40 120/);
+  t.pass('resize reached the pty');
+  send(0, 'exit 5\n');
+  const [code] = (await closed) as [number];
+  t.equal(code, 1000);
+  t.match(status, { status: 'Failure', exitCode: 5 });
+});
+
+t.test('interactive exec without a tty: stdin end, separate stderr, success status', async (t) => {
+  const gw = await startGateway(t);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'pipe' });
+  await waitForPhase(gw.app, 'pipe', 'Ready');
+  const url = `${gw.url.replace(/^http/, 'ws')}/v1/sandboxes/pipe/exec?command=sh&command=-c&command=${encodeURIComponent('cat; echo done >&2')}`;
+  const ws = new WebSocket(url);
+  t.teardown(() => ws.terminate());
+  await once(ws, 'open');
+  let stdout = '';
+  let stderr = '';
+  let status: Record<string, unknown> | undefined;
+  ws.on('message', (data: Buffer) => {
+    if (data[0] === 1) stdout += data.subarray(1).toString();
+    if (data[0] === 2) stderr += data.subarray(1).toString();
+    if (data[0] === 3) status = JSON.parse(data.subarray(1).toString()) as Record<string, unknown>;
+  });
+  ws.send(Buffer.concat([Buffer.from([0]), Buffer.from('hello\n')]));
+  ws.send(Buffer.from([0]));
+  await once(ws, 'close');
+  t.equal(stdout, 'hello\n');
+  t.equal(stderr, 'done\n');
+  t.match(status, { status: 'Success', exitCode: 0 });
+});
