@@ -114,6 +114,7 @@ export class ExecRegistry {
   readonly #baseEnv: () => Record<string, string>;
   readonly #retentionMs: number;
   readonly #execs = new Map<string, ExecHandle>();
+  readonly #expiry = new Set<NodeJS.Timeout>();
   #closed = false;
 
   constructor(opts: ExecRegistryOptions) {
@@ -172,6 +173,8 @@ export class ExecRegistry {
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
+    for (const timer of this.#expiry) clearTimeout(timer);
+    this.#expiry.clear();
     const all = [...this.#execs.values()];
     for (const h of all) if (h.state === 'running') h.signal('SIGKILL');
     await Promise.all(
@@ -183,10 +186,12 @@ export class ExecRegistry {
   #scheduleExpiry(h: ExecHandle): void {
     if (this.#closed) return;
     const timer = setTimeout(() => {
+      this.#expiry.delete(timer);
       if (this.#execs.get(h.execId) === h) this.#execs.delete(h.execId);
       h.dispose(true).catch((err: unknown) => this.log.warn({ err, execId: h.execId }, 'removing exec spool failed'));
     }, this.#retentionMs);
     timer.unref();
+    this.#expiry.add(timer);
   }
 }
 

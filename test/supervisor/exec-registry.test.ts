@@ -1,0 +1,175 @@
+import { readdirSync, readlinkSync } from 'node:fs';
+import { mkdtemp, readdir, rm } from 'node:fs/promises';
+import { tmpdir } from 'node:os';
+import { join } from 'node:path';
+import t, { type Test } from 'tap';
+import { silentLogger } from '../../src/log.js';
+import { STREAM_STDERR, STREAM_STDOUT, type ExecStartOp, type OutputStream } from '../../src/protocol/exec.js';
+import { ExecError, ExecRegistry, type ExecResult } from '../../src/supervisor/exec-registry.js';
+import { isRoot } from '../../src/supervisor/users.js';
+
+async function setup(t: Test, opts: { finishedRetentionMs?: number } = {}): Promise<{ dir: string; spoolDir: string; registry: ExecRegistry }> {
+  const dir = await mkdtemp(join(tmpdir(), 'openshell-exec-registry-'));
+  const spoolDir = join(dir, 'spool');
+  const registry = new ExecRegistry({
+    log: silentLogger,
+    spoolDir,
+    baseEnv: () => ({ PATH: process.env.PATH ?? '/usr/bin:/bin', BASE: 'base' }),
+    defaultCwd: dir,
+    ...opts,
+  });
+  t.teardown(async () => {
+    await registry.close();
+    await rm(dir, { recursive: true, force: true });
+  });
+  return { dir, spoolDir, registry };
+}
+
+let n = 0;
+const op = (command: string[], extra: Partial<ExecStartOp> = {}): ExecStartOp => ({
+  op: 'start',
+  execId: `ex_test${n++}`,
+  command,
+  env: {},
+  tty: false,
+  timeoutSeconds: 0,
+  ...extra,
+});
+
+/** Subscribes from offsets and gathers everything up to exit. */
+function drain(h: ReturnType<ExecRegistry['start']>, from = { stdout: 0, stderr: 0 }): Promise<{ stdout: string; stderr: string; result: ExecResult }> {
+  const out: Record<OutputStream, Buffer[]> = { [STREAM_STDOUT]: [], [STREAM_STDERR]: [] };
+  return new Promise((resolve, reject) => {
+    h.subscribe(from, {
+      output: (s, _o, d) => out[s].push(Buffer.from(d)),
+      exit: (result) =>
+        resolve({ stdout: Buffer.concat(out[STREAM_STDOUT]).toString(), stderr: Buffer.concat(out[STREAM_STDERR]).toString(), result }),
+      error: reject,
+    });
+  });
+}
+
+const spoolFds = (spoolDir: string): number =>
+  readdirSync('/proc/self/fd').filter((fd) => {
+    try {
+      return readlinkSync(`/proc/self/fd/${fd}`).startsWith(spoolDir);
+    } catch {
+      return false;
+    }
+  }).length;
+
+t.test('env merges baseEnv and op.env; info and list', async (t) => {
+  const { registry } = await setup(t);
+  const h = registry.start(op(['sh', '-c', 'echo "$BASE $X"'], { env: { X: 'x' } }));
+  const got = await drain(h);
+  t.equal(got.stdout, 'base x\n');
+  t.match(h.info(), { state: 'exited', exitCode: 0, stdoutBytes: 7, stderrBytes: 0, timedOut: false });
+  t.equal(registry.get(h.execId), h);
+  t.ok(registry.list().includes(h));
+  t.throws(() => registry.start(op(['true'], { execId: h.execId })), ExecError);
+  t.throws(() => registry.start(op([])), { code: 'INVALID_ARGUMENT' });
+  t.throws(() => registry.start(op(['true'], { execId: '../etc' })), { code: 'INVALID_ARGUMENT' });
+});
+
+t.test('replay from any offset after exit, from the spool file', async (t) => {
+  const { registry } = await setup(t);
+  const h = registry.start(op(['sh', '-c', 'seq 1 20000; echo done >&2']));
+  const full = await drain(h);
+  t.equal(full.stdout.split('\n').length, 20001);
+  const tail = await drain(h, { stdout: 100, stderr: 2 });
+  t.equal(tail.stdout, full.stdout.slice(100));
+  t.equal(tail.stderr, 'ne\n');
+  t.equal((await h.read(STREAM_STDOUT, 6, 4)).toString(), '4\n5\n');
+  t.throws(() => h.subscribe({ stdout: 10 ** 9, stderr: 0 }, { output() {}, exit() {}, error() {} }), { code: 'INVALID_ARGUMENT' });
+});
+
+t.test('quiet execs hold no spool files or descriptors', async (t) => {
+  const { registry, spoolDir } = await setup(t);
+  const handles = Array.from({ length: 200 }, () => registry.start(op(['sleep', '100'])));
+  t.equal(spoolFds(spoolDir), 0);
+  t.same(await readdir(spoolDir), []);
+  const noisy = registry.start(op(['sh', '-c', 'echo hi; exec sleep 100']));
+  let resolveOut: () => void;
+  const out = new Promise<void>((r) => (resolveOut = r));
+  noisy.subscribe({ stdout: 0, stderr: 0 }, { output: () => resolveOut(), exit() {}, error() {} });
+  await out;
+  // The live path does not wait for the file; it appears once the spool catches up.
+  const deadline = Date.now() + 5000;
+  while ((await readdir(spoolDir)).length === 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  t.same(await readdir(spoolDir), [`${noisy.execId}.stdout`]);
+  for (const h of [...handles, noisy]) h.signal('SIGKILL');
+  await Promise.all([...handles, noisy].map((h) => h.wait()));
+  t.equal(spoolFds(spoolDir), 0, 'descriptors closed once finished');
+});
+
+t.test('finished execs expire with their spool files', async (t) => {
+  const { registry, spoolDir } = await setup(t, { finishedRetentionMs: 50 });
+  const h = registry.start(op(['echo', 'bye']));
+  await h.wait();
+  t.same(await readdir(spoolDir), [`${h.execId}.stdout`]);
+  const deadline = Date.now() + 5000;
+  while (registry.get(h.execId) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  t.equal(registry.get(h.execId), undefined);
+  while ((await readdir(spoolDir)).length > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 10));
+  t.same(await readdir(spoolDir), []);
+});
+
+t.test('a paused reader pauses the child; resuming delivers everything', async (t) => {
+  const { registry } = await setup(t);
+  const size = 64 * 1024 * 1024;
+  const h = registry.start(op(['head', '-c', String(size), '/dev/zero']));
+  let bytes = 0;
+  let pausedOnce = false;
+  let first: () => void;
+  const gotFirst = new Promise<void>((r) => (first = r));
+  const done = new Promise<ExecResult>((resolve, reject) => {
+    const sub = h.subscribe(
+      { stdout: 0, stderr: 0 },
+      {
+        output: (_s, _o, d) => {
+          bytes += d.length;
+          if (!pausedOnce) {
+            pausedOnce = true;
+            sub.pause();
+            first();
+          }
+        },
+        exit: resolve,
+        error: reject,
+      },
+    );
+    void gotFirst.then(async () => {
+      // While paused the process cannot run ahead far: its stdout is paused (pipe + one read).
+      await new Promise((r) => setImmediate(r));
+      t.ok(h.offsets.stdout < size, 'child is held back while the only reader is paused');
+      t.equal(h.state, 'running');
+      sub.resume();
+    });
+  });
+  t.match(await done, { exitCode: 0 });
+  t.equal(bytes, size);
+});
+
+t.test('spawn failures are reported synchronously', async (t) => {
+  const { registry, dir } = await setup(t);
+  t.throws(() => registry.start(op(['no-such-program-xyz'])), { code: 'SPAWN_FAILED' });
+  t.throws(() => registry.start(op(['true'], { workdir: join(dir, 'nope') })), { code: 'SPAWN_FAILED' });
+  t.throws(() => registry.start(op(['no-such-program-xyz'], { tty: true })), { code: 'SPAWN_FAILED' });
+});
+
+t.test('user: resolved from /etc/passwd when root', { skip: !isRoot() && 'not root' }, async (t) => {
+  const { registry } = await setup(t);
+  const got = await drain(registry.start(op(['sh', '-c', 'id -u; echo $HOME $USER'], { user: 'nobody', workdir: '/' })));
+  t.match(got.stdout, /^65534\n/);
+  t.match(got.stdout, / nobody\n$/);
+  t.throws(() => registry.start(op(['true'], { user: 'no-such-user-xyz' })), { code: 'INVALID_ARGUMENT' });
+});
+
+t.test('close kills running groups', async (t) => {
+  const { registry } = await setup(t);
+  const h = registry.start(op(['sleep', '100']));
+  const exited = h.wait();
+  await registry.close();
+  t.match(await exited, { signal: 'SIGKILL' });
+  t.throws(() => process.kill(h.pid, 0));
+});
