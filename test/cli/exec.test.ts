@@ -1,0 +1,127 @@
+import { once } from 'node:events';
+import { createServer } from 'node:http';
+import t from 'tap';
+import { startGateway } from '../helpers/gateway.js';
+import { cli } from './helpers.js';
+
+t.setTimeout(120_000);
+
+t.test('sandbox exec: output streams, exit codes, stdin, env, timeout, signals', async (t) => {
+  const gw = await startGateway(t);
+  const env = { OPENSHELL_GATEWAY: gw.url };
+  const created = await cli(['sandbox', 'create', '--name', 'ex', '--timeout', '30'], { env });
+  t.equal(created.code, 0, created.stderr);
+
+  const mixed = await cli(['sandbox', 'exec', 'ex', '--', 'sh', '-c', 'echo out; echo err >&2; exit 7'], { env });
+  t.equal(mixed.code, 7, 'the command’s exit code');
+  t.equal(mixed.stdout, 'out\n');
+  t.equal(mixed.stderr, 'err\n');
+
+  const ok = await cli(['sandbox', 'exec', 'ex', '--', 'true'], { env });
+  t.equal(ok.code, 0);
+
+  const binary = await cli(['sandbox', 'exec', 'ex', '--', 'sh', '-c', 'printf "\\001\\377\\000x"'], { env });
+  t.equal(binary.stdout, Buffer.from([1, 0xff, 0, 0x78]).toString('utf8'));
+
+  const stdin = await cli(['sandbox', 'exec', 'ex', '--', 'cat'], { env, stdin: 'from stdin\n' });
+  t.equal(stdin.code, 0, stdin.stderr);
+  t.equal(stdin.stdout, 'from stdin\n');
+
+  const withEnv = await cli(['sandbox', 'exec', 'ex', '--env', 'GREETING=hi there', '--', 'sh', '-c', 'echo "$GREETING"'], { env });
+  t.equal(withEnv.stdout, 'hi there\n');
+
+  const timedOut = await cli(['sandbox', 'exec', 'ex', '--timeout', '1', '--', 'sleep', '30'], { env });
+  t.equal(timedOut.code, 124, 'timeout → 124');
+
+  const killed = await cli(['sandbox', 'exec', 'ex', '--', 'sh', '-c', 'kill -KILL $$'], { env });
+  t.equal(killed.code, 137, 'SIGKILL → 128+9');
+
+  const missing = await cli(['sandbox', 'exec', 'nope', '--', 'true'], { env });
+  t.equal(missing.code, 1);
+  t.equal(missing.stderr, 'openshell: sandbox "nope" not found (SANDBOX_NOT_FOUND)\n');
+
+  const noCommand = await cli(['sandbox', 'exec', 'ex'], { env });
+  t.equal(noCommand.code, 2, 'a command is required');
+});
+
+t.test('sandbox exec: an error event exits 255 with its message', async (t) => {
+  // A stand-in gateway whose exec stream ends with an `error` line, split across writes.
+  const server = createServer((req, res) => {
+    res.writeHead(200, { 'content-type': 'application/x-ndjson' });
+    res.write('{"type":"started","execId":"ex_1"}\n{"type":"stdout","data":"cGFy');
+    res.write('dGlhbAo=","offset":0}\n{"type":"error","code":"RELAY_LOST","message":"relay to the sandbox was lost"}\n');
+    res.end();
+  });
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.teardown(() => server.close());
+  const { port } = server.address() as { port: number };
+  const res = await cli(['sandbox', 'exec', 'any', '--gateway', `http://127.0.0.1:${port}`, '--', 'true']);
+  t.equal(res.code, 255);
+  t.equal(res.stdout, 'partial\n');
+  t.equal(res.stderr, 'openshell: exec failed: relay to the sandbox was lost (RELAY_LOST)\n');
+});
+
+t.test('sandbox upload / download, policy set / get, logs', async (t) => {
+  const { mkdirSync, readFileSync, writeFileSync, existsSync } = await import('node:fs');
+  const { join } = await import('node:path');
+  const { tempDir } = await import('../helpers/gateway.js');
+  const gw = await startGateway(t);
+  const env = { OPENSHELL_GATEWAY: gw.url };
+  t.equal((await cli(['sandbox', 'create', '--name', 'fs'], { env })).code, 0);
+  const dir = tempDir(t, 'openshell-cli-files-');
+
+  const file = join(dir, 'hello.txt');
+  writeFileSync(file, 'hello file\n');
+  const up = await cli(['sandbox', 'upload', 'fs', file, 'hello.txt'], { env });
+  t.equal(up.code, 0, up.stderr);
+  t.equal((await cli(['sandbox', 'exec', 'fs', '--', 'cat', 'hello.txt'], { env })).stdout, 'hello file\n');
+
+  mkdirSync(join(dir, 'tree', 'sub'), { recursive: true });
+  writeFileSync(join(dir, 'tree', 'top.txt'), 'top\n');
+  writeFileSync(join(dir, 'tree', 'sub', 'deep.txt'), 'deep\n');
+  const upDir = await cli(['sandbox', 'upload', 'fs', join(dir, 'tree'), 'tree'], { env });
+  t.equal(upDir.code, 0, upDir.stderr);
+  t.equal((await cli(['sandbox', 'exec', 'fs', '--', 'cat', 'tree/sub/deep.txt'], { env })).stdout, 'deep\n');
+
+  const down = await cli(['sandbox', 'download', 'fs', 'hello.txt', join(dir, 'back.txt')], { env });
+  t.equal(down.code, 0, down.stderr);
+  t.equal(readFileSync(join(dir, 'back.txt'), 'utf8'), 'hello file\n');
+
+  // A directory is detected and fetched as a tar stream.
+  const downDir = await cli(['sandbox', 'download', 'fs', 'tree', join(dir, 'tree-back')], { env });
+  t.equal(downDir.code, 0, downDir.stderr);
+  t.equal(readFileSync(join(dir, 'tree-back', 'sub', 'deep.txt'), 'utf8'), 'deep\n');
+  t.ok(existsSync(join(dir, 'tree-back', 'top.txt')));
+
+  const toStdout = await cli(['sandbox', 'download', 'fs', 'tree/top.txt', '-'], { env });
+  t.equal(toStdout.stdout, 'top\n');
+
+  const missing = await cli(['sandbox', 'download', 'fs', 'no-such-file', join(dir, 'x')], { env });
+  t.equal(missing.code, 1);
+  t.match(missing.stderr, /no-such-file/);
+
+  const policyFile = join(dir, 'policy.yaml');
+  writeFileSync(policyFile, 'version: 1\nnetwork_policies:\n  gh:\n    endpoints:\n      - host: api.github.com\n        port: 443\n');
+  const set = await cli(['policy', 'set', 'fs', policyFile, '-o', 'json'], { env });
+  t.equal(set.code, 0, set.stderr);
+  const setResult = JSON.parse(set.stdout) as { version: number };
+  const got = await cli(['policy', 'get', 'fs', '--output', 'json'], { env });
+  const state = JSON.parse(got.stdout) as { version: number; policy: { network_policies: Record<string, unknown> } };
+  t.equal(state.version, setResult.version);
+  t.same(Object.keys(state.policy.network_policies), ['gh']);
+  const yaml = await cli(['policy', 'get', 'fs'], { env });
+  t.match(yaml.stdout, /host: api\.github\.com/);
+
+  const badPolicy = join(dir, 'bad.yaml');
+  writeFileSync(badPolicy, 'version: [unclosed\n');
+  const bad = await cli(['policy', 'set', 'fs', badPolicy], { env });
+  t.equal(bad.code, 2);
+  t.match(bad.stderr, 'bad.yaml');
+
+  const logs = await cli(['sandbox', 'logs', 'fs', '-o', 'json'], { env });
+  t.equal(logs.code, 0, logs.stderr);
+  for (const line of logs.stdout.trim().split('\n').filter(Boolean)) {
+    t.ok((JSON.parse(line) as { message?: string }).message !== undefined);
+  }
+});
