@@ -14,6 +14,7 @@ interface ExecOptions {
   timeout?: number;
   tty?: boolean;
   user?: string;
+  stdin: boolean;
 }
 
 /** Exit code of a command that ended with an exec `error` event (like ssh's 255). */
@@ -31,6 +32,7 @@ export function registerExecCommand(sandbox: Command, io: CliIo): void {
     .option('--timeout <seconds>', 'kill the command after this long (exit 124)', parseSeconds('--timeout', true))
     .option('-t, --tty', 'allocate a terminal (interactive, over a WebSocket)')
     .option('--user <user>', 'run as this user')
+    .option('--no-stdin', 'do not forward stdin (by default piped stdin is read to its end and sent)')
     .action(async (name: string, command: string[], opts: ExecOptions, cmd: Command) => {
       const ctx = contextOf(io, cmd);
       const body: ExecBody = { command };
@@ -38,7 +40,7 @@ export function registerExecCommand(sandbox: Command, io: CliIo): void {
       if (opts.workdir) body.workdir = opts.workdir;
       if (opts.user) body.user = opts.user;
       if (opts.timeout !== undefined) body.timeoutSeconds = opts.timeout;
-      const code = opts.tty ? await execInteractive(ctx, name, command, opts) : await execStream(ctx, name, body);
+      const code = opts.tty ? await execInteractive(ctx, name, command, opts) : await execStream(ctx, name, body, opts.stdin);
       if (code !== 0) throw new CliExit(code);
     });
 }
@@ -55,8 +57,8 @@ export function exitCodeOf(end: { exitCode?: number | null; signal?: string | nu
 }
 
 /** `POST …/exec`, output streamed to our stdout/stderr as it arrives. */
-async function execStream(ctx: Context, name: string, body: ExecBody): Promise<number> {
-  const stdin = await readPipedStdin(ctx.io.stdin);
+async function execStream(ctx: Context, name: string, body: ExecBody, forwardStdin: boolean): Promise<number> {
+  const stdin = forwardStdin ? await readPipedStdin(ctx.io.stdin) : undefined;
   if (stdin && stdin.length > 0) body.stdin = stdin.toString('base64');
   for await (const ev of ctx.client.exec(name, body)) {
     switch (ev.type) {
