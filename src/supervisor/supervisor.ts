@@ -242,9 +242,10 @@ export class Supervisor {
     });
     ws.once('open', () => {
       stop = keepAlive(ws, this.#keepalive);
-      // Hold incoming frames until a handler is attached: the engine may still be loading.
-      ws.pause();
       if (target === 'exec') {
+        // Hold frames until the handler is attached: the engine loads lazily, and a frame
+        // emitted with no listener would be lost ('open' fires before any data is read).
+        ws.pause();
         this.#execEngine().then(
           ({ registry, relay }) => {
             void relay.serveExecRelay(ws, registry, log);
@@ -263,6 +264,7 @@ export class Supervisor {
 
   async #bridgeSsh(ws: WebSocket, log: Logger): Promise<void> {
     try {
+      ws.pause();
       await this.#sshServer();
       const socket = connect(this.#o.sshSocket);
       const stream = createWebSocketStream(ws);
