@@ -119,6 +119,14 @@ t.test('sandbox upload / download, policy set / get, logs', async (t) => {
   t.equal(bad.code, 2);
   t.match(bad.stderr, 'bad.yaml');
 
+  const withPolicy = await cli(['sandbox', 'create', '--name', 'fs-policy', '--no-wait', '--policy', policyFile], { env });
+  t.equal(withPolicy.code, 0, withPolicy.stderr);
+  const created = JSON.parse((await cli(['policy', 'get', 'fs-policy', '-o', 'json'], { env })).stdout) as typeof state;
+  t.same(Object.keys(created.policy.network_policies), ['gh'], 'create --policy');
+  const noFile = await cli(['sandbox', 'create', '--policy', join(dir, 'absent.yaml')], { env });
+  t.equal(noFile.code, 2);
+  t.match(noFile.stderr, /--policy: cannot read .*absent\.yaml: ENOENT/);
+
   const logs = await cli(['sandbox', 'logs', 'fs', '-o', 'json'], { env });
   t.equal(logs.code, 0, logs.stderr);
   for (const line of logs.stdout.trim().split('\n').filter(Boolean)) {
