@@ -2,7 +2,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import type { Sandbox, SandboxList } from '../../src/schemas/sandbox.js';
-import { alive, api, startGateway, waitForPhase } from '../helpers/gateway.js';
+import { alive, api, startGateway, waitForPhase, waitForSandbox } from '../helpers/gateway.js';
 import { supervisorPid, supervisorsOf } from '../helpers/sandbox.js';
 
 t.test('create → Ready, list, get, label filter, delete', async (t) => {
@@ -31,7 +31,8 @@ t.test('create → Ready, list, get, label filter, delete', async (t) => {
   t.same(red.body.sandboxes.map((s) => s.name), ['alpha']);
   const got = await api<Sandbox>(gw.url, 'GET', '/v1/sandboxes/alpha');
   t.equal(got.body.id, created.body.id);
-  t.equal(got.body.mainProcess.state, 'Running');
+  const running = await waitForSandbox(gw.app, 'alpha', (s) => s.mainProcess.state === 'Running', 'running its command');
+  t.equal(running.mainProcess.state, 'Running');
 
   const pid = supervisorPid(gw.stateDir, created.body.id);
   t.ok(alive(-pid), 'supervisor process group alive');
@@ -53,17 +54,7 @@ t.test('the entrypoint exiting leaves the sandbox usable and reports mainProcess
   const gw = await startGateway(t);
   await api(gw.url, 'POST', '/v1/sandboxes', { name: 'quick', command: ['sh', '-c', 'exit 3'] });
   await waitForPhase(gw.app, 'quick', 'Ready');
-  const exited = await new Promise<Sandbox>((resolve) => {
-    const check = async () => {
-      const s = await gw.app.openshell.sandboxes.get('quick');
-      if (s.mainProcess.state === 'Exited') {
-        off();
-        resolve(s);
-      }
-    };
-    const off = gw.app.openshell.sandboxes.on('change', () => void check());
-    void check();
-  });
+  const exited = await waitForSandbox(gw.app, 'quick', (s) => s.mainProcess.state === 'Exited', 'exited');
   t.equal(exited.phase, 'Ready');
   t.same(exited.mainProcess, { state: 'Exited', exitCode: 3, signal: null });
 });

@@ -49,17 +49,28 @@ export async function startGateway(
 
 /** Resolves with the sandbox once it reaches `phase` (watching service events, no polling). */
 export function waitForPhase(app: FastifyInstance, name: string, phase: Phase, timeoutMs = 10_000): Promise<Sandbox> {
+  return waitForSandbox(app, name, (s) => s.phase === phase, phase, timeoutMs);
+}
+
+/** Resolves with the sandbox once `accept` holds for it (watching service events, no polling). */
+export function waitForSandbox(
+  app: FastifyInstance,
+  name: string,
+  accept: (s: Sandbox) => boolean,
+  what: string,
+  timeoutMs = 10_000,
+): Promise<Sandbox> {
   const service = app.openshell.sandboxes;
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       off();
       service.get(name).then(
-        (s) => reject(new Error(`sandbox ${name} not ${phase} after ${timeoutMs} ms (phase ${s.phase}, ${s.conditions[0]?.reason})`)),
+        (s) => reject(new Error(`sandbox ${name} not ${what} after ${timeoutMs} ms (phase ${s.phase}, ${s.conditions[0]?.reason})`)),
         reject,
       );
     }, timeoutMs);
     const check = (s: Sandbox) => {
-      if (s.phase !== phase) return;
+      if (!accept(s)) return;
       clearTimeout(timer);
       off();
       resolve(s);
