@@ -36,6 +36,10 @@ t.test('sandbox exec: output streams, exit codes, stdin, env, timeout, signals',
   const killed = await cli(['sandbox', 'exec', 'ex', '--', 'sh', '-c', 'kill -KILL $$'], { env });
   t.equal(killed.code, 137, 'SIGKILL → 128+9');
 
+  const tty = await cli(['sandbox', 'exec', 'ex', '-t', '--', 'sh', '-c', 'read x; echo "got $x"; test -t 0 && exit 5'], { env, stdin: 'abc\n' });
+  t.equal(tty.code, 5, `interactive exec over the WebSocket, on a terminal (${tty.stderr})`);
+  t.match(tty.stdout, /got abc\r?\n/);
+
   const missing = await cli(['sandbox', 'exec', 'nope', '--', 'true'], { env });
   t.equal(missing.code, 1);
   t.equal(missing.stderr, 'openshell: sandbox "nope" not found (SANDBOX_NOT_FOUND)\n');
