@@ -90,6 +90,8 @@ interface SectionResult {
   notes: string[];
   error?: string;
   durationMs: number;
+  /** 1-minute load average at start and end: other work on the machine skews everything. */
+  load?: [number, number];
 }
 const results: Partial<Record<SectionName, SectionResult>> = {};
 /** Raw numbers other sections (the summary) use. */
@@ -682,6 +684,7 @@ async function mainFn(): Promise<number> {
       const s = SECTIONS[name];
       progress(`section ${name}: start`);
       const t = Date.now();
+      const load0 = os.loadavg()[0];
       let res: SectionResult;
       try {
         res = await withTimeout(s.fn(), s.timeoutMs, `section ${name}`);
@@ -691,10 +694,12 @@ async function mainFn(): Promise<number> {
         progress(`section ${name}: FAILED: ${(err as Error).message}`);
       }
       res.durationMs = Date.now() - t;
+      res.load = [Number(load0.toFixed(2)), Number(os.loadavg()[0].toFixed(2))];
       results[name] = res;
       console.log(`\n## ${name}: ${res.title}`);
       if (res.rows.length) console.table(res.rows);
       for (const n of res.notes) console.log(`  note: ${n}`);
+      console.log(`  (${(res.durationMs / 1000).toFixed(1)} s; 1-min load average ${res.load[0]} → ${res.load[1]} on ${os.cpus().length} CPUs)`);
       if (res.error) console.log(`  ERROR: ${res.error.split('\n')[0]}`);
       progress(`section ${name}: done in ${(res.durationMs / 1000).toFixed(1)} s`);
     }
