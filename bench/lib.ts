@@ -95,11 +95,11 @@ export interface GatewayChild {
   stateDir: string;
 }
 
-export async function startGateway(stateDir: string, args: string[] = []): Promise<GatewayChild> {
+export async function startGateway(stateDir: string, args: string[] = [], nodeArgs: string[] = []): Promise<GatewayChild> {
   stateDirs.add(stateDir);
   const bin = join(packageRoot(), 'bin', 'openshell.js');
   const child = track(
-    spawn(process.execPath, [bin, 'gateway', 'start', '--state-dir', stateDir, '--log-level', 'warn', ...args], {
+    spawn(process.execPath, [...nodeArgs, bin, 'gateway', 'start', '--state-dir', stateDir, '--log-level', 'warn', ...args], {
       stdio: ['ignore', 'pipe', 'pipe'],
       env: { ...process.env },
     }),
@@ -233,8 +233,8 @@ export function waitReady(base: string, name: string, timeoutMs = 30_000): Promi
   });
 }
 
-export async function createSandbox(base: string, name: string): Promise<void> {
-  const res = await request('POST', `${base}/v1/sandboxes`, { name, labels: { bench: 'true' } });
+export async function createSandbox(base: string, name: string, env?: Record<string, string>): Promise<void> {
+  const res = await request('POST', `${base}/v1/sandboxes`, { name, labels: { bench: 'true' }, ...(env ? { env } : {}) });
   if (res.status !== 201) throw new Error(`create ${name}: HTTP ${res.status} ${JSON.stringify(res.body)}`);
 }
 

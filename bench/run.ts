@@ -15,6 +15,7 @@ import { spawn, spawnSync } from 'node:child_process';
 import { existsSync, openSync, closeSync } from 'node:fs';
 import { mkdtemp, mkdir, rm, writeFile, chmod } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
+import { pathToFileURL } from 'node:url';
 import { packageRoot } from '../src/paths.js';
 import { runEgressBench } from './egress.js';
 import { startTcpProxy, type TcpProxy } from './tcp-proxy.js';
@@ -58,6 +59,10 @@ if (onlyIdx >= 0) {
   }
   only = ALL.filter((s) => wanted.includes(s));
 }
+
+/** `--cpu-prof`: the main gateway and the pool supervisors write V8 CPU profiles to bench/results/prof-<time>/. */
+const cpuProf = argv.includes('--cpu-prof');
+const profDir = cpuProf ? path.join(packageRoot(), 'bench', 'results', `prof-${new Date().toISOString().replace(/[:.]/g, '-')}`) : '';
 
 const N = {
   createRuns: quick ? 5 : 20,
@@ -123,7 +128,8 @@ async function mainGateway(): Promise<GatewayChild> {
   if (main && main.child.exitCode === null) return main;
   const dir = path.join(tmpRoot, 'gw-main');
   await mkdir(dir, { recursive: true });
-  main = await startGateway(dir, ['--port', '0']);
+  if (cpuProf) await mkdir(profDir, { recursive: true });
+  main = await startGateway(dir, ['--port', '0'], cpuProf ? ['--cpu-prof', `--cpu-prof-dir=${profDir}`, '--cpu-prof-name=gateway.cpuprofile'] : []);
   progress(`main gateway pid ${main.pid} at ${main.url}`);
   return main;
 }
@@ -136,7 +142,7 @@ async function ensurePool(n: number): Promise<string[]> {
   if (missing.length) {
     progress(`creating ${missing.length} pool sandboxes (have ${pool.length})`);
     await mapLimit(missing, 10, async (name) => {
-      await createSandbox(gw.url, name);
+      await createSandbox(gw.url, name, cpuProf ? { NODE_OPTIONS: `--import=${pathToFileURL(path.join(packageRoot(), 'dist', 'bench', 'prof-preload.js')).href}`, OPENSHELL_BENCH_PROF: path.join(profDir, `supervisor-${name}.cpuprofile`) } : undefined);
       await waitReady(gw.url, name, 60_000);
     });
     pool.push(...missing);
