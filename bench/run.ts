@@ -73,7 +73,7 @@ const N = {
   bulkBytes: quick ? 64 * 1024 * 1024 : 536_870_912,
   sshNew: quick ? 5 : 20,
   sshMux: quick ? 30 : 200,
-  sshConcTotal: quick ? 64 : 400,
+  sshConcTotal: quick ? 64 : 160,
   quietExecs: quick ? 100 : 1000,
   quietSandboxes: 10,
   deadRelayExecs: 10,
