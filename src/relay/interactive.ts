@@ -11,6 +11,9 @@ export interface InteractiveOptions {
   command: string[];
   tty: boolean;
   workdir?: string;
+  user?: string;
+  env?: Record<string, string>;
+  timeoutSeconds?: number;
   cols?: number;
   rows?: number;
   log: Logger;
@@ -32,7 +35,14 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
   try {
     run = await execs.start(
       opts.name,
-      { command: opts.command, tty: opts.tty, ...(opts.workdir ? { workdir: opts.workdir } : {}) },
+      {
+        command: opts.command,
+        tty: opts.tty,
+        ...(opts.workdir ? { workdir: opts.workdir } : {}),
+        ...(opts.user ? { user: opts.user } : {}),
+        ...(opts.env ? { env: opts.env } : {}),
+        ...(opts.timeoutSeconds ? { timeoutSeconds: opts.timeoutSeconds } : {}),
+      },
       { signal: abort.signal, interactiveStdin: true, cols: opts.cols, rows: opts.rows },
     );
   } catch (err) {

@@ -1,7 +1,7 @@
 import { Readable } from 'node:stream';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
-import { OpenShellError } from '../errors.js';
+import { OpenShellError, invalidArgument } from '../errors.js';
 import { collectExec, execLines } from '../relay/exec-stream.js';
 import { serveInteractiveExec } from '../relay/interactive.js';
 import { ExecBodySchema, SANDBOX_NAME_PATTERN } from '../schemas/sandbox.js';
@@ -11,6 +11,9 @@ const InteractiveQuery = Type.Object({
   command: Type.Union([Type.String({ minLength: 1 }), Type.Array(Type.String(), { minItems: 1, maxItems: 1024 })]),
   tty: Type.Optional(Type.Union([Type.Literal('true'), Type.Literal('false'), Type.Literal('1'), Type.Literal('0')])),
   workdir: Type.Optional(Type.String({ minLength: 1 })),
+  user: Type.Optional(Type.String({ minLength: 1, maxLength: 256 })),
+  env: Type.Optional(Type.Union([Type.String(), Type.Array(Type.String(), { maxItems: 1024 })])),
+  timeoutSeconds: Type.Optional(Type.String({ pattern: '^[0-9]{1,9}$' })),
   cols: Type.Optional(Type.String({ pattern: '^[0-9]{1,4}$' })),
   rows: Type.Optional(Type.String({ pattern: '^[0-9]{1,4}$' })),
 });
@@ -74,6 +77,9 @@ export const execRoutes: FastifyPluginAsyncTypebox = async (app) => {
         command: Array.isArray(q.command) ? q.command : [q.command],
         tty: q.tty === 'true' || q.tty === '1',
         workdir: q.workdir,
+        user: q.user,
+        env: parseEnvPairs(q.env),
+        timeoutSeconds: q.timeoutSeconds ? Number(q.timeoutSeconds) : undefined,
         cols: q.cols ? Number(q.cols) : undefined,
         rows: q.rows ? Number(q.rows) : undefined,
         log: request.log,
@@ -81,6 +87,19 @@ export const execRoutes: FastifyPluginAsyncTypebox = async (app) => {
     },
   );
 };
+
+/** `?env=K=V` (repeatable) → `{K: V}`; malformed pairs are a 400 naming the field. */
+function parseEnvPairs(raw: string | string[] | undefined): Record<string, string> | undefined {
+  if (raw === undefined) return undefined;
+  const env: Record<string, string> = {};
+  for (const pair of Array.isArray(raw) ? raw : [raw]) {
+    const eq = pair.indexOf('=');
+    const key = eq > 0 ? pair.slice(0, eq) : '';
+    if (!/^[A-Za-z_][A-Za-z0-9_]*$/.test(key)) throw invalidArgument('querystring.env', `expected KEY=value, got "${pair.slice(0, 64)}"`);
+    env[key] = pair.slice(eq + 1);
+  }
+  return env;
+}
 
 function wantsJson(accept: string | undefined): boolean {
   if (!accept) return false;

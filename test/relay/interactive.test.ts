@@ -46,7 +46,7 @@ t.test('interactive exec without a tty: stdin end, separate stderr, success stat
   const gw = await startGateway(t);
   await api(gw.url, 'POST', '/v1/sandboxes', { name: 'pipe' });
   await waitForPhase(gw.app, 'pipe', 'Ready');
-  const url = `${gw.url.replace(/^http/, 'ws')}/v1/sandboxes/pipe/exec?command=sh&command=-c&command=${encodeURIComponent('cat; echo done >&2')}`;
+  const url = `${gw.url.replace(/^http/, 'ws')}/v1/sandboxes/pipe/exec?command=sh&command=-c&command=${encodeURIComponent('cat; echo done $GREETING >&2')}&env=GREETING=hey`;
   const ws = new WebSocket(url);
   t.teardown(() => ws.terminate());
   await once(ws, 'open');
@@ -62,6 +62,6 @@ t.test('interactive exec without a tty: stdin end, separate stderr, success stat
   ws.send(Buffer.from([0]));
   await once(ws, 'close');
   t.equal(stdout, 'hello\n');
-  t.equal(stderr, 'done\n');
+  t.equal(stderr, 'done hey\n', 'env from the query reached the process');
   t.match(status, { status: 'Success', exitCode: 0 });
 });
