@@ -6,6 +6,7 @@ import { Gateway } from '../../src/gateway.js';
 import { silentLogger } from '../../src/log.js';
 import { SessionRegistry, type RegisteredSession } from '../../src/relay/sessions.js';
 import type { Sandbox } from '../../src/schemas/sandbox.js';
+import type { SandboxRecord } from '../../src/store/index.js';
 import { alive, api, proxySupervisors, startGateway, tempDir, waitForPhase } from '../helpers/gateway.js';
 import { sandboxToken, supervisorPid } from '../helpers/sandbox.js';
 
@@ -91,24 +92,7 @@ t.test('register-before-store race: a session that registers before the row exis
   const id = 'sbx_race0000000000';
   // The session arrives first (e.g. a supervisor of a store row another replica is still writing).
   gateway.sessions.register({ sandboxId: id, sessionId: 'ses_early', close() {} } as never);
-  const now = new Date().toISOString();
-  await gateway.store.insert({
-    id,
-    name: 'racer',
-    driver: 'process',
-    image: null,
-    command: [],
-    env: {},
-    labels: {},
-    policy: null,
-    policyVersion: 1,
-    tokenHash: 'x'.repeat(64),
-    phase: 'Provisioning',
-    condition: { type: 'Ready', status: 'False', reason: 'Provisioning', message: '', lastTransitionTime: now },
-    mainProcess: { state: 'Pending', exitCode: null, signal: null },
-    createdAt: now,
-    expiresAt: null,
-  });
+  await gateway.store.insert(storeRow(id, 'racer'));
   const record = await gateway.sandboxes.reconcile(id);
   t.equal(record?.phase, 'Ready');
   t.equal(record?.condition.reason, 'SupervisorConnected');
@@ -122,24 +106,7 @@ t.test('compare-and-set: concurrent writers never lose each other’s updates', 
   const stateDir = tempDir(t);
   const gateway = new Gateway(testConfig({ stateDir, db: `sqlite:${stateDir}/cas.db` }), silentLogger);
   t.teardown(() => gateway.close());
-  const now = new Date().toISOString();
-  const rec = await gateway.store.insert({
-    id: 'sbx_cas',
-    name: 'cas',
-    driver: 'process',
-    image: null,
-    command: [],
-    env: {},
-    labels: {},
-    policy: null,
-    policyVersion: 1,
-    tokenHash: 'y'.repeat(64),
-    phase: 'Provisioning',
-    condition: { type: 'Ready', status: 'False', reason: 'Provisioning', message: '', lastTransitionTime: now },
-    mainProcess: { state: 'Pending', exitCode: null, signal: null },
-    createdAt: now,
-    expiresAt: null,
-  });
+  const rec = await gateway.store.insert(storeRow('sbx_cas', 'cas'));
   const a = await gateway.store.update(rec.id, rec.resourceVersion, { labels: { a: '1' } });
   const b = await gateway.store.update(rec.id, rec.resourceVersion, { labels: { b: '1' } });
   t.ok(a);
@@ -150,3 +117,25 @@ t.test('compare-and-set: concurrent writers never lose each other’s updates', 
   const final = await gateway.store.get(rec.id);
   t.equal(final?.resourceVersion, 22, 'every one of 20 concurrent writes landed');
 });
+
+/** A Provisioning row as the gateway would insert it. */
+function storeRow(id: string, name: string): Omit<SandboxRecord, 'resourceVersion'> {
+  const now = new Date().toISOString();
+  return {
+    id,
+    name,
+    driver: 'process',
+    image: null,
+    command: [],
+    env: {},
+    labels: {},
+    policy: null,
+    policyVersion: 1,
+    tokenHash: id.padEnd(64, 'x'),
+    phase: 'Provisioning',
+    condition: { type: 'Ready', status: 'False', reason: 'Provisioning', message: '', lastTransitionTime: now },
+    mainProcess: { state: 'Pending', exitCode: null, signal: null },
+    createdAt: now,
+    expiresAt: null,
+  };
+}
