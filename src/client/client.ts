@@ -1,4 +1,5 @@
 import { Readable } from 'node:stream';
+import type { LogLine } from '../protocol/control.js';
 import WebSocket from 'ws';
 import type {
   CreateSandboxBody,
@@ -65,13 +66,7 @@ export interface PolicyUpdate extends PolicyState {
 }
 
 /** One supervisor or egress-decision log line. */
-export interface LogLine {
-  time: string;
-  level: 'debug' | 'info' | 'warn' | 'error';
-  source: 'supervisor' | 'egress';
-  message: string;
-  fields?: Record<string, unknown>;
-}
+export type { LogLine };
 
 type Query = Record<string, string | number | boolean | ReadonlyArray<string> | undefined>;
 
@@ -82,8 +77,7 @@ interface RequestOptions extends SignalOption {
   headers?: Record<string, string>;
 }
 
-/** Channel bytes of the interactive exec WebSocket (the `channel.k8s.io` convention). */
-export const ExecChannel = { stdin: 0, stdout: 1, stderr: 2, status: 3, resize: 4 } as const;
+export { ExecChannel } from '../protocol/channels.js';
 
 /**
  * A typed client of the openshell gateway's REST API. Every method throws

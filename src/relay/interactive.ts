@@ -3,8 +3,7 @@ import { isOpenShellError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ExecService } from './exec-service.js';
 
-/** Channel bytes of the Kubernetes `channel.k8s.io` convention. */
-export const Channel = { STDIN: 0, STDOUT: 1, STDERR: 2, STATUS: 3, RESIZE: 4 } as const;
+import { ExecChannel as Channel } from '../protocol/channels.js';
 
 export interface InteractiveOptions {
   name: string;
@@ -57,11 +56,11 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
     if (buf.length === 0) return;
     const channel = buf[0];
     const payload = buf.subarray(1);
-    if (channel === Channel.STDIN) {
+    if (channel === Channel.stdin) {
       // An empty stdin frame is end-of-input (as `kubectl exec` without -i sends).
       if (payload.length === 0) run.closeStdin();
       else run.writeStdin(payload);
-    } else if (channel === Channel.RESIZE) {
+    } else if (channel === Channel.resize) {
       try {
         const size = JSON.parse(payload.toString()) as { Width?: number; Height?: number; cols?: number; rows?: number };
         const cols = size.cols ?? size.Width;
@@ -84,7 +83,7 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
     if (event.type === 'stdout' || event.type === 'stderr') {
       if (client.readyState !== client.OPEN) continue;
       const frame = Buffer.allocUnsafe(event.data.length + 1);
-      frame[0] = event.type === 'stdout' ? Channel.STDOUT : Channel.STDERR;
+      frame[0] = event.type === 'stdout' ? Channel.stdout : Channel.stderr;
       event.data.copy(frame, 1);
       client.send(frame, { binary: true });
     } else if (event.type === 'exit') {
@@ -109,7 +108,7 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
 
 function sendStatus(client: WebSocket, status: Record<string, unknown>): void {
   if (client.readyState !== client.OPEN) return;
-  client.send(Buffer.concat([Buffer.from([Channel.STATUS]), Buffer.from(JSON.stringify({ metadata: {}, ...status }))]), {
+  client.send(Buffer.concat([Buffer.from([Channel.status]), Buffer.from(JSON.stringify({ metadata: {}, ...status }))]), {
     binary: true,
   });
 }
