@@ -25,6 +25,8 @@ export interface SupervisorOptions {
   spoolDir: string;
   /** `host:port` for the egress proxy (`127.0.0.1:0` = a free port). */
   proxyListen: string;
+  /** Idle timeout of plain HTTP keep-alive connections through the proxy (never tunnels or upgrades). */
+  proxyIdleTimeoutMs?: number;
   log?: Logger;
 }
 
@@ -56,6 +58,7 @@ export function supervisorOptionsFromEnv(env: NodeJS.ProcessEnv, command: string
     sshSocket: env.OPENSHELL_SSH_SOCKET || '/run/openshell/ssh.sock',
     spoolDir: env.OPENSHELL_SPOOL_DIR || join(tmpdir(), 'openshell-spool'),
     proxyListen: env.OPENSHELL_PROXY_LISTEN || '127.0.0.1:3128',
+    proxyIdleTimeoutMs: positiveInt(env.OPENSHELL_EGRESS_IDLE_TIMEOUT_MS),
   };
 }
 
@@ -139,6 +142,7 @@ export class Supervisor {
         policy: null,
         policyVersion: 0,
         log,
+        ...(this.#o.proxyIdleTimeoutMs ? { idleTimeoutMs: this.#o.proxyIdleTimeoutMs } : {}),
         onDecision: (decision) => log.info({ decision }, 'egress decision'),
       });
       const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${proxy.port}`;
@@ -342,6 +346,11 @@ export class Supervisor {
     if (this.#pendingLogs.length === 0 || !this.#control.connected) return;
     if (this.#control.send({ type: 'log', lines: this.#pendingLogs.slice() })) this.#pendingLogs.length = 0;
   }
+}
+
+function positiveInt(value: string | undefined): number | undefined {
+  const n = Number(value);
+  return value && Number.isInteger(n) && n > 0 ? n : undefined;
 }
 
 function splitHostPort(listen: string): [string, number] {
