@@ -54,7 +54,8 @@ export function killEverythingSync(): void {
   } catch {
     return;
   }
-  const tags = [...stateDirs].map((d) => `OPENSHELL_SPOOL_DIR=${d}`);
+  // Supervisors carry OPENSHELL_SPOOL_DIR=<stateDir>/…, the processes they start HOME=<stateDir>/….
+  const tags = [...stateDirs].map((d) => `=${d}/`);
   for (const pid of pids) {
     if (Number(pid) === process.pid) continue;
     try {

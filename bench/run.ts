@@ -12,7 +12,7 @@
 import os from 'node:os';
 import path from 'node:path';
 import { spawn, spawnSync } from 'node:child_process';
-import { existsSync, openSync, closeSync } from 'node:fs';
+import { existsSync, openSync, closeSync, rmSync } from 'node:fs';
 import { mkdtemp, mkdir, rm, writeFile, chmod } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
@@ -673,7 +673,10 @@ const SECTIONS: Record<SectionName, { fn: () => Promise<SectionResult>; timeoutM
   egress: { fn: benchEgress, timeoutMs: 300_000 },
 };
 
-process.once('exit', killEverythingSync);
+process.once('exit', () => {
+  killEverythingSync();
+  if (tmpRoot) rmSync(tmpRoot, { recursive: true, force: true });
+});
 for (const sig of ['SIGINT', 'SIGTERM', 'SIGHUP'] as const) {
   process.once(sig, () => {
     progress(`${sig}: killing children`);
