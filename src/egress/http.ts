@@ -24,12 +24,18 @@ export class SocketReader {
   #paused = false;
   #detached = false;
 
-  constructor(sock: Socket) {
+  /** `fed`: the socket's bytes arrive through `push` (a socket read with net's `onread`), not 'data' events. */
+  constructor(sock: Socket, fed = false) {
     this.sock = sock;
-    sock.on('data', this.#onData);
+    if (!fed) sock.on('data', this.#onData);
     sock.on('end', this.#onEnd);
     sock.on('close', this.#onEnd);
     sock.on('error', this.#onError);
+  }
+
+  /** Append bytes read from the socket (only for a `fed` reader). The reader keeps `c`. */
+  push(c: Buffer): void {
+    this.#onData(c);
   }
 
   #onData = (c: Buffer): void => {

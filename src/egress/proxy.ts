@@ -1,7 +1,6 @@
 import net, { type Socket } from 'node:net';
 import { STATUS_CODES } from 'node:http';
 import { lookup } from 'node:dns/promises';
-import { pipeline } from 'node:stream/promises';
 import type { Logger } from '../log.js';
 import { internalReason, normalizeHost, parseIp, type HostName, type IpAddr } from './ip.js';
 import {
@@ -73,6 +72,11 @@ const HEAD_LIMIT = 64 * 1024;
 const LINGER_MS = 2000;
 // Larger socket buffers than Node's 16 KiB default: fewer pause/drain round trips on bulk transfers.
 const SOCKET_HWM = 256 * 1024;
+// Upstream reads (net `onread`): start at READ_BUF_MIN, grow while reads fill the buffer.
+const READ_BUF_MIN = 64 * 1024;
+const READ_BUF_MAX = 256 * 1024;
+// Upstream bytes for a SocketReader up to this size are copied out of the read buffer.
+const COPY_MAX = 16 * 1024;
 const CONNECT_OK = Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n', 'latin1');
 const noop = (): void => {};
 
@@ -83,6 +87,96 @@ interface Upstream {
   addr: IpAddr;
   sock: Socket;
   reader: SocketReader;
+  /** null for a socket from the `connect` test seam: read through 'data' events. */
+  feed: UpstreamFeed | null;
+}
+
+/**
+ * Reads of an upstream socket we dial, through net's `onread`: each read lands
+ * in one reused buffer and goes straight to the current sink, without the
+ * Readable machinery and one allocation per chunk of the default path. A sink
+ * that holds on to the chunk past its call (queued, or a write that did not
+ * complete synchronously) sets `kept` and the next read gets a fresh buffer.
+ * A sink returns false to stop reading until the socket is resumed.
+ */
+class UpstreamFeed {
+  #buf: Buffer | null = null;
+  #grow = false;
+  kept = false;
+  #sink: ((chunk: Buffer) => boolean) | null = null;
+  #pending: Buffer[] = [];
+  readonly onread = {
+    buffer: (): Buffer => {
+      let b = this.#buf;
+      if (b === null || this.kept || this.#grow) {
+        const size = b === null ? READ_BUF_MIN : this.#grow ? Math.min(b.length * 2, READ_BUF_MAX) : b.length;
+        b = this.#buf = Buffer.allocUnsafe(size);
+        this.kept = this.#grow = false;
+      }
+      return b;
+    },
+    callback: (n: number, b: Buffer): boolean => {
+      if (n === b.length && n < READ_BUF_MAX) this.#grow = true;
+      const chunk = b.subarray(0, n);
+      const sink = this.#sink;
+      if (sink) return sink(chunk);
+      this.#pending.push(Buffer.from(chunk));
+      return false;
+    },
+  };
+
+  /** Route reads to `sink` (null: queue them and stop reading); bytes queued meanwhile go first. */
+  attach(sink: ((chunk: Buffer) => boolean) | null): void {
+    this.#sink = sink;
+    if (sink && this.#pending.length > 0) {
+      const q = this.#pending;
+      this.#pending = [];
+      for (const c of q) sink(c);
+    }
+  }
+
+  /** Sink for a SocketReader: small chunks are copied out, large ones kept. */
+  readerSink(r: SocketReader): (chunk: Buffer) => boolean {
+    return (c) => {
+      if (c.length <= COPY_MAX) r.push(Buffer.from(c));
+      else {
+        this.kept = true;
+        r.push(c);
+      }
+      return true;
+    };
+  }
+
+  /** Sink writing raw bytes to `dst` with backpressure. */
+  writeSink(dst: Socket): (chunk: Buffer) => boolean {
+    return (c) => {
+      const ok = dst.write(c);
+      // Not flushed synchronously: the socket holds a reference to the read buffer.
+      if (dst.writableLength > 0) this.kept = true;
+      return ok;
+    };
+  }
+}
+
+/**
+ * One direction of a spliced pair, with `stream.pipeline` semantics:
+ * backpressure (pause `src` while `dst` is full), `src`'s end ends `dst`, and
+ * an abnormal close (error, reset, close before end) of either destroys the other.
+ */
+function relay(src: Socket, dst: Socket, feed: UpstreamFeed | null): void {
+  src.once('close', () => {
+    if (!src.readableEnded || !src.writableFinished) dst.destroy();
+  });
+  dst.on('drain', () => src.resume());
+  if (src.readableEnded) dst.end();
+  else src.once('end', () => dst.end());
+  if (feed) feed.attach(feed.writeSink(dst));
+  else {
+    src.on('data', (c: Buffer) => {
+      if (!dst.write(c)) src.pause();
+    });
+  }
+  src.resume();
 }
 
 interface Target {
@@ -406,12 +500,20 @@ class EgressServer implements EgressProxy {
     return { addrs };
   }
 
-  async #dialOne(addr: IpAddr, port: number, timeoutMs: number): Promise<Socket> {
-    const s = this.#opts.connect
-      ? this.#opts.connect(addr.text, port)
-      : net.connect({ host: addr.text, port, allowHalfOpen: true, highWaterMark: SOCKET_HWM } as net.NetConnectOpts);
+  async #dialOne(addr: IpAddr, port: number, timeoutMs: number): Promise<{ sock: Socket; feed: UpstreamFeed | null }> {
+    const feed = this.#opts.connect ? null : new UpstreamFeed();
+    const s = feed
+      ? net.connect({
+          host: addr.text,
+          port,
+          allowHalfOpen: true,
+          noDelay: true,
+          highWaterMark: SOCKET_HWM,
+          onread: feed.onread,
+        } as net.NetConnectOpts)
+      : this.#opts.connect!(addr.text, port);
     this.#track(s);
-    return new Promise<Socket>((resolve, reject) => {
+    return new Promise<{ sock: Socket; feed: UpstreamFeed | null }>((resolve, reject) => {
       const timer = setTimeout(() => {
         s.destroy();
         reject(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' }));
@@ -425,7 +527,7 @@ class EgressServer implements EgressProxy {
       s.once('connect', () => {
         clearTimeout(timer);
         s.off('error', onError);
-        resolve(s);
+        resolve({ sock: s, feed });
       });
     });
   }
@@ -438,8 +540,10 @@ class EgressServer implements EgressProxy {
       const left = deadline - Date.now();
       if (left <= 0) break;
       try {
-        const sock = await this.#dialOne(addr, port, left);
-        return { key: `${key}:${port}`, addr, sock, reader: new SocketReader(sock) };
+        const { sock, feed } = await this.#dialOne(addr, port, left);
+        const reader = new SocketReader(sock, feed !== null);
+        feed?.attach(feed.readerSink(reader));
+        return { key: `${key}:${port}`, addr, sock, reader, feed };
       } catch (err) {
         last = err as NodeJS.ErrnoException;
       }
@@ -717,16 +821,19 @@ class EgressServer implements EgressProxy {
   #splice(client: Socket, cr: SocketReader, up: Upstream): void {
     const fromClient = cr.detach();
     const fromUp = up.reader.detach();
+    up.feed?.attach(null);
+    const upSock = up.sock;
     client.setTimeout(0);
-    up.sock.setTimeout(0);
-    for (const b of fromUp) client.write(b);
-    for (const b of fromClient) up.sock.write(b);
-    const a = pipeline(client, up.sock);
-    const b = pipeline(up.sock, client);
-    void Promise.allSettled([a, b]).then(() => {
+    upSock.setTimeout(0);
+    if (client.destroyed || upSock.destroyed) {
       client.destroy();
-      up.sock.destroy();
-    });
+      upSock.destroy();
+      return;
+    }
+    for (const b of fromUp) client.write(b);
+    for (const b of fromClient) upSock.write(b);
+    relay(client, upSock, null);
+    relay(upSock, client, up.feed);
   }
 }
 
