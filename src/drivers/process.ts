@@ -1,5 +1,5 @@
 import { spawn } from 'node:child_process';
-import { existsSync, openSync, closeSync, readFileSync, readdirSync } from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, readdirSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -25,6 +25,7 @@ interface PidFile {
 }
 
 const SANDBOX_DIR = 'sandboxes';
+const SHM_ROOT = shmRoot();
 const MAX_UNIX_PATH = 100;
 
 /**
@@ -54,6 +55,14 @@ export class ProcessDriver implements ComputeDriver {
     return join(this.#opts.stateDir, SANDBOX_DIR, id);
   }
 
+  /**
+   * Exec output spool: on tmpfs when the machine has one (bulk output is
+   * spooled at memory speed, not disk speed), else in the sandbox directory.
+   */
+  spoolDir(id: string): string {
+    return SHM_ROOT ? join(SHM_ROOT, id) : join(this.sandboxDir(id), 'spool');
+  }
+
   sshSocketPath(id: string): string {
     const path = join(this.sandboxDir(id), 'run', 'ssh.sock');
     // sun_path holds ~108 bytes; a deep state dir falls back to a short private path.
@@ -69,7 +78,7 @@ export class ProcessDriver implements ComputeDriver {
       mkdir(workspace, { recursive: true }),
       mkdir(home, { recursive: true }),
       mkdir(join(dir, 'logs'), { recursive: true }),
-      mkdir(join(dir, 'spool'), { recursive: true, mode: 0o700 }),
+      mkdir(this.spoolDir(spec.id), { recursive: true, mode: 0o700 }),
     ]);
     const logFd = openSync(join(dir, 'logs', 'supervisor.log'), 'a', 0o600);
     try {
@@ -90,7 +99,7 @@ export class ProcessDriver implements ComputeDriver {
           OPENSHELL_ENDPOINT: spec.endpoint,
           OPENSHELL_WORKDIR: workspace,
           OPENSHELL_SSH_SOCKET: this.sshSocketPath(spec.id),
-          OPENSHELL_SPOOL_DIR: join(dir, 'spool'),
+          OPENSHELL_SPOOL_DIR: this.spoolDir(spec.id),
           OPENSHELL_PROXY_LISTEN: '127.0.0.1:0',
         },
       });
@@ -124,6 +133,7 @@ export class ProcessDriver implements ComputeDriver {
       killTagged(id);
       this.#running.delete(id);
       await rm(this.sandboxDir(id), { recursive: true, force: true });
+      await rm(this.spoolDir(id), { recursive: true, force: true });
       const sock = this.sshSocketPath(id);
       if (!sock.startsWith(this.sandboxDir(id))) await rm(join(sock, '..'), { recursive: true, force: true });
     } finally {
@@ -177,6 +187,18 @@ export class ProcessDriver implements ComputeDriver {
 
   #emit(state: BackendState): void {
     for (const listener of this.#listeners) listener(state);
+  }
+}
+
+/** A private directory on /dev/shm for exec spools, or null where there is no usable tmpfs. */
+function shmRoot(): string | null {
+  try {
+    const root = join('/dev/shm', `openshell-spool-${process.getuid?.() ?? 0}`);
+    mkdirSync(root, { recursive: true, mode: 0o700 });
+    accessSync(root, constants.W_OK);
+    return root;
+  } catch {
+    return null;
   }
 }
 

@@ -6,9 +6,15 @@ export const KEEPALIVE_AFTER_MS = 15_000;
 
 /**
  * The NDJSON lines of an exec response: `started`, output with offsets,
- * `keepalive` after 15 s of silence, and exactly one terminal line.
+ * `keepalive` after 15 s of silence, and exactly one terminal line. Lines are
+ * Buffers; output lines are assembled without JSON.stringify (base64 needs no
+ * escaping), which keeps bulk output cheap. `onEnd` gets the terminal type.
  */
-export async function* execLines(run: ExecRun, keepaliveMs = KEEPALIVE_AFTER_MS): AsyncGenerator<string> {
+export async function* execLines(
+  run: ExecRun,
+  keepaliveMs = KEEPALIVE_AFTER_MS,
+  onEnd?: (outcome: 'exit' | 'error') => void,
+): AsyncGenerator<Buffer> {
   const it = run[Symbol.asyncIterator]();
   let next = it.next();
   for (;;) {
@@ -17,32 +23,28 @@ export async function* execLines(run: ExecRun, keepaliveMs = KEEPALIVE_AFTER_MS)
     const result = await Promise.race([next, tick]);
     clearTimeout(timer);
     if (result === 'tick') {
-      yield line({ type: 'keepalive' });
+      yield KEEPALIVE_LINE;
       continue;
     }
     if (result.done) return;
     next = it.next();
-    const event = toApiEvent(result.value);
-    yield line(event);
-    if (event.type === 'exit' || event.type === 'error') return;
+    const event = result.value;
+    if (event.type === 'stdout' || event.type === 'stderr') {
+      yield Buffer.from(
+        `{"type":"${event.type}","data":"${event.data.toString('base64')}","offset":${event.offset}}\n`,
+        'latin1',
+      );
+      continue;
+    }
+    yield Buffer.from(line(toApiEvent(event)));
+    if (event.type === 'exit' || event.type === 'error') {
+      onEnd?.(event.type);
+      return;
+    }
   }
 }
 
-function toApiEvent(event: RunEvent): ExecEvent {
-  switch (event.type) {
-    case 'started':
-      return { type: 'started', execId: event.execId };
-    case 'stdout':
-    case 'stderr':
-      return { type: event.type, data: event.data.toString('base64'), offset: event.offset };
-    default:
-      return event;
-  }
-}
-
-function line(event: ExecEvent): string {
-  return `${JSON.stringify(event)}\n`;
-}
+const KEEPALIVE_LINE = Buffer.from('{"type":"keepalive"}\n');
 
 /** Buffers a whole run for `Accept: application/json`; an `error` terminal event is thrown back as-is. */
 export async function collectExec(run: ExecRun): Promise<ExecResult | Extract<ExecEvent, { type: 'error' }>> {
@@ -63,4 +65,16 @@ export async function collectExec(run: ExecRun): Promise<ExecResult | Extract<Ex
     } else if (event.type === 'error') return event;
   }
   return { type: 'error', code: 'INTERNAL', message: 'exec ended without a status' };
+}
+
+function toApiEvent(event: RunEvent): ExecEvent {
+  if (event.type === 'stdout' || event.type === 'stderr') {
+    return { type: event.type, data: event.data.toString('base64'), offset: event.offset };
+  }
+  if (event.type === 'started') return { type: 'started', execId: event.execId };
+  return event as Extract<ExecEvent, { type: 'exit' | 'error' }>;
+}
+
+function line(event: ExecEvent): string {
+  return `${JSON.stringify(event)}\n`;
 }

@@ -28,15 +28,26 @@ class Wheel {
   readonly #intervalMs: number;
   readonly #members = new Set<Member>();
   #timer: NodeJS.Timeout | null = null;
+  #lastPing = 0;
+  #tickMs: number;
 
   constructor(intervalMs: number) {
     this.#intervalMs = intervalMs;
+    this.#tickMs = intervalMs;
   }
 
   add(member: Member): void {
     this.#members.add(member);
+    // Silence is checked more often than pings are sent, so a dead peer is
+    // found within about an eighth of the timeout past it, not a whole interval.
+    const tick = Math.max(25, Math.min(this.#intervalMs, Math.floor(member.timeoutMs / 8)));
+    if (this.#timer && tick < this.#tickMs) {
+      clearInterval(this.#timer);
+      this.#timer = null;
+    }
     if (!this.#timer) {
-      this.#timer = setInterval(() => this.#tick(), this.#intervalMs);
+      this.#tickMs = Math.min(this.#tickMs, tick);
+      this.#timer = setInterval(() => this.#tick(), this.#tickMs);
       this.#timer.unref();
     }
   }
@@ -52,6 +63,8 @@ class Wheel {
 
   #tick(): void {
     const now = performance.now();
+    const ping = now - this.#lastPing >= this.#intervalMs - this.#tickMs / 2;
+    if (ping) this.#lastPing = now;
     const dead: Member[] = [];
     for (const member of this.#members) {
       const { ws } = member;
@@ -62,7 +75,7 @@ class Wheel {
         dead.push(member);
         continue;
       }
-      if (ws.readyState === WebSocket.OPEN) {
+      if (ping && ws.readyState === WebSocket.OPEN) {
         try {
           ws.ping();
         } catch {
@@ -86,8 +99,8 @@ const wheels = new Map<number, Wheel>();
  * pings every `intervalMs`; anything received (pong, ping, message, or any
  * raw bytes of a frame still arriving) counts as life; after `timeoutMs` of
  * silence the socket is `terminate()`d (no close handshake) and `onDead` is
- * called. Death is detected within `timeoutMs + intervalMs` of the last byte
- * received. A client still connecting is terminated too (ws then emits
+ * called. Death is detected within about `timeoutMs + timeoutMs / 8` of the
+ * last byte received. A client still connecting is terminated too (ws then emits
  * 'error'). Tracking ends when the socket closes or the returned stop
  * function is called (idempotent).
  */

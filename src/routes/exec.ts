@@ -54,11 +54,7 @@ export const execRoutes: FastifyPluginAsyncTypebox = async (app) => {
       const lines = (async function* () {
         let outcome = 'aborted';
         try {
-          for await (const text of execLines(run)) {
-            if (text.startsWith('{"type":"exit"')) outcome = 'exit';
-            else if (text.startsWith('{"type":"error"')) outcome = 'error';
-            yield text;
-          }
+          yield* execLines(run, undefined, (end) => (outcome = end));
         } finally {
           finish(outcome);
         }

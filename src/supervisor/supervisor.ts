@@ -11,6 +11,8 @@ import { ControlClient, wsUrl } from './control-client.js';
 import { createSupervisorLogger } from './log.js';
 
 export const SUPERVISOR_VERSION = '0.1.0';
+/** How long the entrypoint waits for a first session before starting anyway. */
+const EGRESS_GRACE_MS = 1000;
 
 export interface SupervisorOptions {
   sandboxId: string;
@@ -86,6 +88,10 @@ export class Supervisor {
   #engine: Promise<{ registry: InstanceType<ExecModule['ExecRegistry']>; relay: RelayModule }> | undefined;
   #sshd: Promise<{ close(): Promise<void> }> | undefined;
   #egress: Promise<{ proxy: EgressProxy; mod: EgressModule }> | undefined;
+  #broughtUp = false;
+  #bringUpTimer: NodeJS.Timeout | undefined;
+  #markReady: () => void = () => undefined;
+  readonly #ready = new Promise<void>((resolve) => (this.#markReady = resolve));
   #closed = false;
 
   constructor(opts: SupervisorOptions) {
@@ -114,16 +120,31 @@ export class Supervisor {
     return { ...this.#o.sandboxEnv, ...this.#proxyEnv };
   }
 
-  /** Dials the gateway first (readiness), then brings up the egress proxy and the entrypoint. */
+  /**
+   * Dials the gateway first: readiness is on that path. The egress proxy (and
+   * the entrypoint, which needs its address) come up once the session is
+   * welcomed, or after a short grace period if the gateway is not reachable,
+   * so their module loading never delays the hello.
+   */
   start(): Promise<void> {
     this.#control.start();
-    return this.#startEgress().then(
+    const grace = setTimeout(() => this.#bringUp(), EGRESS_GRACE_MS);
+    grace.unref();
+    this.#bringUpTimer = grace;
+    return this.#ready;
+  }
+
+  #bringUp(): void {
+    if (this.#broughtUp) return;
+    this.#broughtUp = true;
+    clearTimeout(this.#bringUpTimer);
+    this.#startEgress().then(
       () => this.#startMain(),
       (err: unknown) => {
         this.#log.error({ err }, 'egress proxy failed to start; processes run without a proxy');
         this.#startMain();
       },
-    );
+    ).finally(() => this.#markReady());
   }
 
   /** The egress proxy's address once it listens (tests and diagnostics). */
@@ -180,6 +201,7 @@ export class Supervisor {
     this.#closed = true;
     this.#log.info({ reason }, 'supervisor stopping');
     clearInterval(this.#logTimer);
+    clearTimeout(this.#bringUpTimer);
     this.#control.close();
     for (const ws of this.#relays.values()) ws.terminate();
     if (this.#main?.pid) killGroup(this.#main.pid, 'SIGKILL');
@@ -191,13 +213,16 @@ export class Supervisor {
 
   #onWelcome(welcome: WelcomeMessage): void {
     this.#keepalive = { intervalMs: welcome.keepaliveIntervalMs, timeoutMs: welcome.keepaliveTimeoutMs };
-    void this.#applyPolicy(welcome.policy ?? null, welcome.policyVersion ?? 0);
     if (this.#mainState) this.#control.send(this.#mainState);
     this.#flushLogs();
-    // Warm the exec engine and sshd off the Ready path.
+    // Off the Ready path: the proxy (with the policy), the entrypoint, and a warm exec engine.
+    // sshd starts on the first SSH relay.
     setImmediate(() => {
+      // The policy is in force before the entrypoint makes its first connection.
+      void this.#applyPolicy(welcome.policy ?? null, welcome.policyVersion ?? 0)
+        .catch(() => undefined)
+        .finally(() => this.#bringUp());
       void this.#execEngine().catch((err: unknown) => this.#log.error({ err }, 'exec engine failed to start'));
-      void this.#sshServer().catch((err: unknown) => this.#log.error({ err }, 'ssh server failed to start'));
     });
   }
 
