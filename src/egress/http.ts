@@ -66,6 +66,11 @@ export class SocketReader {
     }
   }
 
+  /** Bytes are queued: `next()` resolves without waiting for I/O. */
+  get hasQueued(): boolean {
+    return this.#queue.length > 0;
+  }
+
   get ended(): boolean {
     return (this.#eof || this.#err !== null) && this.#queue.length === 0;
   }
@@ -407,18 +412,43 @@ export function drained(s: Socket): Promise<void> {
 
 export class BodyError extends Error {}
 
+// A head and the first body bytes go out in one write: copied together up to this size, corked above.
+const JOIN_COPY_MAX = 16 * 1024;
+
+/** Write `head` and `chunk` with one syscall. */
+function writeJoined(dst: Socket, head: Buffer, chunk: Buffer): boolean {
+  if (chunk.length === 0) return dst.write(head);
+  if (chunk.length <= JOIN_COPY_MAX) return dst.write(Buffer.concat([head, chunk], head.length + chunk.length));
+  dst.cork();
+  dst.write(head);
+  const ok = dst.write(chunk);
+  dst.uncork();
+  return ok;
+}
+
 /**
  * Stream one body from `src` to `dst` per `framing`, with backpressure.
  * Bytes past the end stay in `src` for the next head. A 'close'-delimited
- * body ends `dst` when `src` ends.
+ * body ends `dst` when `src` ends. `head` (the message head) is written
+ * first: together with the first body bytes when they are already read,
+ * otherwise at once.
  */
-export async function forwardBody(src: SocketReader, dst: Socket, framing: Framing): Promise<void> {
+export async function forwardBody(src: SocketReader, dst: Socket, framing: Framing, head?: Buffer): Promise<void> {
+  let pending: Buffer | null = head ?? null;
+  if (pending && (framing.kind === 'none' || !src.hasQueued)) {
+    dst.write(pending);
+    pending = null;
+  }
   if (framing.kind === 'none') return;
   let remaining = framing.kind === 'length' ? framing.length : 0;
   const scanner = framing.kind === 'chunked' ? new ChunkedScanner() : null;
   for (;;) {
     let chunk = await src.next();
     if (chunk === null) {
+      if (pending) {
+        dst.write(pending);
+        pending = null;
+      }
       if (framing.kind === 'close') {
         dst.end();
         return;
@@ -433,6 +463,7 @@ export async function forwardBody(src: SocketReader, dst: Socket, framing: Frami
       try {
         end = scanner.scan(chunk);
       } catch (err) {
+        if (pending) dst.write(pending);
         throw new BodyError((err as Error).message);
       }
     }
@@ -441,11 +472,14 @@ export async function forwardBody(src: SocketReader, dst: Socket, framing: Frami
         src.unshift(chunk.subarray(end));
         chunk = chunk.subarray(0, end);
       }
-      if (chunk.length > 0) dst.write(chunk);
+      if (pending) writeJoined(dst, pending, chunk);
+      else if (chunk.length > 0) dst.write(chunk);
       return;
     }
     if (dst.destroyed) throw new BodyError('peer closed');
-    if (!dst.write(chunk)) {
+    const ok = pending ? writeJoined(dst, pending, chunk) : dst.write(chunk);
+    pending = null;
+    if (!ok) {
       await drained(dst);
       if (dst.destroyed) throw new BodyError('peer closed');
     }

@@ -776,11 +776,12 @@ class EgressServer implements EgressProxy {
    * responses are read, so `Expect: 100-continue` and early responses work.
    */
   async #exchange(client: Socket, cr: SocketReader, up: Upstream, req: RequestHead, head: Buffer): Promise<Outcome> {
-    up.sock.write(head);
     let bodyDone = req.framing.kind === 'none';
     let bodyFailed = false;
-    if (!bodyDone) {
-      forwardBody(cr, up.sock, req.framing).then(
+    if (bodyDone) up.sock.write(head);
+    else {
+      // Writes `head` before it first waits.
+      forwardBody(cr, up.sock, req.framing, head).then(
         () => (bodyDone = true),
         () => {
           bodyFailed = true;
@@ -820,10 +821,9 @@ class EgressServer implements EgressProxy {
       }
       const framing = responseFraming(req.method, res);
       if (typeof framing === 'string') return fail(framing);
-      client.write(raw);
       started = true;
       try {
-        await forwardBody(up.reader, client, framing);
+        await forwardBody(up.reader, client, framing, raw);
       } catch {
         return 'close';
       }
