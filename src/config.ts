@@ -25,7 +25,9 @@ export const ConfigSchema = Type.Object({
     [Type.Literal('debug'), Type.Literal('info'), Type.Literal('warn'), Type.Literal('error'), Type.Literal('silent')],
     { default: 'info' },
   ),
-  /** How long create waits for the driver; how often TTLs are swept. */
+  /** Process driver: supervisors kept started and waiting, so a create skips a Node start-up. */
+  warmSupervisors: Type.Integer({ minimum: 0, maximum: 64, default: 4 }),
+  /** How often TTLs are swept. */
   ttlSweepMs: Type.Integer({ minimum: 50, default: 1000 }),
   bodyLimitBytes: Type.Integer({ minimum: 1024, default: 1_048_576 }),
   /** Exec bodies carry base64 stdin: a larger limit (interactive exec and file uploads stream without one). */
@@ -54,6 +56,7 @@ const OPTIONS: Option[] = [
   { flag: 'tls-cert', env: 'OPENSHELL_TLS_CERT', key: 'tlsCert' },
   { flag: 'tls-key', env: 'OPENSHELL_TLS_KEY', key: 'tlsKey' },
   { flag: 'log-level', env: 'OPENSHELL_LOG_LEVEL', key: 'logLevel' },
+  { flag: 'warm-supervisors', env: 'OPENSHELL_WARM_SUPERVISORS', key: 'warmSupervisors', number: true },
 ];
 
 export class ConfigError extends Error {

@@ -125,6 +125,7 @@ function createDriver(config: Config, log: Logger): ComputeDriver {
       return new ProcessDriver({
         stateDir: config.stateDir,
         log,
+        warmPool: config.warmSupervisors,
         // Supervisors dial back over TLS; a self-signed gateway cert must be trusted by them.
         supervisorEnv: config.tlsCert ? { NODE_EXTRA_CA_CERTS: config.tlsCert } : {},
       });

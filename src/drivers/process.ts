@@ -1,4 +1,4 @@
-import { spawn } from 'node:child_process';
+import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, readdirSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
@@ -16,6 +16,20 @@ export interface ProcessDriverOptions {
   supervisorEnv?: Record<string, string>;
   /** How often adopted supervisors are checked for life. */
   pollMs?: number;
+  /**
+   * Supervisor processes kept started and loaded, waiting for a sandbox: a
+   * create hands one its assignment over a pipe instead of paying for a Node
+   * start-up. 0 = start each supervisor cold.
+   */
+  warmPool?: number;
+}
+
+/** What a warm supervisor receives on stdin (one JSON line): it becomes this sandbox's supervisor. */
+export interface WarmAssignment {
+  env: Record<string, string>;
+  cwd: string;
+  logFile: string;
+  command: string[];
 }
 
 interface PidFile {
@@ -42,12 +56,14 @@ export class ProcessDriver implements ComputeDriver {
   readonly #running = new Map<string, PidFile>();
   readonly #deleting = new Set<string>();
   readonly #timer: NodeJS.Timeout;
+  readonly #pool: ChildProcess[] = [];
   #closed = false;
 
   constructor(opts: ProcessDriverOptions) {
     this.#opts = opts;
     this.#log = opts.log.child({ component: 'driver', driver: 'process' });
     this.#timer = setInterval(() => this.#poll(), opts.pollMs ?? 1000).unref();
+    this.#fillPool();
   }
 
   /** Where a sandbox's files live: workspace, home, logs, the SSH socket, the exec spool. */
@@ -80,42 +96,94 @@ export class ProcessDriver implements ComputeDriver {
       mkdir(join(dir, 'logs'), { recursive: true }),
       mkdir(this.spoolDir(spec.id), { recursive: true, mode: 0o700 }),
     ]);
-    const logFd = openSync(join(dir, 'logs', 'supervisor.log'), 'a', 0o600);
+    const logFile = join(dir, 'logs', 'supervisor.log');
+    const env: Record<string, string> = {
+      PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin',
+      HOME: home,
+      SHELL: '/bin/sh',
+      LANG: 'C.UTF-8',
+      ...spec.env,
+      ...this.#opts.supervisorEnv,
+      OPENSHELL_SANDBOX_ID: spec.id,
+      OPENSHELL_SANDBOX_NAME: spec.name,
+      OPENSHELL_SANDBOX_TOKEN: spec.token,
+      OPENSHELL_ENDPOINT: spec.endpoint,
+      OPENSHELL_WORKDIR: workspace,
+      OPENSHELL_SSH_SOCKET: this.sshSocketPath(spec.id),
+      OPENSHELL_SPOOL_DIR: this.spoolDir(spec.id),
+      OPENSHELL_PROXY_LISTEN: '127.0.0.1:0',
+    };
+    const warm = this.#takeWarm();
+    const child = warm
+      ? this.#assign(warm, { env, cwd: workspace, logFile, command: spec.command })
+      : await this.#spawnCold(env, workspace, logFile, spec.command);
+    setImmediate(() => this.#fillPool());
+    const pid = child.pid as number;
+    child.unref();
+    const record: PidFile = { pid, startTime: procStartTime(pid) };
+    this.#running.set(spec.id, record);
+    child.once('exit', (code, signal) => this.#died(spec.id, pid, code, signal));
+    await writeFile(join(dir, 'supervisor.json'), JSON.stringify(record), { mode: 0o600 });
+    this.#log.info({ sandboxId: spec.id, pid, warm: Boolean(warm) }, 'supervisor started');
+  }
+
+  async #spawnCold(env: Record<string, string>, cwd: string, logFile: string, command: string[]): Promise<ChildProcess> {
+    const logFd = openSync(logFile, 'a', 0o600);
     try {
-      const child = spawn(process.execPath, [this.#opts.supervisorEntry ?? supervisorEntry(), '--', ...spec.command], {
-        cwd: workspace,
+      const child = spawn(process.execPath, [this.#opts.supervisorEntry ?? supervisorEntry(), '--', ...command], {
+        cwd,
         detached: true,
         stdio: ['ignore', logFd, logFd],
-        env: {
-          PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin',
-          HOME: home,
-          SHELL: '/bin/sh',
-          LANG: 'C.UTF-8',
-          ...spec.env,
-          ...this.#opts.supervisorEnv,
-          OPENSHELL_SANDBOX_ID: spec.id,
-          OPENSHELL_SANDBOX_NAME: spec.name,
-          OPENSHELL_SANDBOX_TOKEN: spec.token,
-          OPENSHELL_ENDPOINT: spec.endpoint,
-          OPENSHELL_WORKDIR: workspace,
-          OPENSHELL_SSH_SOCKET: this.sshSocketPath(spec.id),
-          OPENSHELL_SPOOL_DIR: this.spoolDir(spec.id),
-          OPENSHELL_PROXY_LISTEN: '127.0.0.1:0',
-        },
+        env,
       });
-      const pid = child.pid;
-      if (pid === undefined) {
+      if (child.pid === undefined) {
         await once(child, 'error');
         throw new Error('could not start the supervisor process');
       }
-      child.unref();
-      const record: PidFile = { pid, startTime: procStartTime(pid) };
-      this.#running.set(spec.id, record);
-      child.once('exit', (code, signal) => this.#died(spec.id, pid, code, signal));
-      await writeFile(join(dir, 'supervisor.json'), JSON.stringify(record), { mode: 0o600 });
-      this.#log.info({ sandboxId: spec.id, pid }, 'supervisor started');
+      return child;
     } finally {
       closeSync(logFd);
+    }
+  }
+
+  /** Hands a warm supervisor its sandbox; the token travels over the pipe, never in an environment. */
+  #assign(child: ChildProcess, assignment: WarmAssignment): ChildProcess {
+    child.removeAllListeners('exit');
+    child.stdin?.end(`${JSON.stringify(assignment)}\n`);
+    return child;
+  }
+
+  #takeWarm(): ChildProcess | undefined {
+    for (;;) {
+      const child = this.#pool.shift();
+      if (!child) return undefined;
+      if (child.exitCode === null && child.signalCode === null && child.pid !== undefined && child.stdin?.writable) {
+        return child;
+      }
+    }
+  }
+
+  #fillPool(): void {
+    const size = this.#opts.warmPool ?? 0;
+    while (!this.#closed && this.#pool.length < size) {
+      const child = spawn(process.execPath, [this.#opts.supervisorEntry ?? supervisorEntry(), '--warm'], {
+        cwd: this.#opts.stateDir,
+        detached: true,
+        stdio: ['pipe', 'ignore', 'ignore'],
+        env: {
+          PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin',
+          LANG: 'C.UTF-8',
+          ...this.#opts.supervisorEnv,
+        },
+      });
+      child.stdin?.on('error', () => undefined);
+      child.on('error', (err) => this.#log.warn({ err }, 'warm supervisor could not start'));
+      child.once('exit', () => {
+        const i = this.#pool.indexOf(child);
+        if (i >= 0) this.#pool.splice(i, 1);
+      });
+      if (child.pid === undefined) break;
+      this.#pool.push(child);
     }
   }
 
@@ -163,10 +231,11 @@ export class ProcessDriver implements ComputeDriver {
   }
 
   async close(): Promise<void> {
-    // Supervisors keep running: the next gateway adopts them.
+    // Supervisors keep running: the next gateway adopts them. Unassigned warm ones are ours alone.
     this.#closed = true;
     clearInterval(this.#timer);
     this.#listeners.clear();
+    for (const child of this.#pool.splice(0)) child.kill('SIGKILL');
   }
 
   #poll(): void {

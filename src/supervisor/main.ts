@@ -4,21 +4,45 @@
  * OPENSHELL_ENDPOINT. Start-up imports stay lean: this process is on the
  * create → Ready path; the exec engine, sshd and egress proxy load after the
  * control session is dialed.
+ *
+ * `--warm` (the process driver's warm pool): load everything first, then wait
+ * for one JSON assignment on stdin (environment, working directory, log file,
+ * command) and become that sandbox's supervisor. EOF before an assignment
+ * (the gateway went away) ends the process.
  */
+import { openSync, writeSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { Supervisor, supervisorOptionsFromEnv } from './supervisor.js';
+import { createSupervisorLogger } from './log.js';
 
-export async function runSupervisor(argv: string[], env: NodeJS.ProcessEnv): Promise<Supervisor> {
+export interface RunOptions {
+  /** File descriptor for the supervisor's logs and the entrypoint's stdout/stderr (default: inherit). */
+  stdioFd?: number;
+}
+
+export async function runSupervisor(argv: string[], env: NodeJS.ProcessEnv, run: RunOptions = {}): Promise<Supervisor> {
   const dash = argv.indexOf('--');
   const command = dash >= 0 ? argv.slice(dash + 1) : argv;
-  const supervisor = new Supervisor(supervisorOptionsFromEnv(env, command));
+  const options = supervisorOptionsFromEnv(env, command);
+  process.title = `openshell-supervisor ${options.sandboxId}`;
+  let supervisor: Supervisor | undefined;
+  if (run.stdioFd !== undefined) {
+    const fd = run.stdioFd;
+    options.stdioFd = fd;
+    options.log = createSupervisorLogger({
+      bindings: { sandboxId: options.sandboxId },
+      write: (text) => writeSync(fd, text),
+      sink: (line) => supervisor?.forwardLog(line),
+    });
+  }
+  supervisor = new Supervisor(options);
   void supervisor.start();
   let stopping = false;
   const stop = (signal: NodeJS.Signals) => {
     if (stopping) return;
     stopping = true;
     const force = setTimeout(() => process.exit(1), 5000).unref();
-    supervisor.close(`signal ${signal}`).then(
+    (supervisor as Supervisor).close(`signal ${signal}`).then(
       () => {
         clearTimeout(force);
         process.exit(0);
@@ -31,9 +55,52 @@ export async function runSupervisor(argv: string[], env: NodeJS.ProcessEnv): Pro
   return supervisor;
 }
 
-if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
-  runSupervisor(process.argv.slice(2), process.env).catch((err: unknown) => {
-    process.stderr.write(`openshell supervisor: ${(err as Error).message}\n`);
-    process.exit(2);
+/** Waits warm for an assignment, then runs as that sandbox's supervisor. */
+export async function runWarm(): Promise<Supervisor | null> {
+  // Pay for module loading now, before any sandbox is waiting.
+  await Promise.all([import('../egress/index.js'), import('./exec-registry.js'), import('./exec-relay.js')]);
+  const line = await readLine(process.stdin);
+  if (!line) return null;
+  const assignment = JSON.parse(line) as { env: Record<string, string>; cwd: string; logFile: string; command: string[] };
+  for (const key of Object.keys(process.env)) delete process.env[key];
+  Object.assign(process.env, assignment.env);
+  process.chdir(assignment.cwd);
+  const fd = openSync(assignment.logFile, 'a', 0o600);
+  return runSupervisor(['--', ...assignment.command], process.env, { stdioFd: fd });
+}
+
+function readLine(stream: NodeJS.ReadableStream): Promise<string | null> {
+  return new Promise((resolve) => {
+    let buffer = '';
+    const onData = (chunk: Buffer) => {
+      buffer += chunk.toString();
+      const nl = buffer.indexOf('\n');
+      if (nl >= 0) {
+        done(buffer.slice(0, nl));
+      }
+    };
+    const done = (value: string | null) => {
+      stream.off('data', onData);
+      stream.off('end', onEnd);
+      stream.pause();
+      resolve(value);
+    };
+    const onEnd = () => done(buffer.trim() ? buffer : null);
+    stream.on('data', onData);
+    stream.once('end', onEnd);
   });
+}
+
+if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
+  const argv = process.argv.slice(2);
+  const started = argv[0] === '--warm' ? runWarm() : runSupervisor(argv, process.env);
+  started.then(
+    (supervisor) => {
+      if (!supervisor) process.exit(0);
+    },
+    (err: unknown) => {
+      process.stderr.write(`openshell supervisor: ${(err as Error).message}\n`);
+      process.exit(2);
+    },
+  );
 }

@@ -29,6 +29,8 @@ export interface SupervisorOptions {
   proxyListen: string;
   /** Idle timeout of plain HTTP keep-alive connections through the proxy (never tunnels or upgrades). */
   proxyIdleTimeoutMs?: number;
+  /** Where the entrypoint's stdout/stderr go (a log file descriptor); default: the supervisor's own. */
+  stdioFd?: number;
   log?: Logger;
 }
 
@@ -336,7 +338,7 @@ export class Supervisor {
       cwd: this.#o.workdir,
       env: this.processEnv(),
       detached: true,
-      stdio: ['ignore', 'inherit', 'inherit'],
+      stdio: ['ignore', this.#o.stdioFd ?? 'inherit', this.#o.stdioFd ?? 'inherit'],
     });
     this.#main = child;
     child.once('spawn', () => {
@@ -356,6 +358,11 @@ export class Supervisor {
   #setMain(state: MainProcessMessage): void {
     this.#mainState = state;
     this.#control.send(state);
+  }
+
+  /** Queues a log line for the gateway (lines are batched every 200 ms). */
+  forwardLog(line: LogLine): void {
+    this.#forward(line);
   }
 
   #forward(line: LogLine): void {

@@ -27,7 +27,8 @@ t.test('supervisor session: no token or a wrong token → 401', async (t) => {
 });
 
 t.test("a valid token for sandbox A saying hello as B is refused", async (t) => {
-  const gw = await startGateway(t);
+  // Cold-started supervisors carry their token in the environment, where the test can read it.
+  const gw = await startGateway(t, { warmSupervisors: 0 });
   const a = (await api<Sandbox>(gw.url, 'POST', '/v1/sandboxes', { name: 'sbx-a' })).body;
   const b = (await api<Sandbox>(gw.url, 'POST', '/v1/sandboxes', { name: 'sbx-b' })).body;
   await waitForPhase(gw.app, 'sbx-a', 'Ready');

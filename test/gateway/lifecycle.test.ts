@@ -3,7 +3,7 @@ import { join } from 'node:path';
 import t from 'tap';
 import type { Sandbox, SandboxList } from '../../src/schemas/sandbox.js';
 import { alive, api, startGateway, waitForPhase, waitForSandbox } from '../helpers/gateway.js';
-import { supervisorPid, supervisorsOf } from '../helpers/sandbox.js';
+import { processEnv, supervisorPid, supervisorsOf } from '../helpers/sandbox.js';
 
 t.test('create → Ready, list, get, label filter, delete', async (t) => {
   const gw = await startGateway(t);
@@ -36,6 +36,8 @@ t.test('create → Ready, list, get, label filter, delete', async (t) => {
 
   const pid = supervisorPid(gw.stateDir, created.body.id);
   t.ok(alive(-pid), 'supervisor process group alive');
+  t.equal(processEnv(pid, 'OPENSHELL_SANDBOX_TOKEN'), undefined, 'a warm supervisor got its token over a pipe, not in its environment');
+  t.same(supervisorsOf(created.body.id), [pid], 'its title names the sandbox');
   const dir = join(gw.stateDir, 'sandboxes', created.body.id);
   t.ok(existsSync(dir));
 

@@ -36,7 +36,7 @@ t.test('connection lost → Provisioning/SupervisorDisconnected; reconnect → R
 });
 
 t.test('supersede: the old session’s late cleanup leaves the new one registered', async (t) => {
-  const gw = await startGateway(t);
+  const gw = await startGateway(t, { warmSupervisors: 0 });
   const s = (await api<Sandbox>(gw.url, 'POST', '/v1/sandboxes', { name: 'twice' })).body;
   await waitForPhase(gw.app, 'twice', 'Ready');
   const token = sandboxToken(gw.stateDir, s.id);

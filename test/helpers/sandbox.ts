@@ -14,25 +14,23 @@ export function processEnv(pid: number, name: string): string | undefined {
   return hit?.slice(name.length + 1);
 }
 
-/** The sandbox token, as handed to its supervisor. */
+/** The sandbox token, as handed to a cold-started supervisor (gateways with `warmSupervisors: 0`). */
 export function sandboxToken(stateDir: string, sandboxId: string): string {
   const token = processEnv(supervisorPid(stateDir, sandboxId), 'OPENSHELL_SANDBOX_TOKEN');
   if (!token) throw new Error(`no token in the environment of ${sandboxId}'s supervisor`);
   return token;
 }
 
-/** Pids of every live supervisor process of a sandbox (to count duplicates). */
+/** Pids of every live supervisor process of a sandbox (to count duplicates): their title names the sandbox. */
 export function supervisorsOf(sandboxId: string): number[] {
   const found: number[] = [];
   for (const entry of readdirSafe('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
       const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'latin1');
-      if (!cmdline.includes('supervisor/main.js')) continue;
-      if (readFileSync(`/proc/${entry}/environ`, 'latin1').includes(`OPENSHELL_SANDBOX_ID=${sandboxId}\0`)) {
-        const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-        if (!stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) found.push(Number(entry));
-      }
+      if (!cmdline.startsWith(`openshell-supervisor ${sandboxId}`)) continue;
+      const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
+      if (!stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) found.push(Number(entry));
     } catch {
       // raced with exit
     }

@@ -7,6 +7,8 @@ import { api, proxySupervisors, startGateway, waitForPhase } from '../helpers/ga
 import { sandboxToken, supervisorPid } from '../helpers/sandbox.js';
 
 const KEEPALIVE = { keepaliveIntervalMs: 500, keepaliveTimeoutMs: 1500 };
+/** Cold-started supervisors carry their token in the environment, where a test can read it. */
+const COLD = { ...KEEPALIVE, warmSupervisors: 0 };
 
 /** Starts an exec and resolves once it has printed its first line (so it is surely running). */
 async function quietExec(url: string, name: string, command: string[]) {
@@ -74,7 +76,7 @@ t.test('relay socket reset (RST) → error promptly', async (t) => {
 });
 
 t.test('a superseded session takes its relays down with it', async (t) => {
-  const gw = await startGateway(t, KEEPALIVE);
+  const gw = await startGateway(t, COLD);
   const s = (await api<Sandbox>(gw.url, 'POST', '/v1/sandboxes', { name: 'sup' })).body;
   await waitForPhase(gw.app, 'sup', 'Ready');
   const exec = await quietExec(gw.url, 'sup', ['sh', '-c', 'echo go; sleep 20']);
@@ -89,7 +91,7 @@ t.test('a superseded session takes its relays down with it', async (t) => {
 });
 
 t.test('caps: 64 relay opens at a sandbox that never claims → 32 accepted, 32 429; another sandbox unaffected', async (t) => {
-  const gw = await startGateway(t, KEEPALIVE);
+  const gw = await startGateway(t, COLD);
   gw.app.openshell.broker.setPendingTtlMs(2000);
   const s = (await api<Sandbox>(gw.url, 'POST', '/v1/sandboxes', { name: 'mute' })).body;
   await api(gw.url, 'POST', '/v1/sandboxes', { name: 'other' });
@@ -125,7 +127,7 @@ t.test('caps: 64 relay opens at a sandbox that never claims → 32 accepted, 32 
 });
 
 t.test('a relay WebSocket presented with another sandbox’s token is refused', async (t) => {
-  const gw = await startGateway(t, KEEPALIVE);
+  const gw = await startGateway(t, COLD);
   const a = (await api<Sandbox>(gw.url, 'POST', '/v1/sandboxes', { name: 'own-a' })).body;
   const b = (await api<Sandbox>(gw.url, 'POST', '/v1/sandboxes', { name: 'own-b' })).body;
   await waitForPhase(gw.app, 'own-a', 'Ready');
