@@ -1,4 +1,4 @@
-// Copied from test/helpers/tcp-proxy.ts (test/ is not compiled by tsconfig.build.json).
+// A TCP fault proxy for tests and the dead-relay benchmark (tests import it via test/helpers/tcp-proxy.ts).
 import net from 'node:net';
 import { once } from 'node:events';
 
