@@ -203,6 +203,18 @@ interface Target {
   port: number;
 }
 
+let isoMs = 0;
+let isoText = '';
+/** `new Date().toISOString()`, formatted at most once per millisecond. */
+function isoNow(): string {
+  const ms = Date.now();
+  if (ms !== isoMs) {
+    isoMs = ms;
+    isoText = new Date(ms).toISOString();
+  }
+  return isoText;
+}
+
 function hostKey(h: HostName): string {
   return h.kind === 'ip' ? h.addr.text : h.name;
 }
@@ -304,6 +316,8 @@ function forwardHead(req: RequestHead, path: string, authority: string): Buffer 
   return Buffer.from(s + '\r\n', 'latin1');
 }
 
+type Checked = { addrs: IpAddr[] } | { deny: string } | { error: string };
+
 type Verdict =
   | { ok: true; action: 'allow' | 'audit'; layer: 'L4' | 'L7'; reason: string }
   | { ok: false; status: number; layer: 'L4' | 'L7'; reason: string };
@@ -398,8 +412,7 @@ class EgressServer implements EgressProxy {
     });
   }
 
-  #emit(d: Omit<EgressDecision, 'time'>): void {
-    const decision: EgressDecision = { time: new Date().toISOString(), ...d };
+  #emit(decision: EgressDecision): void {
     this.#log.info({ decision }, 'egress decision');
     try {
       this.#opts.onDecision?.(decision);
@@ -440,6 +453,7 @@ class EgressServer implements EgressProxy {
     path?: string,
   ): void {
     this.#emit({
+      time: isoNow(),
       action: 'deny',
       host: t.key,
       port: t.port,
@@ -485,28 +499,33 @@ class EgressServer implements EgressProxy {
     return { ok: false, status: 403, layer: 'L7', reason: v.reason };
   }
 
-  /** Resolve once and check every address; the caller connects to exactly these. */
-  async #resolveChecked(
-    t: Target,
-    ep: CompiledEndpoint,
-  ): Promise<{ addrs: IpAddr[] } | { deny: string } | { error: string }> {
-    let addrs: IpAddr[];
-    if (t.host.kind === 'ip') addrs = [t.host.addr];
-    else {
-      let answers: string[];
-      try {
-        answers = await this.#resolve(t.host.name);
-      } catch (err) {
-        return { error: `could not resolve ${t.key}: ${(err as NodeJS.ErrnoException).code ?? 'error'}` };
-      }
-      addrs = [];
-      for (const a of answers) {
-        const ip = parseIp(a);
-        if (!ip) return { deny: `resolver returned an invalid address for ${t.key}` };
-        addrs.push(ip);
-      }
-      if (addrs.length === 0) return { error: `could not resolve ${t.key}: no addresses` };
+  /**
+   * Resolve once and check every address; the caller connects to exactly
+   * these. An IP literal is checked synchronously (no resolver, no promise).
+   */
+  #resolveChecked(t: Target, ep: CompiledEndpoint): Checked | Promise<Checked> {
+    if (t.host.kind === 'ip') return this.#checkAddrs(t, ep, [t.host.addr]);
+    return this.#resolveName(t, t.host.name, ep);
+  }
+
+  async #resolveName(t: Target, name: string, ep: CompiledEndpoint): Promise<Checked> {
+    let answers: string[];
+    try {
+      answers = await this.#resolve(name);
+    } catch (err) {
+      return { error: `could not resolve ${t.key}: ${(err as NodeJS.ErrnoException).code ?? 'error'}` };
     }
+    const addrs: IpAddr[] = [];
+    for (const a of answers) {
+      const ip = parseIp(a);
+      if (!ip) return { deny: `resolver returned an invalid address for ${t.key}` };
+      addrs.push(ip);
+    }
+    if (addrs.length === 0) return { error: `could not resolve ${t.key}: no addresses` };
+    return this.#checkAddrs(t, ep, addrs);
+  }
+
+  #checkAddrs(t: Target, ep: CompiledEndpoint, addrs: IpAddr[]): Checked {
     for (const a of addrs) {
       const why = internalReason(a);
       if (why && !endpointCoversIp(ep, a)) {
@@ -639,7 +658,8 @@ class EgressServer implements EgressProxy {
     }
     let addrs: IpAddr[] | null = null;
     if (!up) {
-      const r = await this.#resolveChecked(t, endpoint);
+      let r = this.#resolveChecked(t, endpoint);
+      if (r instanceof Promise) r = await r;
       if ('deny' in r) {
         this.#deny(client, cr, 403, t, endpoint, 'L4', r.deny, req.method, path);
         return { outcome: 'close', up };
@@ -651,6 +671,7 @@ class EgressServer implements EgressProxy {
       addrs = r.addrs;
     }
     this.#emit({
+      time: isoNow(),
       action: v.action,
       host: t.key,
       port: t.port,
@@ -681,12 +702,14 @@ class EgressServer implements EgressProxy {
     const v = this.#check(ep, policy !== null);
     if (!v.ok) return this.#deny(client, cr, v.status, t, ep, v.layer, v.reason);
     const endpoint = ep!;
-    const r = await this.#resolveChecked(t, endpoint);
+    let r = this.#resolveChecked(t, endpoint);
+    if (r instanceof Promise) r = await r;
     if ('deny' in r) return this.#deny(client, cr, 403, t, endpoint, 'L4', r.deny);
     if ('error' in r) {
       return this.#finish(client, cr, jsonResponse(502, { error: 'Bad Gateway', host: t.key, port: t.port, reason: r.error }));
     }
     this.#emit({
+      time: isoNow(),
       action: 'allow',
       host: t.key,
       port: t.port,
@@ -720,6 +743,7 @@ class EgressServer implements EgressProxy {
         const ep = this.#policy?.match(t.key, t.port);
         this.#log.warn({ host: t.key, port: t.port }, 'TLS inside a rest tunnel: L7 rules not enforced');
         this.#emit({
+          time: isoNow(),
           action: 'allow',
           host: t.key,
           port: t.port,
@@ -746,6 +770,7 @@ class EgressServer implements EgressProxy {
           return this.#deny(client, cr, 403, t, ep, 'L4', `internal address ${up.addr.text} no longer allowed`, req.method, path);
         }
         this.#emit({
+          time: isoNow(),
           action: v.action,
           host: t.key,
           port: t.port,
