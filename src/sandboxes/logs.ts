@@ -1,7 +1,7 @@
 import { EventEmitter } from 'node:events';
 import type { LogLine } from '../protocol/control.js';
 
-const MAX_LINES = 5000;
+const MAX_LINES = 2000;
 const MAX_MESSAGE = 8192;
 
 /**
