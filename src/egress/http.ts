@@ -418,6 +418,10 @@ const JOIN_COPY_MAX = 16 * 1024;
 /** Write `head` and `chunk` with one syscall. */
 function writeJoined(dst: Socket, head: Buffer, chunk: Buffer): boolean {
   if (chunk.length === 0) return dst.write(head);
+  // Usually both are views of the one chunk the head was read from: write it as is.
+  if (head.buffer === chunk.buffer && head.byteOffset + head.length === chunk.byteOffset) {
+    return dst.write(Buffer.from(head.buffer, head.byteOffset, head.length + chunk.length));
+  }
   if (chunk.length <= JOIN_COPY_MAX) return dst.write(Buffer.concat([head, chunk], head.length + chunk.length));
   dst.cork();
   dst.write(head);

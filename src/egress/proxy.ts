@@ -85,6 +85,8 @@ type Outcome = 'keep' | 'close' | 'handed-off';
 interface Upstream {
   key: string;
   addr: IpAddr;
+  /** `internalReason(addr)`, computed once. */
+  internal: boolean;
   sock: Socket;
   reader: SocketReader;
   /** null for a socket from the `connect` test seam: read through 'data' events. */
@@ -581,7 +583,7 @@ class EgressServer implements EgressProxy {
         const { sock, feed } = await this.#dialOne(addr, port, left);
         const reader = new SocketReader(sock, feed !== null);
         feed?.attach(feed.readerSink(reader));
-        return { key: `${key}:${port}`, addr, sock, reader, feed };
+        return { key: `${key}:${port}`, addr, internal: internalReason(addr) !== null, sock, reader, feed };
       } catch (err) {
         last = err as NodeJS.ErrnoException;
       }
@@ -652,7 +654,7 @@ class EgressServer implements EgressProxy {
       up.sock.destroy();
       up = null;
     }
-    if (up && internalReason(up.addr) && !endpointCoversIp(endpoint, up.addr)) {
+    if (up && up.internal && !endpointCoversIp(endpoint, up.addr)) {
       this.#deny(client, cr, 403, t, endpoint, 'L4', `internal address ${up.addr.text} no longer allowed`, req.method, path);
       return { outcome: 'close', up };
     }
@@ -766,7 +768,7 @@ class EgressServer implements EgressProxy {
         const path = stripQuery(target);
         const v = this.#check(ep, policy !== null, req.method, target);
         if (!v.ok) return this.#deny(client, cr, v.status, t, ep, v.layer, v.reason, req.method, path);
-        if (internalReason(up.addr) && !endpointCoversIp(ep!, up.addr)) {
+        if (up.internal && !endpointCoversIp(ep!, up.addr)) {
           return this.#deny(client, cr, 403, t, ep, 'L4', `internal address ${up.addr.text} no longer allowed`, req.method, path);
         }
         this.#emit({
