@@ -12,6 +12,9 @@ export interface Cidr {
   base: bigint;
   bits: number;
   text: string;
+  /** IPv4 only: base and netmask as uint32 numbers (matching without bigint allocations). */
+  base4: number;
+  mask4: number;
 }
 
 const ALL128 = (1n << 128n) - 1n;
@@ -132,6 +135,8 @@ export type HostName = { kind: 'ip'; addr: IpAddr } | { kind: 'name'; name: stri
  * number"); otherwise it is a DNS name. Returns null for anything invalid.
  */
 export function normalizeHost(raw: string): HostName | null {
+  const quad = parseDottedQuad(raw); // the common spelling: no further normalisation needed
+  if (quad !== null) return { kind: 'ip', addr: ipv4(quad) };
   let h = raw.toLowerCase();
   if (h.startsWith('[')) {
     if (!h.endsWith(']')) return null;
@@ -210,13 +215,15 @@ export function parseCidr(s: string): Cidr | null {
 function makeCidr(family: 4 | 6, value: bigint, bits: number, text: string): Cidr {
   const width = family === 4 ? 32n : 128n;
   const mask = bits === 0 ? 0n : (((1n << BigInt(bits)) - 1n) << (width - BigInt(bits))) & ALL128;
-  return { family, base: value & mask, bits, text };
+  const mask4 = family === 4 ? Number(mask & 0xffffffffn) : 0;
+  return { family, base: value & mask, bits, text, base4: family === 4 ? Number(value & mask & 0xffffffffn) : 0, mask4 };
 }
 
 export function cidrContains(c: Cidr, a: IpAddr): boolean {
   if (c.family !== a.family) return false;
+  if (a.family === 4) return ((a.v4 & c.mask4) >>> 0) === c.base4;
   const width = c.family === 4 ? 32n : 128n;
-  const v = a.family === 4 ? BigInt(a.v4) : a.v6;
+  const v = a.v6;
   if (c.bits === 0) return true;
   const shift = width - BigInt(c.bits);
   return v >> shift === c.base >> shift;
