@@ -164,9 +164,9 @@ export class Supervisor {
         port,
         policy: null,
         policyVersion: 0,
+        // The proxy logs every decision on this logger; info lines are forwarded to the gateway.
         log,
         ...(this.#o.proxyIdleTimeoutMs ? { idleTimeoutMs: this.#o.proxyIdleTimeoutMs } : {}),
-        onDecision: (decision) => log.info({ decision }, 'egress decision'),
       });
       const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${proxy.port}`;
       this.#proxyEnv = {

@@ -100,10 +100,30 @@ t.test('egress through a real sandbox: default deny, live policy, WebSocket pass
   const again = await exec(gw.url, 'net', `curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:${port}/`);
   t.equal(again.stdout, '403', 'and denied again');
 
-  const logs = await fetch(`${gw.url}/v1/sandboxes/net/logs`);
-  const lines = (await logs.text()).trim().split('\n').map((l) => JSON.parse(l) as { source: string; fields?: { decision?: { action: string } } });
-  const decisions = lines.filter((l) => l.source === 'egress' && l.fields?.decision).map((l) => l.fields?.decision?.action);
-  t.ok(decisions.includes('deny') && decisions.includes('allow'), `decisions logged: ${decisions.join(',')}`);
+  // Log lines reach the gateway in batches: follow the log until both kinds of decision have arrived.
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), 10_000);
+  const logs = await fetch(`${gw.url}/v1/sandboxes/net/logs?follow=true`, { signal: abort.signal });
+  const decisions = new Set<string>();
+  let buffer = '';
+  try {
+    for await (const chunk of logs.body as unknown as AsyncIterable<Uint8Array>) {
+      buffer += Buffer.from(chunk).toString();
+      let nl;
+      while ((nl = buffer.indexOf('\n')) >= 0) {
+        const line = JSON.parse(buffer.slice(0, nl)) as { source: string; fields?: { decision?: { action: string } } };
+        buffer = buffer.slice(nl + 1);
+        if (line.source === 'egress' && line.fields?.decision) decisions.add(line.fields.decision.action);
+      }
+      if (decisions.has('deny') && decisions.has('allow')) break;
+    }
+  } catch {
+    // aborted by the deadline: the assertion below says what was missing
+  } finally {
+    clearTimeout(timer);
+    abort.abort();
+  }
+  t.ok(decisions.has('deny') && decisions.has('allow'), `decisions logged: ${[...decisions].join(',')}`);
 });
 
 t.test('a policy given at create is in force from the start; invalid ones are refused with the field', async (t) => {
