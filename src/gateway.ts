@@ -85,6 +85,9 @@ export class Gateway {
       case 'relayOpenResult':
         this.broker.onOpenResult(session, message);
         break;
+      case 'relayClose':
+        this.broker.onRelayClose(session, message.channelId, message.reason);
+        break;
       case 'policyApplied':
         this.policies.onApplied(session, message);
         break;

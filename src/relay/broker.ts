@@ -50,6 +50,7 @@ export class RelayBroker {
   readonly #pending = new Map<string, Pending>();
   readonly #pendingBySandbox = new Map<string, number>();
   readonly #open = new Set<WebSocket>();
+  readonly #openByChannel = new Map<string, { ws: WebSocket; sandboxId: string }>();
   readonly #reaper: NodeJS.Timeout;
   #closed = false;
   #ttlMs: number;
@@ -179,6 +180,18 @@ export class RelayBroker {
     entry.reject(new OpenShellError('RELAY_LOST', `supervisor refused the relay: ${String(message.error ?? 'unknown')}`));
   }
 
+  /** `relayClose` from a supervisor: fails a pending open, or ends an open relay, of its own sandbox only. */
+  onRelayClose(session: SupervisorSession, channelId: string, reason: string): void {
+    const entry = this.#pending.get(channelId);
+    if (entry && entry.sandboxId === session.sandboxId) {
+      this.#take(channelId);
+      entry.reject(new OpenShellError('RELAY_LOST', `supervisor closed the relay: ${String(reason).slice(0, 200)}`));
+      return;
+    }
+    const open = this.#openByChannel.get(channelId);
+    if (open && open.sandboxId === session.sandboxId) open.ws.terminate();
+  }
+
   /** Expires pending relays older than the TTL (a backstop to each opener's own timer). */
   reap(now = Date.now()): number {
     const ttl = this.#ttlMs;
@@ -214,6 +227,7 @@ export class RelayBroker {
 
   #track(ws: WebSocket, session: SupervisorSession, channelId: string, target: RelayTarget): void {
     this.#open.add(ws);
+    this.#openByChannel.set(channelId, { ws, sandboxId: session.sandboxId });
     const bytes = this.#o.metrics?.bytes;
     if (bytes) ws.on('message', (data: Buffer) => bytes('from_sandbox', data.length));
     const stop = keepAlive(ws, {
@@ -229,6 +243,7 @@ export class RelayBroker {
       stop();
       session.signal.removeEventListener('abort', onSessionEnd);
       this.#open.delete(ws);
+      this.#openByChannel.delete(channelId);
     });
   }
 }

@@ -260,18 +260,28 @@ export class Supervisor {
     const log = this.#log.child({ component: 'relay', channelId, target });
     this.#relays.set(channelId, ws);
     ws.on('upgrade', (res) => res.socket.setNoDelay(true));
+    let opened = false;
+    // A relay that cannot be dialed is reported at once, so the caller is not left waiting for it to expire.
+    const failed = (reason: string) => {
+      if (!opened) this.#control.send({ type: 'relayClose', channelId, reason });
+    };
     ws.on('unexpected-response', (_req, res) => {
       log.warn({ status: res.statusCode }, 'gateway refused the relay');
+      failed(`gateway refused the relay (${res.statusCode})`);
       res.resume();
       ws.terminate();
     });
-    ws.on('error', (err) => log.debug({ err }, 'relay error'));
+    ws.on('error', (err) => {
+      log.debug({ err }, 'relay error');
+      failed(`relay dial failed: ${err.message}`);
+    });
     let stop: (() => void) | undefined;
     ws.once('close', () => {
       stop?.();
       this.#relays.delete(channelId);
     });
     ws.once('open', () => {
+      opened = true;
       stop = keepAlive(ws, this.#keepalive);
       if (target === 'exec') {
         // Hold frames until the handler is attached: the engine loads lazily, and a frame

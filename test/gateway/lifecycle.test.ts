@@ -47,6 +47,9 @@ t.test('create → Ready, list, get, label filter, delete', async (t) => {
   await gw.app.openshell.sandboxes.deleted(created.body.id);
   const gone = await api(gw.url, 'GET', '/v1/sandboxes/alpha');
   t.equal(gone.status, 404);
+  // The supervisor is our child here: its exit is reaped asynchronously, so allow a moment.
+  const deadline = Date.now() + 5000;
+  while (alive(-pid) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
   t.notOk(alive(-pid), 'process group dead');
   t.same(supervisorsOf(created.body.id), [], 'no supervisor left');
   t.notOk(existsSync(dir), 'directory removed');

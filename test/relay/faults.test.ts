@@ -169,3 +169,28 @@ t.test('a relay WebSocket presented with another sandbox’s token is refused', 
   t.notOk(ws instanceof Error, 'the owner claims it');
   if (!(ws instanceof Error)) ws.terminate();
 });
+
+t.test('relayClose from the supervisor fails a pending open at once', async (t) => {
+  const gw = await startGateway(t, COLD);
+  const s = (await api<Sandbox>(gw.url, 'POST', '/v1/sandboxes', { name: 'refuses' })).body;
+  await waitForPhase(gw.app, 'refuses', 'Ready');
+  // A session that answers every relayOpen with relayClose.
+  const ws = new WebSocket(`${gw.url.replace(/^http/, 'ws')}/v1/supervisor/session`, {
+    headers: { authorization: `Bearer ${sandboxToken(gw.stateDir, s.id)}` },
+  });
+  t.teardown(() => ws.terminate());
+  await once(ws, 'open');
+  ws.send(JSON.stringify({ type: 'hello', sandboxId: s.id, version: 'refuser', capabilities: [] }));
+  await once(ws, 'message');
+  ws.on('message', (data: Buffer) => {
+    const msg = JSON.parse(data.toString()) as { type: string; channelId: string };
+    if (msg.type === 'relayOpen') ws.send(JSON.stringify({ type: 'relayClose', channelId: msg.channelId, reason: 'no thanks' }));
+  });
+  const started = Date.now();
+  const res = await api<{ error: { code: string; message: string } }>(gw.url, 'POST', '/v1/sandboxes/refuses/exec', { command: ['true'] });
+  t.equal(res.status, 502);
+  t.equal(res.body.error.code, 'RELAY_LOST');
+  t.match(res.body.error.message, /no thanks/);
+  t.ok(Date.now() - started < 5000, 'not left waiting for the 10 s expiry');
+  t.equal(gw.app.openshell.broker.pendingCount, 0);
+});
