@@ -9,8 +9,16 @@ export type RunEvent =
   | Extract<ExecEvent, { type: 'exit' }>
   | Extract<ExecEvent, { type: 'error' }>;
 
-const QUEUE_HIGH = 64;
-const QUEUE_LOW = 8;
+/**
+ * Pause the relay socket while this much output waits for the reader (or
+ * this many events), resume below the low marks. Byte marks keep memory per
+ * exec bounded whatever the frame size, and leave enough queued that the
+ * HTTP side never waits for the supervisor to refill after a resume.
+ */
+const QUEUE_HIGH_BYTES = 4 * 1024 * 1024;
+const QUEUE_LOW_BYTES = 1024 * 1024;
+const QUEUE_HIGH = 512;
+const QUEUE_LOW = 128;
 const STDIN_CHUNK = 256 * 1024;
 
 /**
@@ -23,7 +31,9 @@ const STDIN_CHUNK = 256 * 1024;
 export class ExecRun implements AsyncIterable<RunEvent> {
   readonly execId: string;
   readonly #ws: WebSocket;
-  readonly #queue: RunEvent[] = [];
+  #queue: RunEvent[] = [];
+  #head = 0;
+  #queuedBytes = 0;
   #wake: (() => void) | undefined;
   #done = false;
   #paused = false;
@@ -88,22 +98,48 @@ export class ExecRun implements AsyncIterable<RunEvent> {
     else this.#ws.terminate();
   }
 
+  /** The next queued event, or undefined when none is waiting (then see `onReady`). Closes the relay after the terminal event. */
+  shift(): RunEvent | undefined {
+    if (this.#head >= this.#queue.length) return undefined;
+    const event = this.#queue[this.#head++] as RunEvent;
+    if (this.#head === this.#queue.length) {
+      this.#queue = [];
+      this.#head = 0;
+    } else if (this.#head >= 1024) {
+      this.#queue = this.#queue.slice(this.#head);
+      this.#head = 0;
+    }
+    if (event.type === 'stdout' || event.type === 'stderr') this.#queuedBytes -= event.data.length;
+    if (this.#paused && this.#queue.length - this.#head <= QUEUE_LOW && this.#queuedBytes <= QUEUE_LOW_BYTES) {
+      this.#paused = false;
+      this.#ws.resume();
+    }
+    if (event.type === 'exit' || event.type === 'error') this.close();
+    return event;
+  }
+
+  /** Number of events waiting. */
+  get queued(): number {
+    return this.#queue.length - this.#head;
+  }
+
+  /** Calls `cb` once, when the next event is queued (at once if one is waiting). One waiter at a time. */
+  onReady(cb: () => void): void {
+    if (this.queued > 0) {
+      queueMicrotask(cb);
+      return;
+    }
+    this.#wake = cb;
+  }
+
   async *[Symbol.asyncIterator](): AsyncIterator<RunEvent> {
     for (;;) {
-      while (this.#queue.length > 0) {
-        const event = this.#queue.shift() as RunEvent;
-        if (this.#paused && this.#queue.length <= QUEUE_LOW) {
-          this.#paused = false;
-          this.#ws.resume();
-        }
+      let event: RunEvent | undefined;
+      while ((event = this.shift()) !== undefined) {
         yield event;
-        if (event.type === 'exit' || event.type === 'error') {
-          this.close();
-          return;
-        }
+        if (event.type === 'exit' || event.type === 'error') return;
       }
-      await new Promise<void>((resolve) => (this.#wake = resolve));
-      this.#wake = undefined;
+      await new Promise<void>((resolve) => this.onReady(resolve));
     }
   }
 
@@ -149,10 +185,15 @@ export class ExecRun implements AsyncIterable<RunEvent> {
   #push(event: RunEvent, force = false): void {
     if (this.#done && !force) return;
     this.#queue.push(event);
-    if (!this.#paused && this.#queue.length >= QUEUE_HIGH) {
+    if (event.type === 'stdout' || event.type === 'stderr') this.#queuedBytes += event.data.length;
+    if (!this.#paused && (this.#queuedBytes >= QUEUE_HIGH_BYTES || this.#queue.length - this.#head >= QUEUE_HIGH)) {
       this.#paused = true;
       this.#ws.pause();
     }
-    this.#wake?.();
+    const wake = this.#wake;
+    if (wake) {
+      this.#wake = undefined;
+      wake();
+    }
   }
 }

@@ -1,49 +1,135 @@
+import { Readable } from 'node:stream';
 import type { ExecEvent, ExecResult } from '../schemas/sandbox.js';
 import type { ExecRun, RunEvent } from './exec-run.js';
 
 /** A `keepalive` line after this long without output (DESIGN.md). */
 export const KEEPALIVE_AFTER_MS = 15_000;
 
+/** Bytes of NDJSON the response stream buffers ahead of a slow HTTP reader. */
+const STREAM_HIGH_WATER = 1024 * 1024;
+/** Output lines queued together are coalesced into one chunk up to about this size. */
+const COALESCE_BYTES = 256 * 1024;
+const SLAB_BYTES = 1024 * 1024;
+
 /**
- * The NDJSON lines of an exec response: `started`, output with offsets,
- * `keepalive` after 15 s of silence, and exactly one terminal line. Lines are
- * Buffers; output lines are assembled without JSON.stringify (base64 needs no
- * escaping), which keeps bulk output cheap. `onEnd` gets the terminal type.
+ * The NDJSON body of an exec response as a byte stream: `started`, output
+ * with offsets, `keepalive` after `keepaliveMs` without any event from the
+ * relay, and exactly one terminal line, then end. Output lines are built
+ * without JSON.stringify (base64 needs no escaping), and the lines of events
+ * already queued are coalesced into one chunk, so bulk output costs a few
+ * buffer copies and no promise per chunk. Backpressure: the stream only takes
+ * events from the run while its buffer is below 1 MiB; the run pauses its
+ * relay socket when its own queue is long, which reaches the process.
+ * `onEnd` gets the terminal type.
  */
+export function execReadable(
+  run: ExecRun,
+  keepaliveMs = KEEPALIVE_AFTER_MS,
+  onEnd?: (outcome: 'exit' | 'error') => void,
+): Readable {
+  let lastEvent = performance.now();
+  let timer: NodeJS.Timeout | null = null;
+  let waiting = false;
+  let ended = false;
+  const stopTimer = (): void => {
+    if (timer) clearTimeout(timer);
+    timer = null;
+  };
+  const armTimer = (ms: number): void => {
+    timer = setTimeout(() => {
+      timer = null;
+      if (ended || stream.destroyed) return;
+      const idle = performance.now() - lastEvent;
+      if (idle + 1 < keepaliveMs) return armTimer(keepaliveMs - idle);
+      // Silence from the relay: tell the caller we are alive.
+      if (run.queued === 0) stream.push(KEEPALIVE_LINE);
+      lastEvent = performance.now();
+      armTimer(keepaliveMs);
+    }, ms);
+  };
+  // Lines are written straight into a slab; a chunk pushed is a view of it
+  // (no concatenation copy), and the slab's rest serves the next chunk.
+  let slab = Buffer.allocUnsafe(0);
+  let start = 0;
+  let used = 0;
+  const reserve = (n: number): void => {
+    if (used + n <= slab.length) return;
+    const carry = used - start;
+    const next = Buffer.allocUnsafe(Math.max(SLAB_BYTES, carry + n));
+    slab.copy(next, 0, start, used);
+    slab = next;
+    start = 0;
+    used = carry;
+  };
+  const flush = (): boolean => {
+    if (used === start) return true;
+    const chunk = slab.subarray(start, used);
+    start = used;
+    return stream.push(chunk);
+  };
+  const pump = (): void => {
+    waiting = false;
+    if (ended || stream.destroyed) return;
+    for (;;) {
+      const event = run.shift();
+      if (!event) {
+        // A full buffer waits for read(); otherwise wait for the relay.
+        if (flush()) {
+          waiting = true;
+          run.onReady(pump);
+        }
+        return;
+      }
+      lastEvent = performance.now();
+      if (event.type === 'stdout' || event.type === 'stderr') {
+        const head = event.type === 'stdout' ? STDOUT_HEAD : STDERR_HEAD;
+        const tail = `","offset":${event.offset}}\n`;
+        reserve(head.length + Math.ceil(event.data.length / 3) * 4 + tail.length);
+        used += head.copy(slab, used);
+        used += slab.write(event.data.toString('base64'), used, 'latin1');
+        used += slab.write(tail, used, 'latin1');
+        if (used - start >= COALESCE_BYTES && !flush()) return;
+        continue;
+      }
+      const text = line(toApiEvent(event));
+      reserve(Buffer.byteLength(text));
+      used += slab.write(text, used, 'utf8');
+      if (event.type === 'exit' || event.type === 'error') {
+        flush();
+        ended = true;
+        stopTimer();
+        onEnd?.(event.type);
+        stream.push(null);
+        return;
+      }
+    }
+  };
+  const stream = new Readable({
+    highWaterMark: STREAM_HIGH_WATER,
+    read() {
+      if (!waiting) pump();
+    },
+    destroy(err, cb) {
+      ended = true;
+      stopTimer();
+      cb(err);
+    },
+  });
+  armTimer(keepaliveMs);
+  return stream;
+}
+
+/** The lines of `execReadable` as an async iterable of Buffers (a line may hold several NDJSON lines). */
 export async function* execLines(
   run: ExecRun,
   keepaliveMs = KEEPALIVE_AFTER_MS,
   onEnd?: (outcome: 'exit' | 'error') => void,
 ): AsyncGenerator<Buffer> {
-  const it = run[Symbol.asyncIterator]();
-  let next = it.next();
-  for (;;) {
-    let timer: NodeJS.Timeout | undefined;
-    const tick = new Promise<'tick'>((resolve) => (timer = setTimeout(() => resolve('tick'), keepaliveMs)));
-    const result = await Promise.race([next, tick]);
-    clearTimeout(timer);
-    if (result === 'tick') {
-      yield KEEPALIVE_LINE;
-      continue;
-    }
-    if (result.done) return;
-    next = it.next();
-    const event = result.value;
-    if (event.type === 'stdout' || event.type === 'stderr') {
-      yield Buffer.from(
-        `{"type":"${event.type}","data":"${event.data.toString('base64')}","offset":${event.offset}}\n`,
-        'latin1',
-      );
-      continue;
-    }
-    yield Buffer.from(line(toApiEvent(event)));
-    if (event.type === 'exit' || event.type === 'error') {
-      onEnd?.(event.type);
-      return;
-    }
-  }
+  yield* execReadable(run, keepaliveMs, onEnd) as AsyncIterable<Buffer>;
 }
 
+const STDOUT_HEAD = Buffer.from('{"type":"stdout","data":"');
+const STDERR_HEAD = Buffer.from('{"type":"stderr","data":"');
 const KEEPALIVE_LINE = Buffer.from('{"type":"keepalive"}\n');
 
 /** Buffers a whole run for `Accept: application/json`; an `error` terminal event is thrown back as-is. */

@@ -1,8 +1,7 @@
-import { Readable } from 'node:stream';
 import type { FastifyPluginAsyncTypebox } from '@fastify/type-provider-typebox';
 import { Type } from '@sinclair/typebox';
 import { OpenShellError, invalidArgument } from '../errors.js';
-import { collectExec, execLines } from '../relay/exec-stream.js';
+import { collectExec, execReadable } from '../relay/exec-stream.js';
 import { serveInteractiveExec } from '../relay/interactive.js';
 import { ExecBodySchema, SANDBOX_NAME_PATTERN } from '../schemas/sandbox.js';
 
@@ -51,15 +50,11 @@ export const execRoutes: FastifyPluginAsyncTypebox = async (app) => {
         finish('exit');
         return result;
       }
-      const lines = (async function* () {
-        let outcome = 'aborted';
-        try {
-          yield* execLines(run, undefined, (end) => (outcome = end));
-        } finally {
-          finish(outcome);
-        }
-      })();
-      return reply.type('application/x-ndjson').header('cache-control', 'no-store').send(Readable.from(lines));
+      let outcome = 'aborted';
+      const body = execReadable(run, undefined, (end) => (outcome = end));
+      body.once('close', () => finish(outcome));
+      abort.signal.addEventListener('abort', () => body.destroy());
+      return reply.type('application/x-ndjson').header('cache-control', 'no-store').send(body);
     },
   );
 

@@ -11,9 +11,9 @@ import {
 import { ExecError, type ExecHandle, type ExecRegistry, type ExecSink, type ExecSubscription } from './exec-registry.js';
 
 /** Stop reading the exec's output while more than this is queued on the socket. */
-const HIGH_WATER = 1024 * 1024;
+const HIGH_WATER = 4 * 1024 * 1024;
 /** …and resume once the socket drained below this. */
-const LOW_WATER = 256 * 1024;
+const LOW_WATER = 1024 * 1024;
 
 function toBuffer(data: RawData): Buffer {
   if (Buffer.isBuffer(data)) return data;
