@@ -17,20 +17,22 @@ export const relayRoutes: FastifyPluginAsyncTypebox = async (app) => {
   /** Only the sandbox that owns a pending relay may claim it; checked before the upgrade. */
   async function authorizeClaim(request: FastifyRequest<{ Params: { channelId: string } }>, _reply: FastifyReply) {
     const token = bearerToken(request.headers.authorization);
-    const record = token ? await sandboxes.getByTokenHash(hashToken(token)) : null;
-    if (!record) throw new OpenShellError('UNAUTHENTICATED', 'a valid sandbox token is required');
-    const verdict = broker.canClaim(request.params.channelId, record.id);
+    const sandboxId = token ? await sandboxes.sandboxIdByTokenHash(hashToken(token)) : null;
+    if (!sandboxId) throw new OpenShellError('UNAUTHENTICATED', 'a valid sandbox token is required');
+    const verdict = broker.canClaim(request.params.channelId, sandboxId);
     if (verdict === 'forbidden') throw new OpenShellError('PERMISSION_DENIED', 'relay belongs to another sandbox');
     if (verdict === 'not_found') throw new OpenShellError('NOT_FOUND', 'no such pending relay (expired?)');
-    request.sandbox = record;
+    claimant.set(request, sandboxId);
   }
+  /** The sandbox id each claim request was authorized for. */
+  const claimant = new WeakMap<object, string>();
 
   app.get(
     '/v1/supervisor/relay/:channelId',
     { websocket: true, schema: { params: ChannelParams }, preValidation: authorizeClaim },
     (socket, request) => {
-      const record = request.sandbox as SandboxRecord;
-      if (!broker.claim(request.params.channelId, record.id, socket)) socket.close(4404, 'relay expired');
+      const sandboxId = claimant.get(request) ?? '';
+      if (!broker.claim(request.params.channelId, sandboxId, socket)) socket.close(4404, 'relay expired');
     },
   );
 

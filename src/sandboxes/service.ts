@@ -39,6 +39,8 @@ export class SandboxService {
   readonly #log: Logger;
   readonly #events = new EventEmitter<ServiceEvents>();
   readonly #deletes = new Map<string, Promise<void>>();
+  /** Token hash → sandbox id of sandboxes that exist; entries go when a sandbox is deleted. */
+  readonly #idByTokenHash = new Map<string, string>();
   #ttlTimer: NodeJS.Timeout | undefined;
   #unwatch: (() => void) | undefined;
   #closed = false;
@@ -151,6 +153,28 @@ export class SandboxService {
     return this.#o.store.getByTokenHash(tokenHash);
   }
 
+  /**
+   * The id of the sandbox a token hash belongs to, from memory after the
+   * first lookup (relay claims run once per exec). A sandbox's token never
+   * changes; its entry is dropped when the sandbox is removed.
+   */
+  async sandboxIdByTokenHash(tokenHash: string): Promise<string | null> {
+    const cached = this.#idByTokenHash.get(tokenHash);
+    if (cached !== undefined) return cached;
+    const record = await this.#o.store.getByTokenHash(tokenHash);
+    if (!record) return null;
+    // The row may have been removed while we awaited; only cache a sandbox not being deleted.
+    if (!this.#deletes.has(record.id) && record.phase !== 'Deleting') {
+      if (this.#idByTokenHash.size >= 100_000) this.#idByTokenHash.clear();
+      this.#idByTokenHash.set(tokenHash, record.id);
+    }
+    return record.id;
+  }
+
+  #forgetToken(id: string): void {
+    for (const [hash, sid] of this.#idByTokenHash) if (sid === id) this.#idByTokenHash.delete(hash);
+  }
+
   /** Marks the sandbox Deleting and answers; the driver removes it in the background. */
   async delete(name: string): Promise<Sandbox> {
     const record = await this.getRecord(name);
@@ -160,6 +184,7 @@ export class SandboxService {
         : { phase: 'Deleting', condition: condition('False', 'Deleting', 'sandbox is being deleted', undefined, r) },
     );
     const target = updated ?? record;
+    this.#forgetToken(record.id);
     void this.#finishDelete(target);
     return toSandbox(target);
   }
@@ -300,6 +325,7 @@ export class SandboxService {
         return;
       }
       await this.#o.store.delete(record.id);
+      this.#forgetToken(record.id);
       this.#log.info({ sandboxId: record.id, name: record.name }, 'sandbox deleted');
       this.#events.emit('deleted', record);
     })().finally(() => this.#deletes.delete(record.id));
