@@ -203,19 +203,27 @@ async function benchCreate(): Promise<SectionResult> {
 
 // ---------------------------------------------------------------- 2. RSS with idle sandboxes
 
+/** The lowest VmRSS over an idle window: V8 collects and returns memory a few seconds after allocation stops. */
+async function settledRssKiB(pid: number, windowMs = 10_000): Promise<number> {
+  let lowest = rssKiB(pid);
+  for (let waited = 0; waited < windowMs; waited += 500) {
+    await delay(500);
+    lowest = Math.min(lowest, rssKiB(pid));
+  }
+  return lowest;
+}
+
 async function benchRss(): Promise<SectionResult> {
   const gw = await mainGateway();
   // A few execs first so the exec path's modules are loaded before the baseline.
   if (pool.length === 0) await ensurePool(1);
   for (let i = 0; i < 5; i++) await execJson(gw.url, pool[0], ['true']);
-  await delay(1000);
   const have = pool.length;
-  const before = rssKiB(gw.pid);
+  const before = await settledRssKiB(gw.pid);
   const t = Date.now();
   await ensurePool(N.idleSandboxes);
   const createMs = Date.now() - t;
-  await delay(3000);
-  const after = rssKiB(gw.pid);
+  const after = await settledRssKiB(gw.pid);
   const added = N.idleSandboxes - have;
   const per = (after - before) / added;
   raw.rssPerSandbox = per;
@@ -227,7 +235,9 @@ async function benchRss(): Promise<SectionResult> {
       row('KiB per idle sandbox', per, { target: 100, better: 'lower', unit: 'KiB', digits: 1 }),
       row(`create ${added} (10 at a time) → all Ready, s`, createMs / 1000),
     ],
-    notes: [`delta over ${added} sandboxes added on top of ${have}; RSS includes whatever the GC has not returned yet`],
+    notes: [
+      `delta over ${added} sandboxes added on top of ${have}; each RSS is the lowest of 20 samples over 10 s of idle, so the GC has settled`,
+    ],
     durationMs: 0,
   };
 }
