@@ -194,3 +194,44 @@ t.test('relayClose from the supervisor fails a pending open at once', async (t) 
   t.ok(Date.now() - started < 5000, 'not left waiting for the 10 s expiry');
   t.equal(gw.app.openshell.broker.pendingCount, 0);
 });
+
+t.test('a caller that stops reading for longer than the keepalive timeout still gets every byte and the exit', async (t) => {
+  const gw = await startGateway(t, KEEPALIVE);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'slow' });
+  await waitForPhase(gw.app, 'slow', 'Ready');
+  const { request } = await import('node:http');
+  const size = 32 * 1024 * 1024;
+  const res = await new Promise<import('node:http').IncomingMessage>((resolve, reject) => {
+    const req = request(`${gw.url}/v1/sandboxes/slow/exec`, { method: 'POST', headers: { 'content-type': 'application/json' } }, resolve);
+    req.on('error', reject);
+    req.end(JSON.stringify({ command: ['head', '-c', String(size), '/dev/zero'] }));
+  });
+  res.pause();
+  // Stall well past the 1.5 s keepalive timeout while the output backs up through both relays.
+  await new Promise((r) => setTimeout(r, 4000));
+  let buffer = '';
+  let bytes = 0;
+  let last: { type: string; exitCode?: number; code?: string } | undefined;
+  for await (const chunk of res) {
+    buffer += (chunk as Buffer).toString('latin1');
+    let nl;
+    while ((nl = buffer.indexOf('\n')) >= 0) {
+      const event = JSON.parse(buffer.slice(0, nl)) as { type: string; data?: string; exitCode?: number; code?: string };
+      buffer = buffer.slice(nl + 1);
+      if (event.type === 'stdout') bytes += Buffer.from(event.data ?? '', 'base64').length;
+      last = event;
+    }
+  }
+  t.equal(bytes, size, 'every byte delivered');
+  t.match(last, { type: 'exit', exitCode: 0 }, 'and the real exit, not RELAY_LOST');
+});
+
+t.test('a command that reads its stdin late (past the keepalive timeout) still gets all of it', async (t) => {
+  const gw = await startGateway(t, KEEPALIVE);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'late' });
+  await waitForPhase(gw.app, 'late', 'Ready');
+  const stdin = Buffer.alloc(4 * 1024 * 1024, 7);
+  const r = await execStream(gw.url, 'late', { command: ['sh', '-c', 'sleep 4; wc -c'], stdin: stdin.toString('base64') });
+  t.equal(r.stdout.toString().trim(), String(stdin.length));
+  t.match(r.last, { type: 'exit', exitCode: 0 });
+});
