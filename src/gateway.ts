@@ -116,6 +116,7 @@ export class Gateway {
 
   async close(): Promise<void> {
     for (const off of this.#unsubscribe.splice(0)) off();
+    this.broker.close();
     await this.sandboxes.close();
     await this.driver.close();
     await this.store.close();

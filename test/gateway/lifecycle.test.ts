@@ -2,6 +2,7 @@ import { existsSync } from 'node:fs';
 import { join } from 'node:path';
 import t from 'tap';
 import type { Sandbox, SandboxList } from '../../src/schemas/sandbox.js';
+import { ndjson } from '../helpers/exec.js';
 import { alive, api, startGateway, waitForPhase, waitForSandbox } from '../helpers/gateway.js';
 import { processEnv, supervisorPid, supervisorsOf } from '../helpers/sandbox.js';
 
@@ -87,16 +88,9 @@ t.test('watch streams snapshots and ends when the sandbox is gone', async (t) =>
   t.equal(res.headers.get('content-type'), 'application/x-ndjson');
   const phases: string[] = [];
   const reader = (async () => {
-    let buffer = '';
-    for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
-      buffer += Buffer.from(chunk).toString();
-      let nl;
-      while ((nl = buffer.indexOf('\n')) >= 0) {
-        const s = JSON.parse(buffer.slice(0, nl)) as Sandbox;
-        buffer = buffer.slice(nl + 1);
-        if (phases.at(-1) !== s.phase) phases.push(s.phase);
-        if (s.phase === 'Ready') void api(gw.url, 'DELETE', '/v1/sandboxes/watched');
-      }
+    for await (const s of ndjson<Sandbox>(res.body as unknown as AsyncIterable<Uint8Array>)) {
+      if (phases.at(-1) !== s.phase) phases.push(s.phase);
+      if (s.phase === 'Ready') void api(gw.url, 'DELETE', '/v1/sandboxes/watched');
     }
   })();
   await reader;

@@ -24,18 +24,25 @@ export async function execStream(
   const events: ExecEvent[] = [];
   const out: Buffer[] = [];
   const err: Buffer[] = [];
+  for await (const event of ndjson<ExecEvent>(res.body as unknown as AsyncIterable<Uint8Array>)) {
+    events.push(event);
+    if (event.type === 'stdout') out.push(Buffer.from(event.data, 'base64'));
+    if (event.type === 'stderr') err.push(Buffer.from(event.data, 'base64'));
+    opts.onEvent?.(event);
+  }
+  return { events, stdout: Buffer.concat(out), stderr: Buffer.concat(err), last: events.at(-1) };
+}
+
+/** Parses an NDJSON byte stream into objects, one per line (lines may span chunks). */
+export async function* ndjson<T>(body: AsyncIterable<Uint8Array>): AsyncGenerator<T> {
   let buffer = '';
-  for await (const chunk of res.body as unknown as AsyncIterable<Uint8Array>) {
+  for await (const chunk of body) {
     buffer += Buffer.from(chunk).toString();
     let nl;
     while ((nl = buffer.indexOf('\n')) >= 0) {
-      const event = JSON.parse(buffer.slice(0, nl)) as ExecEvent;
+      const line = buffer.slice(0, nl);
       buffer = buffer.slice(nl + 1);
-      events.push(event);
-      if (event.type === 'stdout') out.push(Buffer.from(event.data, 'base64'));
-      if (event.type === 'stderr') err.push(Buffer.from(event.data, 'base64'));
-      opts.onEvent?.(event);
+      yield JSON.parse(line) as T;
     }
   }
-  return { events, stdout: Buffer.concat(out), stderr: Buffer.concat(err), last: events.at(-1) };
 }
