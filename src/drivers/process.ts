@@ -1,8 +1,9 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, readdirSync } from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmdirSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { join, resolve } from 'node:path';
+import { createHash } from 'node:crypto';
 import type { Logger } from '../log.js';
 import { supervisorEntry } from '../paths.js';
 import type { BackendState, ComputeDriver, SandboxSpec } from './types.js';
@@ -39,7 +40,6 @@ interface PidFile {
 }
 
 const SANDBOX_DIR = 'sandboxes';
-const SHM_ROOT = shmRoot();
 const MAX_UNIX_PATH = 100;
 
 /**
@@ -57,12 +57,15 @@ export class ProcessDriver implements ComputeDriver {
   readonly #deleting = new Set<string>();
   readonly #timer: NodeJS.Timeout;
   readonly #pool: ChildProcess[] = [];
+  /** This state dir's exec spools on tmpfs (one directory per state dir), or null without tmpfs. */
+  readonly #shmRoot: string | null;
   #closed = false;
 
   constructor(opts: ProcessDriverOptions) {
     this.#opts = opts;
     this.#log = opts.log.child({ component: 'driver', driver: 'process' });
     this.#timer = setInterval(() => this.#poll(), opts.pollMs ?? 1000).unref();
+    this.#shmRoot = shmRoot(opts.stateDir);
     this.#fillPool();
   }
 
@@ -76,7 +79,7 @@ export class ProcessDriver implements ComputeDriver {
    * spooled at memory speed, not disk speed), else in the sandbox directory.
    */
   spoolDir(id: string): string {
-    return SHM_ROOT ? join(SHM_ROOT, id) : join(this.sandboxDir(id), 'spool');
+    return this.#shmRoot ? join(this.#shmRoot, id) : join(this.sandboxDir(id), 'spool');
   }
 
   sshSocketPath(id: string): string {
@@ -211,6 +214,7 @@ export class ProcessDriver implements ComputeDriver {
 
   async list(): Promise<BackendState[]> {
     const root = join(this.#opts.stateDir, SANDBOX_DIR);
+    await this.#sweepSpools(existsSync(root) ? readdirSync(root) : []);
     if (!existsSync(root)) return [];
     const states: BackendState[] = [];
     for (const id of readdirSync(root)) {
@@ -225,6 +229,15 @@ export class ProcessDriver implements ComputeDriver {
     return states;
   }
 
+  /** Spools in tmpfs hold memory: remove those whose sandbox directory is gone (a sandbox never deleted). */
+  async #sweepSpools(known: string[]): Promise<void> {
+    if (!this.#shmRoot) return;
+    const keep = new Set(known);
+    for (const id of readdirSync(this.#shmRoot)) {
+      if (!keep.has(id)) await rm(join(this.#shmRoot, id), { recursive: true, force: true });
+    }
+  }
+
   watch(listener: (state: BackendState) => void): () => void {
     this.#listeners.add(listener);
     return () => this.#listeners.delete(listener);
@@ -236,6 +249,13 @@ export class ProcessDriver implements ComputeDriver {
     clearInterval(this.#timer);
     this.#listeners.clear();
     for (const child of this.#pool.splice(0)) child.kill('SIGKILL');
+    if (this.#shmRoot) {
+      try {
+        rmdirSync(this.#shmRoot); // only when empty: live sandboxes keep their spools
+      } catch {
+        // not empty, or gone
+      }
+    }
   }
 
   #poll(): void {
@@ -259,10 +279,11 @@ export class ProcessDriver implements ComputeDriver {
   }
 }
 
-/** A private directory on /dev/shm for exec spools, or null where there is no usable tmpfs. */
-function shmRoot(): string | null {
+/** A private directory on /dev/shm for this state dir's exec spools, or null where there is no usable tmpfs. */
+function shmRoot(stateDir: string): string | null {
   try {
-    const root = join('/dev/shm', `openshell-spool-${process.getuid?.() ?? 0}`);
+    const tag = createHash('sha256').update(resolve(stateDir)).digest('hex').slice(0, 16);
+    const root = join('/dev/shm', `openshell-${process.getuid?.() ?? 0}-${tag}`);
     mkdirSync(root, { recursive: true, mode: 0o700 });
     accessSync(root, constants.W_OK);
     return root;

@@ -1,4 +1,5 @@
-import { existsSync } from 'node:fs';
+import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
+import type { ProcessDriver } from '../../src/drivers/process.js';
 import { join } from 'node:path';
 import t from 'tap';
 import type { Sandbox, SandboxList } from '../../src/schemas/sandbox.js';
@@ -96,4 +97,18 @@ t.test('watch streams snapshots and ends when the sandbox is gone', async (t) =>
   await reader;
   t.same(phases.slice(-2), ['Ready', 'Deleting']);
   t.equal((await api(gw.url, 'GET', '/v1/sandboxes/watched')).status, 404);
+});
+
+t.test('exec spools of sandboxes that were never deleted are swept when the driver lists', async (t) => {
+  const gw = await startGateway(t);
+  const driver = gw.app.openshell.driver as ProcessDriver;
+  const orphan = driver.spoolDir('sbx_0rphan00000000');
+  mkdirSync(orphan, { recursive: true });
+  writeFileSync(join(orphan, 'ex_1.stdout'), 'left behind');
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'kept' });
+  await waitForPhase(gw.app, 'kept', 'Ready');
+  const kept = (await gw.app.openshell.sandboxes.getRecord('kept')).id;
+  await driver.list();
+  t.notOk(existsSync(orphan), 'orphaned spool removed');
+  t.ok(existsSync(driver.spoolDir(kept)), 'a live sandbox keeps its spool');
 });

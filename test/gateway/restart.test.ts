@@ -64,4 +64,10 @@ t.test('a supervisor that died while the gateway was down is reported as Error',
   t.equal(got.body.phase, 'Error');
   t.equal(got.body.conditions[0].reason, 'WorkloadLost');
   await api(second.url, 'DELETE', '/v1/sandboxes/lost');
+  // Deletion finishes in the background: wait for it before the gateway is stopped.
+  const deadline = Date.now() + 10_000;
+  while ((await api(second.url, 'GET', '/v1/sandboxes/lost')).status !== 404 && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 50));
+  }
+  t.equal((await api(second.url, 'GET', '/v1/sandboxes/lost')).status, 404, 'gone, with its files');
 });
