@@ -99,6 +99,9 @@ t.test('quiet execs hold no spool files or descriptors', async (t) => {
   t.same(await readdir(spoolDir), [`${noisy.execId}.stdout`]);
   for (const h of [...handles, noisy]) h.signal('SIGKILL');
   await Promise.all([...handles, noisy].map((h) => h.wait()));
+  // The spool closes its file asynchronously, after its last write lands.
+  const closeBy = Date.now() + 5000;
+  while (spoolFds(spoolDir) > 0 && Date.now() < closeBy) await new Promise((r) => setTimeout(r, 10));
   t.equal(spoolFds(spoolDir), 0, 'descriptors closed once finished');
 });
 
