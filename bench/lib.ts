@@ -12,6 +12,7 @@ import { readFileSync, readdirSync } from 'node:fs';
 import { join } from 'node:path';
 import { setTimeout as delay } from 'node:timers/promises';
 import { packageRoot } from '../src/paths.js';
+import { listeningUrl } from './listening.js';
 
 // ---------------------------------------------------------------- logging
 
@@ -105,28 +106,7 @@ export async function startGateway(stateDir: string, args: string[] = [], nodeAr
       env: { ...process.env },
     }),
   );
-  let stderr = '';
-  child.stderr!.on('data', (d: Buffer) => {
-    stderr += d.toString();
-    if (stderr.length > 20_000) stderr = stderr.slice(-10_000);
-  });
-  const url = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`gateway did not start in 20 s: ${stderr}`)), 20_000);
-    child.stdout!.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /openshell gateway listening on (\S+)/.exec(out);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]);
-      }
-    });
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`gateway exited with ${code}: ${stderr}`));
-    });
-  });
-  child.stdout!.resume();
+  const url = await listeningUrl(child, 20_000);
   return { child, pid: child.pid!, url, stateDir };
 }
 

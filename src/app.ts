@@ -76,13 +76,10 @@ export async function buildApp(config: Config, deps: GatewayDeps = {}): Promise<
   await app.register(fileRoutes);
   await app.register(policyRoutes);
 
+  // Supervisors dial the gateway's own URL unless --sandbox-endpoint says otherwise; a wildcard
+  // listen address is not dialable, so they use loopback then.
   app.addHook('onListen', async () => {
-    const address = app.server.address();
-    if (address && typeof address === 'object') {
-      const host = address.family === 'IPv6' ? `[${address.address}]` : address.address;
-      const dialHost = host === '0.0.0.0' || host === '[::]' ? '127.0.0.1' : host;
-      gateway.setListenUrl(`${config.tlsCert ? 'https' : 'http'}://${dialHost}:${address.port}`);
-    }
+    gateway.setListenUrl(listenUrl(app, config).replace(/\/\/(0\.0\.0\.0|\[::\]):/, '//127.0.0.1:'));
   });
   // WebSockets first (preClose), so supervisors see a clean close; then the domain (onClose).
   app.addHook('preClose', async () => gateway.closeSessions());

@@ -443,6 +443,28 @@ class EgressServer implements EgressProxy {
     this.#finish(client, cr, jsonResponse(status, { error: STATUS_CODES[status] ?? 'error', reason }));
   }
 
+  /** One allowed (or audited) L7 request: the decision line shared by both front doors. */
+  #emitAllowed(
+    v: Extract<Verdict, { ok: true }>,
+    t: { key: string; port: number },
+    ep: CompiledEndpoint,
+    method: string,
+    path: string,
+  ): void {
+    this.#emit({
+      time: isoNow(),
+      action: v.action,
+      host: t.key,
+      port: t.port,
+      method,
+      path,
+      policy: ep.policy,
+      endpoint: ep.label,
+      reason: v.reason,
+      layer: v.layer,
+    });
+  }
+
   #deny(
     client: Socket,
     cr: SocketReader,
@@ -672,18 +694,7 @@ class EgressServer implements EgressProxy {
       }
       addrs = r.addrs;
     }
-    this.#emit({
-      time: isoNow(),
-      action: v.action,
-      host: t.key,
-      port: t.port,
-      method: req.method,
-      path,
-      policy: endpoint.policy,
-      endpoint: endpoint.label,
-      reason: v.reason,
-      layer: v.layer,
-    });
+    this.#emitAllowed(v, t, endpoint, req.method, path);
     if (!up) {
       const o = await this.#open(t.key, addrs!, t.port);
       if (!('sock' in o)) {
@@ -771,18 +782,7 @@ class EgressServer implements EgressProxy {
         if (up.internal && !endpointCoversIp(ep!, up.addr)) {
           return this.#deny(client, cr, 403, t, ep, 'L4', `internal address ${up.addr.text} no longer allowed`, req.method, path);
         }
-        this.#emit({
-          time: isoNow(),
-          action: v.action,
-          host: t.key,
-          port: t.port,
-          method: req.method,
-          path,
-          policy: ep!.policy,
-          endpoint: ep!.label,
-          reason: v.reason,
-          layer: v.layer,
-        });
+        this.#emitAllowed(v, t, ep!, req.method, path);
         const outcome = await this.#exchange(client, cr, up, req, req.raw);
         if (outcome === 'handed-off') {
           handedOff = true;

@@ -26,7 +26,6 @@ interface SessionEvents {
 export class SupervisorSession extends EventEmitter<SessionEvents> implements RegisteredSession {
   readonly sandboxId: string;
   readonly sessionId: string;
-  readonly connectedAt = Date.now();
   readonly #ws: WebSocket;
   readonly #log: Logger;
   readonly #abort = new AbortController();

@@ -119,15 +119,6 @@ export function execReadable(
   return stream;
 }
 
-/** The lines of `execReadable` as an async iterable of Buffers (a line may hold several NDJSON lines). */
-export async function* execLines(
-  run: ExecRun,
-  keepaliveMs = KEEPALIVE_AFTER_MS,
-  onEnd?: (outcome: 'exit' | 'error') => void,
-): AsyncGenerator<Buffer> {
-  yield* execReadable(run, keepaliveMs, onEnd) as AsyncIterable<Buffer>;
-}
-
 const STDOUT_HEAD = Buffer.from('{"type":"stdout","data":"');
 const STDERR_HEAD = Buffer.from('{"type":"stderr","data":"');
 const KEEPALIVE_LINE = Buffer.from('{"type":"keepalive"}\n');

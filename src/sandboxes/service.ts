@@ -145,10 +145,6 @@ export class SandboxService {
     return record;
   }
 
-  async getById(id: string): Promise<SandboxRecord | null> {
-    return this.#o.store.get(id);
-  }
-
   async getByTokenHash(tokenHash: string): Promise<SandboxRecord | null> {
     return this.#o.store.getByTokenHash(tokenHash);
   }

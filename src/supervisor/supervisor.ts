@@ -149,11 +149,6 @@ export class Supervisor {
     ).finally(() => this.#markReady());
   }
 
-  /** The egress proxy's address once it listens (tests and diagnostics). */
-  get proxyUrl(): string | undefined {
-    return this.#proxyEnv.HTTP_PROXY;
-  }
-
   #startEgress(): Promise<{ proxy: EgressProxy; mod: EgressModule }> {
     this.#egress ??= (async () => {
       const mod = await import('../egress/index.js');

@@ -1,6 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { join } from 'node:path';
+import { listeningUrl } from '../../bench/listening.js';
 import { packageRoot } from '../../src/paths.js';
 import type { Teardown } from './gateway.js';
 
@@ -21,25 +22,7 @@ export async function spawnGateway(t: Teardown, args: string[], env: NodeJS.Proc
   t.teardown(() => {
     if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
   });
-  let stderr = '';
-  child.stderr?.on('data', (d: Buffer) => (stderr += d.toString()));
-  const url = await new Promise<string>((resolve, reject) => {
-    let out = '';
-    const timer = setTimeout(() => reject(new Error(`gateway did not start in 15 s: ${stderr}`)), 15_000);
-    child.stdout?.on('data', (d: Buffer) => {
-      out += d.toString();
-      const m = /openshell gateway listening on (\S+)/.exec(out);
-      if (m) {
-        clearTimeout(timer);
-        resolve(m[1]);
-      }
-    });
-    child.once('exit', (code) => {
-      clearTimeout(timer);
-      reject(new Error(`gateway exited with ${code}: ${stderr}`));
-    });
-  });
-  child.stdout?.resume();
+  const url = await listeningUrl(child, 15_000);
   return { child, url };
 }
 
