@@ -28,6 +28,14 @@ export class GatewayMetrics {
       },
     });
     new Gauge({
+      name: 'openshell_relays_idle',
+      help: 'Exec relays open and kept for the next exec (included in openshell_relays_open)',
+      registers,
+      collect() {
+        this.set(sources.broker().idleCount);
+      },
+    });
+    new Gauge({
       name: 'openshell_relays_pending',
       help: 'Relays asked of a supervisor and not yet claimed',
       registers,

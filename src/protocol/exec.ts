@@ -6,6 +6,15 @@
  * frames of stdin and text frames `closeStdin` / `signal` / `resize` / `detach`.
  * Supervisor → gateway: text `started`, binary output frames
  * (`[stream:1][offset:8 big-endian][bytes]`), and one terminal text `exit` or `error`.
+ *
+ * Relay reuse (an extension of DESIGN.md's one-relay-per-exec): a `start` or
+ * `attach` with `keep: true` asks the supervisor to keep the relay open after
+ * the terminal event instead of closing it. The gateway then sends `release`;
+ * the supervisor drops every frame before it (stdin or ops still in flight for
+ * the finished exec) and serves the next `start`/`attach` on the same relay.
+ * A supervisor that does not know `keep` closes as before, so the gateway
+ * only reuses relays that stayed open. `closeStdin: true` on `start` closes
+ * stdin right after the spawn (one frame instead of two).
  */
 
 export interface ExecStartOp {
@@ -21,12 +30,21 @@ export interface ExecStartOp {
   rows?: number;
   /** 0 = no timeout. On timeout: TERM to the process group, KILL after 2 s, exit 124. */
   timeoutSeconds: number;
+  /** Keep the relay open after the terminal event, for `release` and another exec. */
+  keep?: boolean;
+  /** Close stdin at once (the exec gets no input). */
+  closeStdin?: boolean;
 }
 export interface ExecAttachOp {
   op: 'attach';
   execId: string;
   /** Byte offsets already delivered; output resumes from here. */
   offsets: { stdout: number; stderr: number };
+  keep?: boolean;
+}
+/** After a kept exec's terminal event: the relay is free for the next `start`/`attach`. */
+export interface ExecReleaseOp {
+  op: 'release';
 }
 export interface ExecCloseStdinOp {
   op: 'closeStdin';
@@ -41,7 +59,7 @@ export interface ExecResizeOp {
   cols: number;
   rows: number;
 }
-export type ExecOp = ExecStartOp | ExecAttachOp | ExecCloseStdinOp | ExecSignalOp | ExecResizeOp;
+export type ExecOp = ExecStartOp | ExecAttachOp | ExecCloseStdinOp | ExecSignalOp | ExecResizeOp | ExecReleaseOp;
 
 export interface ExecStartedEv {
   ev: 'started';

@@ -5,13 +5,18 @@ import { OpenShellError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { RelayOpenResultMessage, RelayTarget } from '../protocol/control.js';
 import type { SupervisorSession } from './control.js';
-import { keepAlive } from './heartbeat.js';
+import { keepAlive, silentForMs } from './heartbeat.js';
 import type { SessionRegistry } from './sessions.js';
 
 export const PENDING_TTL_MS = 10_000;
 export const REAP_INTERVAL_MS = 30_000;
 export const MAX_PENDING_TOTAL = 256;
 export const MAX_PENDING_PER_SANDBOX = 32;
+/** Exec relays kept open between execs, per sandbox and in total (relay reuse). */
+export const MAX_IDLE_PER_SANDBOX = 8;
+export const MAX_IDLE_TOTAL = 1024;
+/** An idle exec relay unused this long is closed (by the reaper, so within twice this). */
+export const IDLE_TTL_MS = 30_000;
 /** How long an open waits for a supervisor session, by target (DESIGN.md). */
 export const SESSION_WAIT_MS: Record<RelayTarget, number> = { exec: 15_000, ssh: 30_000 };
 
@@ -51,6 +56,11 @@ export class RelayBroker {
   readonly #pendingBySandbox = new Map<string, number>();
   readonly #open = new Set<WebSocket>();
   readonly #openByChannel = new Map<string, { ws: WebSocket; sandboxId: string }>();
+  /** The session each open relay rides. */
+  readonly #sessionOf = new WeakMap<WebSocket, SupervisorSession>();
+  /** Exec relays between execs, by sandbox, most recently used last. */
+  readonly #idle = new Map<string, { ws: WebSocket; since: number }[]>();
+  #idleTotal = 0;
   readonly #reaper: NodeJS.Timeout;
   #closed = false;
   #ttlMs: number;
@@ -68,6 +78,61 @@ export class RelayBroker {
 
   get openCount(): number {
     return this.#open.size;
+  }
+
+  /** Exec relays open and waiting for their next exec. */
+  get idleCount(): number {
+    let n = 0;
+    for (const list of this.#idle.values()) for (const { ws } of list) if (ws.readyState === ws.OPEN) n++;
+    return n;
+  }
+
+  /**
+   * An exec relay for `sandboxId`: an idle one of its current session that
+   * heard from its peer within a ping period, else a new one (`open`).
+   * `reused` tells the caller the supervisor already served an exec on it.
+   */
+  async acquireExec(sandboxId: string, signal?: AbortSignal): Promise<{ ws: WebSocket; reused: boolean }> {
+    const list = this.#idle.get(sandboxId);
+    if (list) {
+      const freshMs = this.#o.config.keepaliveIntervalMs + this.#o.config.keepaliveTimeoutMs / 4;
+      while (list.length > 0) {
+        const { ws } = list.pop()!;
+        this.#idleTotal--;
+        const session = this.#sessionOf.get(ws);
+        if (ws.readyState === ws.OPEN && session && !session.signal.aborted && silentForMs(ws) <= freshMs) {
+          if (list.length === 0) this.#idle.delete(sandboxId);
+          return { ws, reused: true };
+        }
+        if (ws.readyState === ws.OPEN) ws.close(1000, 'stale');
+      }
+      this.#idle.delete(sandboxId);
+    }
+    return { ws: await this.open(sandboxId, 'exec', signal), reused: false };
+  }
+
+  /**
+   * Takes back an exec relay whose exec ended and whose `release` op was sent.
+   * Closed when it is not healthy, its session is gone, or the idle caps are reached.
+   */
+  releaseExec(sandboxId: string, ws: WebSocket): void {
+    const session = this.#sessionOf.get(ws);
+    if (ws.readyState !== ws.OPEN) return;
+    if (this.#closed || !session || session.signal.aborted || session.sandboxId !== sandboxId || this.#idleTotal >= MAX_IDLE_TOTAL) {
+      ws.close(1000, 'done');
+      return;
+    }
+    let list = this.#idle.get(sandboxId);
+    if (!list) {
+      list = [];
+      this.#idle.set(sandboxId, list);
+    }
+    if (list.length >= MAX_IDLE_PER_SANDBOX) {
+      ws.close(1000, 'done');
+      return;
+    }
+    list.push({ ws, since: Date.now() });
+    this.#idleTotal++;
   }
 
   /** Channel ids pending for a sandbox (diagnostics and tests). */
@@ -192,8 +257,18 @@ export class RelayBroker {
     if (open && open.sandboxId === session.sandboxId) open.ws.terminate();
   }
 
-  /** Expires pending relays older than the TTL (a backstop to each opener's own timer). */
+  /** Expires pending relays older than the TTL (a backstop to each opener's own timer), and closes idle exec relays unused for IDLE_TTL_MS or dead. */
   reap(now = Date.now()): number {
+    for (const [sandboxId, list] of this.#idle) {
+      const keep = list.filter(({ ws, since }) => {
+        if (ws.readyState === ws.OPEN && now - since < IDLE_TTL_MS) return true;
+        if (ws.readyState === ws.OPEN) ws.close(1000, 'idle');
+        return false;
+      });
+      this.#idleTotal -= list.length - keep.length;
+      if (keep.length) this.#idle.set(sandboxId, keep);
+      else this.#idle.delete(sandboxId);
+    }
     const ttl = this.#ttlMs;
     let reaped = 0;
     for (const entry of [...this.#pending.values()]) {
@@ -213,6 +288,8 @@ export class RelayBroker {
       entry.reject(new OpenShellError('SESSION_UNAVAILABLE', 'gateway is shutting down'));
     }
     for (const ws of this.#open) ws.terminate();
+    this.#idle.clear();
+    this.#idleTotal = 0;
   }
 
   #take(channelId: string): Pending | undefined {
@@ -228,6 +305,7 @@ export class RelayBroker {
   #track(ws: WebSocket, session: SupervisorSession, channelId: string, target: RelayTarget): void {
     this.#open.add(ws);
     this.#openByChannel.set(channelId, { ws, sandboxId: session.sandboxId });
+    this.#sessionOf.set(ws, session);
     const bytes = this.#o.metrics?.bytes;
     if (bytes) ws.on('message', (data: Buffer) => bytes('from_sandbox', data.length));
     const stop = keepAlive(ws, {

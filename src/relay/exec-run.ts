@@ -28,9 +28,29 @@ const STDIN_CHUNK = 256 * 1024;
  * lost, RST), it ends with `RELAY_LOST` at once. A slow reader pauses the
  * relay socket, so backpressure reaches the process in the sandbox.
  */
+export interface ExecRunOptions {
+  /**
+   * Relay reuse: the start op asks the supervisor to keep the relay, and when
+   * the exec ends cleanly on a relay still open, `release` is sent and the
+   * relay handed here (this run no longer touches it).
+   */
+  onRelease?: (ws: WebSocket) => void;
+}
+
 export class ExecRun implements AsyncIterable<RunEvent> {
   readonly execId: string;
   readonly #ws: WebSocket;
+  readonly #onRelease: ((ws: WebSocket) => void) | undefined;
+  /** The relay was handed back for another exec: never send or close on it again. */
+  #released = false;
+  readonly #onMessage = (data: RawData, isBinary: boolean): void => this.#onFrame(data, isBinary);
+  readonly #onClose = (code: number, reason: Buffer): void => {
+    this.#finish({
+      type: 'error',
+      code: 'RELAY_LOST',
+      message: `relay to the sandbox was lost before the exec finished (${code}${reason.length ? ` ${reason.toString()}` : ''})`,
+    });
+  };
   #queue: RunEvent[] = [];
   #head = 0;
   #queuedBytes = 0;
@@ -38,18 +58,13 @@ export class ExecRun implements AsyncIterable<RunEvent> {
   #done = false;
   #paused = false;
 
-  constructor(ws: WebSocket, start: ExecStartOp) {
+  constructor(ws: WebSocket, start: ExecStartOp, opts: ExecRunOptions = {}) {
     this.execId = start.execId;
     this.#ws = ws;
-    ws.on('message', (data, isBinary) => this.#onFrame(data, isBinary));
-    ws.once('close', (code, reason) => {
-      this.#finish({
-        type: 'error',
-        code: 'RELAY_LOST',
-        message: `relay to the sandbox was lost before the exec finished (${code}${reason.length ? ` ${reason.toString()}` : ''})`,
-      });
-    });
-    this.#send(start);
+    this.#onRelease = opts.onRelease;
+    ws.on('message', this.#onMessage);
+    ws.once('close', this.#onClose);
+    this.#send(this.#onRelease ? { ...start, keep: true } : start);
   }
 
   /** True once a terminal event is queued. */
@@ -59,16 +74,16 @@ export class ExecRun implements AsyncIterable<RunEvent> {
 
   writeStdin(data: Buffer): void {
     for (let i = 0; i < data.length; i += STDIN_CHUNK) {
-      if (this.#ws.readyState === this.#ws.OPEN) this.#ws.send(data.subarray(i, i + STDIN_CHUNK), { binary: true });
+      if (!this.#released && this.#ws.readyState === this.#ws.OPEN) this.#ws.send(data.subarray(i, i + STDIN_CHUNK), { binary: true });
     }
   }
 
   /** Resolves once the relay socket has flushed what was queued (stdin backpressure). */
   drained(): Promise<void> {
-    if (this.#ws.bufferedAmount < 4 * STDIN_CHUNK || this.#ws.readyState !== this.#ws.OPEN) return Promise.resolve();
+    if (this.#released || this.#ws.bufferedAmount < 4 * STDIN_CHUNK || this.#ws.readyState !== this.#ws.OPEN) return Promise.resolve();
     return new Promise((resolve) => {
       const check = () => {
-        if (this.#ws.bufferedAmount < STDIN_CHUNK || this.#ws.readyState !== this.#ws.OPEN) resolve();
+        if (this.#released || this.#ws.bufferedAmount < STDIN_CHUNK || this.#ws.readyState !== this.#ws.OPEN) resolve();
         else setTimeout(check, 5).unref();
       };
       check();
@@ -94,6 +109,7 @@ export class ExecRun implements AsyncIterable<RunEvent> {
   }
 
   close(): void {
+    if (this.#released) return;
     if (this.#ws.readyState === this.#ws.OPEN) this.#ws.close(1000, 'done');
     else this.#ws.terminate();
   }
@@ -144,7 +160,22 @@ export class ExecRun implements AsyncIterable<RunEvent> {
   }
 
   #send(op: ExecOp): void {
-    if (this.#ws.readyState === this.#ws.OPEN) this.#ws.send(JSON.stringify(op));
+    if (!this.#released && this.#ws.readyState === this.#ws.OPEN) this.#ws.send(JSON.stringify(op));
+  }
+
+  /** The exec ended cleanly: free the relay for the next exec (see ExecRunOptions.onRelease). */
+  #release(): void {
+    const onRelease = this.#onRelease;
+    if (!onRelease || this.#released || this.#ws.readyState !== this.#ws.OPEN) return;
+    this.#send({ op: 'release' });
+    this.#released = true;
+    this.#ws.off('message', this.#onMessage);
+    this.#ws.off('close', this.#onClose);
+    if (this.#paused) {
+      this.#paused = false;
+      this.#ws.resume();
+    }
+    onRelease(this.#ws);
   }
 
   #onFrame(data: RawData, isBinary: boolean): void {
@@ -164,6 +195,7 @@ export class ExecRun implements AsyncIterable<RunEvent> {
     }
     if (ev.ev === 'started') this.#push({ type: 'started', execId: ev.execId, pid: ev.pid });
     else if (ev.ev === 'exit') {
+      this.#release();
       this.#finish({
         type: 'exit',
         exitCode: ev.exitCode,
@@ -172,6 +204,7 @@ export class ExecRun implements AsyncIterable<RunEvent> {
         ...(ev.timedOut ? { timedOut: true } : {}),
       });
     } else if (ev.ev === 'error') {
+      this.#release();
       this.#finish({ type: 'error', code: 'INTERNAL', message: `${ev.code}: ${ev.message}` });
     }
   }

@@ -4,6 +4,7 @@ import type { Logger } from '../log.js';
 import type { ExecBody } from '../schemas/sandbox.js';
 import type { SandboxService } from '../sandboxes/service.js';
 import type { RelayBroker } from './broker.js';
+import type { ExecStartOp } from '../protocol/exec.js';
 import { ExecRun } from './exec-run.js';
 
 const BASE64 = /^[A-Za-z0-9+/]*={0,2}$/;
@@ -58,9 +59,10 @@ export class ExecService {
         details: { phase: record.phase, reason: record.condition.reason },
       });
     }
-    const ws = await this.#broker.open(record.id, 'exec', opts.signal);
+    const { ws } = await this.#broker.acquireExec(record.id, opts.signal);
     const execId = `ex_${randomBytes(10).toString('hex')}`;
-    const run = new ExecRun(ws, {
+    const noInput = !opts.interactiveStdin && (!stdin || stdin.length === 0);
+    const start: ExecStartOp = {
       op: 'start',
       execId,
       command,
@@ -70,11 +72,13 @@ export class ExecService {
       tty: body.tty ?? false,
       ...(opts.cols ? { cols: opts.cols, rows: opts.rows } : {}),
       timeoutSeconds,
-    });
+      ...(noInput ? { closeStdin: true } : {}),
+    };
+    const run = new ExecRun(ws, start, { onRelease: (relay) => this.#broker.releaseExec(record.id, relay) });
     this.#metrics?.started();
     this.#log.debug({ sandboxId: record.id, execId }, 'exec started');
     if (stdin && stdin.length > 0) run.writeStdin(stdin);
-    if (!opts.interactiveStdin) run.closeStdin();
+    if (!opts.interactiveStdin && !noInput) run.closeStdin();
     return run;
   }
 

@@ -93,6 +93,13 @@ class Wheel {
 }
 
 const wheels = new Map<number, Wheel>();
+const tracked = new WeakMap<WebSocket, Member>();
+
+/** Milliseconds since anything was last received on a tracked socket (Infinity when untracked). */
+export function silentForMs(ws: WebSocket): number {
+  const member = tracked.get(ws);
+  return member ? performance.now() - member.lastSeen : Infinity;
+}
 
 /**
  * Ping/pong liveness for one WebSocket, identical on server and client ends:
@@ -132,6 +139,7 @@ export function keepAlive(ws: WebSocket, opts: KeepAliveOptions): () => void {
     if (stopped) return;
     stopped = true;
     owner.delete(member);
+    tracked.delete(ws);
     ws.off('message', seen);
     ws.off('ping', seen);
     ws.off('pong', seen);
@@ -153,5 +161,6 @@ export function keepAlive(ws: WebSocket, opts: KeepAliveOptions): () => void {
   if (ws.readyState === WebSocket.CONNECTING) ws.once('open', onOpen);
   else attachRaw();
   owner.add(member);
+  tracked.set(ws, member);
   return stop;
 }

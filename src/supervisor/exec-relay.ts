@@ -28,6 +28,10 @@ function toBuffer(data: RawData): Buffer {
  * (`encodeOutput`) followed by exactly one `exit` or `error`, then a 1000
  * close. Losing the socket only unsubscribes: the process keeps running.
  *
+ * With `keep: true` on `start`/`attach` the relay stays open after the
+ * terminal event: frames are dropped until the gateway's `release`, then the
+ * relay serves the next `start`/`attach` (relay reuse; see protocol/exec.ts).
+ *
  * A `start` for an execId that already exists (a retried start) attaches from
  * offset 0. `started` is sent after `attach` too, with the exec's pid.
  *
@@ -44,11 +48,16 @@ export function serveExecRelay(
 ): Promise<void> {
   let registry: ExecRegistry | null = null;
   let queued: [RawData, boolean][] | null = null;
-  let rlog = log.child({ component: 'exec-relay' });
+  const baseLog = log.child({ component: 'exec-relay' });
+  let rlog = baseLog;
   let handle: ExecHandle | null = null;
   let sub: ExecSubscription | null = null;
   let gotFirst = false;
   let terminal = false;
+  /** The current exec asked to keep the relay for another one. */
+  let keep = false;
+  /** A kept exec ended: dropping frames until `release`. */
+  let releasing = false;
 
   const closed = new Promise<void>((resolve) => {
     if (ws.readyState === WebSocket.CLOSED) return resolve();
@@ -64,7 +73,30 @@ export function serveExecRelay(
     terminal = true;
     sub?.close();
     sendJson(ev);
+    if (keep && ws.readyState === WebSocket.OPEN) {
+      releasing = true;
+      return;
+    }
     if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.close(1000, reason);
+  };
+
+  /** `release` after a kept exec: the relay is ready for the next `start`/`attach`. */
+  const onReleasing = (data: RawData, isBinary: boolean): void => {
+    if (isBinary) return;
+    const text = toBuffer(data).toString('utf8');
+    if (!text.includes('"release"')) return;
+    try {
+      if ((JSON.parse(text) as { op?: unknown }).op !== 'release') return;
+    } catch {
+      return;
+    }
+    handle = null;
+    sub = null;
+    gotFirst = false;
+    terminal = false;
+    keep = false;
+    releasing = false;
+    rlog = baseLog;
   };
 
   const fail = (code: ExecErrorEv['code'], message: string): void => finish({ ev: 'error', code, message }, code);
@@ -111,6 +143,7 @@ export function serveExecRelay(
     sendJson({ ev: 'started', execId: handle.execId, pid: handle.pid });
     sub = handle.subscribe(offsets, sink);
     if (ws.bufferedAmount > HIGH_WATER) sub.pause();
+    if (op.op === 'start' && op.closeStdin === true) handle.closeStdin();
   };
 
   const onFirst = (data: RawData, isBinary: boolean): void => {
@@ -125,6 +158,7 @@ export function serveExecRelay(
       fail('INVALID_ARGUMENT', 'the first frame must be a JSON {"op":"start"} or {"op":"attach"}');
       return;
     }
+    keep = (op as { keep?: unknown }).keep === true;
     try {
       begin(op as ExecStartOp | ExecAttachOp);
     } catch (err) {
@@ -160,6 +194,7 @@ export function serveExecRelay(
         h.resize(Number(op.cols), Number(op.rows));
         break;
       case 'detach':
+        keep = false;
         terminal = true;
         sub?.close();
         ws.close(1000, 'detached');
@@ -172,6 +207,10 @@ export function serveExecRelay(
   const onMessage = (data: RawData, isBinary: boolean): void => {
     if (!registry) {
       queued?.push([data, isBinary]);
+      return;
+    }
+    if (releasing) {
+      onReleasing(data, isBinary);
       return;
     }
     if (!gotFirst) {

@@ -33,8 +33,7 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
   const log = opts.log.child({ component: 'sshd' });
   const shell = opts.shell ?? '/bin/sh';
   await prepareSocketPath(opts.socketPath, log);
-  // ssh2 parses OpenSSH-format ed25519 keys (not PKCS8 PEM), so use its generator.
-  const hostKey = ssh2.utils.generateKeyPairSync('ed25519').private;
+  const hostKey = generateHostKey();
   const connections = new Set<Connection>();
   const server = new ssh2.Server({ hostKeys: [hostKey] }, (client) => {
     connections.add(client);
@@ -62,6 +61,19 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
 }
 
 /** Parent dir 0700 (created if missing; never loosened or tightened if it is a shared sticky dir), stale socket removed. */
+/**
+ * An ed25519 host key in OpenSSH format (ssh2 does not parse PKCS8 PEM, so
+ * its own generator is used). About one key in 256 comes out unparseable
+ * (ssh2 strips leading zero bytes of the public key: mscdex/ssh2#1513), so
+ * each key is parsed back and a bad one replaced.
+ */
+export function generateHostKey(): string {
+  for (;;) {
+    const pair = ssh2.utils.generateKeyPairSync('ed25519');
+    if (!(ssh2.utils.parseKey(pair.private) instanceof Error) && !(ssh2.utils.parseKey(pair.public) instanceof Error)) return pair.private;
+  }
+}
+
 async function prepareSocketPath(socketPath: string, log: Logger): Promise<void> {
   const dir = dirname(socketPath);
   await mkdir(dir, { recursive: true, mode: 0o700 });

@@ -1,8 +1,12 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
 import t from 'tap';
+import { WebSocket } from 'ws';
+import type { Sandbox } from '../../src/schemas/sandbox.js';
 import type { ExecResult } from '../../src/schemas/sandbox.js';
 import { execStream } from '../helpers/exec.js';
 import { allGone, api, startGateway, waitForPhase } from '../helpers/gateway.js';
+import { sandboxToken } from '../helpers/sandbox.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
@@ -133,3 +137,64 @@ t.test('a deleted sandbox answers 404 to exec', async (t) => {
   const res = await api<{ error: { code: string } }>(gw.url, 'POST', '/v1/sandboxes/idle/exec', { command: ['true'] });
   t.equal(res.status, 404);
 });
+
+t.test('exec relays are reused between execs, never across sessions', async (t) => {
+  const gw = await startGateway(t, { warmSupervisors: 0 });
+  const s = (await api<Sandbox>(gw.url, 'POST', '/v1/sandboxes', { name: 'reuse' })).body;
+  await waitForPhase(gw.app, 'reuse', 'Ready');
+  const broker = gw.app.openshell.broker;
+  const opens = async (): Promise<number> => {
+    const text = await (await fetch(`${gw.url}/metrics`)).text();
+    return Number(/openshell_relay_opens_total\{target="exec",result="ok"\} (\d+)/.exec(text)?.[1] ?? 0);
+  };
+
+  for (let i = 0; i < 3; i++) {
+    const r = await execStream(gw.url, 'reuse', { command: ['sh', '-c', `echo run${i}`] });
+    t.equal(r.stdout.toString(), `run${i}\n`);
+    t.match(r.last, { type: 'exit', exitCode: 0 });
+  }
+  t.equal(await opens(), 1, 'three sequential execs opened one relay');
+  t.equal(broker.openCount, 1);
+  t.equal(broker.idleCount, 1, 'kept for the next exec');
+
+  const cat = await execStream(gw.url, 'reuse', { command: ['cat'], stdin: Buffer.from('on a reused relay').toString('base64') });
+  t.equal(cat.stdout.toString(), 'on a reused relay', 'stdin reaches the exec on a reused relay');
+  const failed = await execStream(gw.url, 'reuse', { command: ['/nonexistent/program'] });
+  t.match(failed.last, { type: 'error' });
+  const after = await execStream(gw.url, 'reuse', { command: ['echo', 'still fine'] });
+  t.equal(after.stdout.toString(), 'still fine\n', 'a spawn failure leaves the relay usable');
+
+  const four = await Promise.all(Array.from({ length: 4 }, (_, i) => execStream(gw.url, 'reuse', { command: ['sh', '-c', `sleep 0.2; echo c${i}`] })));
+  t.same(four.map((r) => r.stdout.toString()), ['c0\n', 'c1\n', 'c2\n', 'c3\n']);
+  t.equal(broker.idleCount, 4, 'four concurrent execs leave four relays to reuse');
+  t.equal(await opens(), 4);
+
+  // A new session for the sandbox supersedes the supervisor's: its idle relays go with it.
+  const fake = new WebSocket(`${gw.url.replace(/^http/, 'ws')}/v1/supervisor/session`, {
+    headers: { authorization: `Bearer ${sandboxToken(gw.stateDir, s.id)}` },
+  });
+  t.teardown(() => fake.terminate());
+  await once(fake, 'open');
+  fake.send(JSON.stringify({ type: 'hello', sandboxId: s.id, version: 'test', capabilities: [] }));
+  const [welcome] = (await once(fake, 'message')) as [Buffer];
+  const fakeSession = (JSON.parse(welcome.toString()) as { sessionId: string }).sessionId;
+  await waitUntil(() => broker.idleCount === 0 && broker.openCount === 0);
+  t.pass('idle relays of the superseded session are closed');
+  fake.close();
+  await waitUntil(() => {
+    const current = gw.app.openshell.sessions.get(s.id)?.sessionId;
+    return current !== undefined && current !== fakeSession;
+  }, 10_000);
+  // The supervisor reconnects; the next exec rides a fresh relay of the new session.
+  const fresh = await execStream(gw.url, 'reuse', { command: ['echo', 'new session'] });
+  t.equal(fresh.stdout.toString(), 'new session\n');
+  t.equal(await opens(), 5);
+});
+
+async function waitUntil(cond: () => boolean, ms = 5000): Promise<void> {
+  const deadline = Date.now() + ms;
+  while (!cond()) {
+    if (Date.now() > deadline) throw new Error('condition not met in time');
+    await new Promise((r) => setTimeout(r, 10));
+  }
+}

@@ -338,3 +338,51 @@ t.test('bulk stdout throughput through the relay', async (t) => {
   t.equal(bytes, size);
   t.comment(`relay stdout: ${(size / secs / 1e6).toFixed(0)} MB/s`);
 });
+
+t.test('relay reuse: keep, frames before release dropped, next exec on the same relay', async (t) => {
+  const ctx = await setup(t);
+  const { gw } = await openRelay(ctx);
+  const texts: ExecEv[] = [];
+  const out: Buffer[] = [];
+  let closed = false;
+  gw.on('close', () => (closed = true));
+  gw.on('message', (data: Buffer, isBinary) => {
+    if (isBinary) out.push(Buffer.from(decodeOutput(data)!.data));
+    else texts.push(JSON.parse(data.toString()) as ExecEv);
+  });
+  const terminal = (n: number): Promise<void> => waitFor(() => texts.filter((e) => e.ev === 'exit' || e.ev === 'error').length >= n);
+
+  // 1: closeStdin on start: cat sees EOF at once.
+  gw.send(JSON.stringify(startOp(['cat'], { keep: true, closeStdin: true })));
+  await terminal(1);
+  t.match(texts.at(-1), { ev: 'exit', exitCode: 0 }, 'cat ended on the closed stdin');
+  // Stdin and an op still in flight for the finished exec, then release.
+  gw.send(Buffer.from('stale stdin\n'));
+  gw.send(JSON.stringify({ op: 'signal', signal: 'SIGKILL' }));
+  gw.send(JSON.stringify({ op: 'release' }));
+
+  // 2: the same relay serves another exec; the stale frames reached nobody.
+  const second = startOp(['sh', '-c', 'cat; echo done'], { keep: true });
+  gw.send(JSON.stringify(second));
+  gw.send(Buffer.from('fresh\n'));
+  gw.send(JSON.stringify({ op: 'closeStdin' }));
+  await terminal(2);
+  t.match(texts.at(-1), { ev: 'exit', exitCode: 0 });
+  t.equal(Buffer.concat(out).toString(), 'fresh\ndone\n', 'only the second exec\'s stdin arrived');
+  t.same(
+    texts.filter((e) => e.ev === 'started').map((e) => (e as { execId: string }).execId).at(-1),
+    second.execId,
+  );
+  t.notOk(closed, 'the relay stayed open after both execs');
+
+  // 3: a spawn failure keeps the relay too; an exec without keep closes it as before.
+  gw.send(JSON.stringify({ op: 'release' }));
+  gw.send(JSON.stringify(startOp(['/nonexistent/program'], { keep: true })));
+  await terminal(3);
+  t.match(texts.at(-1), { ev: 'error', code: 'SPAWN_FAILED' });
+  gw.send(JSON.stringify({ op: 'release' }));
+  gw.send(JSON.stringify(startOp(['true'], { closeStdin: true })));
+  await terminal(4);
+  await waitFor(() => closed);
+  t.pass('without keep the relay closes after the terminal event');
+});
