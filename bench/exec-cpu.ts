@@ -2,7 +2,7 @@
  * CPU cost of an exec, by process: where the time goes when the machine is
  * shared and wall-clock rates swing with load.
  *
- *   node dist/bench/exec-cpu.js [--execs 1000] [--conc 16] [--mb 256]
+ *   node dist/bench/exec-cpu.js [--execs 1000] [--conc 16] [--mb 256] [--runs 1] [--cpu-prof DIR]
  *
  * Starts a gateway (process driver), creates two sandboxes, runs `--execs`
  * `true` execs at `--conc` and one bulk `head -c` exec, and reads CPU time
@@ -38,6 +38,7 @@ const arg = (name: string, dflt: number): number => {
 const EXECS = arg('execs', 1000);
 const CONC = arg('conc', 16);
 const MB = arg('mb', 256);
+const RUNS = arg('runs', 1);
 const TICK_MS = 10; // USER_HZ = 100 on Linux
 /** `--cpu-prof DIR`: the gateway and the supervisors write V8 CPU profiles there (summarise with prof-summary.js). */
 const profIdx = argv.indexOf('--cpu-prof');
@@ -121,7 +122,7 @@ async function main(): Promise<void> {
     const b = snap(gw.pid, sups);
     report(`exec c=${CONC}`, a, b, EXECS, 'exec');
     console.log(`           ${(EXECS / ((b.wall - a.wall) / 1000)).toFixed(0)} execs/s, ${errors} errors; RSS gateway ${rssKiB(gw.pid)} KiB, supervisors ${sups.map((p) => rssKiB(p)).join(', ')} KiB`);
-    if (MB > 0) {
+    for (let run = 0; MB > 0 && run < RUNS; run++) {
       const c = snap(gw.pid, sups);
       const r = await execStream(gw.url, boxes[0]!, ['head', '-c', String(MB * 1024 * 1024), '/dev/zero']).done;
       const d = snap(gw.pid, sups);
