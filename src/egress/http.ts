@@ -9,13 +9,57 @@ import type { Socket } from 'node:net';
 const CRLFCRLF = Buffer.from('\r\n\r\n');
 const HIGH_WATER = 256 * 1024;
 const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+// Bytes read into a reused buffer (see `ReadBuffer`) and queued: copied out up to this size, kept above.
+const COPY_MAX = 16 * 1024;
 
 /**
- * Pull-style reader over a socket's 'data' events. Pauses the socket while
- * more than HIGH_WATER bytes wait, so backpressure reaches the peer.
+ * The owner of a reused read buffer (net's `onread`): a reader that holds on
+ * to a pushed chunk past the `push` call sets `kept`, and the next read gets
+ * a fresh buffer.
+ */
+export interface ReadBuffer {
+  kept: boolean;
+}
+
+/** One body being forwarded by `SocketReader.pipeBody`. */
+class BodyPump {
+  readonly dst: Socket;
+  readonly close: boolean;
+  remaining: number;
+  readonly scanner: ChunkedScanner | null;
+  head: Buffer | null;
+  /** Waiting for `dst` to drain. */
+  waiting = false;
+  done = false;
+  error: Error | null = null;
+  resolve: (() => void) | null = null;
+  reject: ((err: Error) => void) | null = null;
+  readonly onDrain: () => void;
+
+  constructor(dst: Socket, framing: Framing, head: Buffer | null, onDrain: (p: BodyPump) => void) {
+    this.dst = dst;
+    this.close = framing.kind === 'close';
+    this.remaining = framing.kind === 'length' ? framing.length : 0;
+    this.scanner = framing.kind === 'chunked' ? new ChunkedScanner() : null;
+    this.head = head;
+    this.onDrain = () => {
+      dst.off('drain', this.onDrain);
+      dst.off('close', this.onDrain);
+      onDrain(this);
+    };
+  }
+}
+
+/**
+ * Reads a socket's bytes for the proxy: message heads are pulled with
+ * `readHead`; bodies are pushed straight through to the peer by `pipeBody`,
+ * synchronously per chunk as they arrive (no promise per chunk, no copy).
+ * Pauses the socket while more than HIGH_WATER bytes wait, or while the
+ * body's peer does not take more, so backpressure reaches the sender.
  */
 export class SocketReader {
   readonly sock: Socket;
+  readonly #owner: ReadBuffer | null;
   #queue: Buffer[] = [];
   #queued = 0;
   #eof = false;
@@ -23,22 +67,43 @@ export class SocketReader {
   #wake: (() => void) | null = null;
   #paused = false;
   #detached = false;
+  #pump: BodyPump | null = null;
 
-  /** `fed`: the socket's bytes arrive through `push` (a socket read with net's `onread`), not 'data' events. */
-  constructor(sock: Socket, fed = false) {
+  /**
+   * `owner`: the socket's bytes arrive through `push`, as views of the
+   * owner's reused read buffer (net's `onread`), not through 'data' events.
+   */
+  constructor(sock: Socket, owner: ReadBuffer | null = null) {
     this.sock = sock;
-    if (!fed) sock.on('data', this.#onData);
+    this.#owner = owner;
+    if (!owner) sock.on('data', this.#onData);
     sock.on('end', this.#onEnd);
     sock.on('close', this.#onEnd);
     sock.on('error', this.#onError);
   }
 
-  /** Append bytes read from the socket (only for a `fed` reader). The reader keeps `c`. */
-  push(c: Buffer): void {
-    this.#onData(c);
+  /** Bytes read into the owner's buffer (only for a reader with an owner). */
+  push(c: Buffer): boolean {
+    const p = this.#pump;
+    if (p !== null && !p.waiting && this.#queue.length === 0) {
+      this.#pumpChunk(p, c);
+      return true;
+    }
+    if (c.length <= COPY_MAX) this.#enqueue(Buffer.from(c));
+    else {
+      this.#owner!.kept = true;
+      this.#enqueue(c);
+    }
+    return true;
   }
 
   #onData = (c: Buffer): void => {
+    const p = this.#pump;
+    if (p !== null && !p.waiting && this.#queue.length === 0) this.#pumpChunk(p, c);
+    else this.#enqueue(c);
+  };
+
+  #enqueue(c: Buffer): void {
     this.#queue.push(c);
     this.#queued += c.length;
     if (this.#queued >= HIGH_WATER && !this.#paused) {
@@ -46,15 +111,19 @@ export class SocketReader {
       this.sock.pause();
     }
     this.#signal();
-  };
+  }
 
   #onEnd = (): void => {
     this.#eof = true;
+    const p = this.#pump;
+    if (p !== null && !p.waiting && this.#queue.length === 0) this.#pumpEnd(p);
     this.#signal();
   };
 
   #onError = (err: Error): void => {
     this.#err = err;
+    const p = this.#pump;
+    if (p !== null) this.#pumpFinish(p, err);
     this.#signal();
   };
 
@@ -75,18 +144,23 @@ export class SocketReader {
     return (this.#eof || this.#err !== null) && this.#queue.length === 0;
   }
 
+  #shift(): Buffer | undefined {
+    const c = this.#queue.shift();
+    if (c !== undefined) {
+      this.#queued -= c.length;
+      if (this.#paused && this.#queued < HIGH_WATER) {
+        this.#paused = false;
+        if (!this.#detached && this.#pump?.waiting !== true) this.sock.resume();
+      }
+    }
+    return c;
+  }
+
   /** Next chunk, or null at end of stream. */
   async next(): Promise<Buffer | null> {
     for (;;) {
-      const c = this.#queue.shift();
-      if (c !== undefined) {
-        this.#queued -= c.length;
-        if (this.#paused && this.#queued < HIGH_WATER) {
-          this.#paused = false;
-          if (!this.#detached) this.sock.resume();
-        }
-        return c;
-      }
+      const c = this.#shift();
+      if (c !== undefined) return c;
       if (this.#err) throw this.#err;
       if (this.#eof) return null;
       await new Promise<void>((r) => (this.#wake = r));
@@ -106,9 +180,10 @@ export class SocketReader {
     this.#queued += b.length;
   }
 
-  /** Stop reading: returns the bytes read but not consumed; the socket is left paused. */
+  /** Stop reading: returns the bytes read but not consumed; the socket is left paused. A body being piped stops. */
   detach(): Buffer[] {
     this.#detached = true;
+    this.#pump = null;
     this.sock.pause();
     this.sock.off('data', this.#onData);
     this.sock.off('end', this.#onEnd);
@@ -118,6 +193,121 @@ export class SocketReader {
     this.#queue = [];
     this.#queued = 0;
     return q;
+  }
+
+  /**
+   * Stream one body to `dst` per `framing`, with backpressure: each chunk is
+   * written as it arrives. Bytes past the end stay queued for the next head.
+   * A 'close'-delimited body ends `dst` when the socket ends. `head` (the
+   * message head) goes first: together with the first body bytes when they
+   * are already read, otherwise at once. Returns null when the body is
+   * already through, else a promise of its end; rejects with BodyError (or
+   * the socket's error) when it cannot be completed.
+   */
+  pipeBody(dst: Socket, framing: Framing, head: Buffer | null = null): Promise<void> | null {
+    if (framing.kind === 'none' || (head !== null && this.#queue.length === 0)) {
+      if (head !== null) dst.write(head);
+      if (framing.kind === 'none') return null;
+      head = null;
+    }
+    const p = new BodyPump(dst, framing, head, this.#onPumpDrain);
+    this.#pump = p;
+    this.#pumpRun(p);
+    if (p.done) return p.error ? Promise.reject(p.error) : null;
+    return new Promise<void>((resolve, reject) => {
+      p.resolve = resolve;
+      p.reject = reject;
+    });
+  }
+
+  /** Feed queued bytes to the pump; then end it at EOF, or keep the socket reading. */
+  #pumpRun(p: BodyPump): void {
+    while (this.#pump === p && !p.waiting) {
+      const c = this.#shift();
+      if (c === undefined) break;
+      this.#pumpChunk(p, c);
+    }
+    if (this.#pump !== p || p.waiting) return;
+    if (this.#eof || this.#err) this.#pumpEnd(p);
+    else if (!this.#paused && !this.#detached) this.sock.resume();
+  }
+
+  #onPumpDrain = (p: BodyPump): void => {
+    if (this.#pump !== p) return;
+    p.waiting = false;
+    if (p.dst.destroyed) return this.#pumpFinish(p, new BodyError('peer closed'));
+    this.#pumpRun(p);
+  };
+
+  #pumpChunk(p: BodyPump, c: Buffer): void {
+    let end = -1;
+    if (p.scanner !== null) {
+      try {
+        end = p.scanner.scan(c);
+      } catch (err) {
+        if (p.head !== null) p.dst.write(p.head);
+        return this.#pumpFinish(p, new BodyError((err as Error).message));
+      }
+    } else if (!p.close) {
+      if (c.length >= p.remaining) end = p.remaining;
+      else p.remaining -= c.length;
+    }
+    const dst = p.dst;
+    if (end < 0 && dst.destroyed) return this.#pumpFinish(p, new BodyError('peer closed'));
+    let body = c;
+    if (end >= 0 && end < c.length) {
+      body = c.subarray(0, end);
+      const rest = c.subarray(end);
+      // A view of the owner's read buffer: the next head reads it later.
+      if (this.#owner !== null) {
+        if (rest.length <= COPY_MAX) this.unshift(Buffer.from(rest));
+        else {
+          this.#owner.kept = true;
+          this.unshift(rest);
+        }
+      } else this.unshift(rest);
+    }
+    let ok = true;
+    if (p.head !== null) {
+      ok = writeJoined(dst, p.head, body);
+      p.head = null;
+    } else if (body.length > 0) ok = dst.write(body);
+    // Not flushed synchronously: the socket holds a reference to the read buffer.
+    if (this.#owner !== null && dst.writableLength > 0) this.#owner.kept = true;
+    if (end >= 0) return this.#pumpFinish(p, null);
+    if (!ok) {
+      p.waiting = true;
+      this.sock.pause();
+      dst.on('drain', p.onDrain);
+      dst.on('close', p.onDrain);
+    }
+  }
+
+  /** The socket ended (or closed) with the pump waiting for more. */
+  #pumpEnd(p: BodyPump): void {
+    if (p.head !== null) {
+      p.dst.write(p.head);
+      p.head = null;
+    }
+    if (this.#err) return this.#pumpFinish(p, this.#err);
+    if (p.close) {
+      p.dst.end();
+      return this.#pumpFinish(p, null);
+    }
+    this.#pumpFinish(p, new BodyError('connection closed mid-body'));
+  }
+
+  #pumpFinish(p: BodyPump, err: Error | null): void {
+    if (p.done) return;
+    p.done = true;
+    p.error = err;
+    if (this.#pump === p) this.#pump = null;
+    if (p.waiting) {
+      p.dst.off('drain', p.onDrain);
+      p.dst.off('close', p.onDrain);
+    }
+    if (err) p.reject?.(err);
+    else p.resolve?.();
   }
 
   /**
@@ -397,19 +587,6 @@ export class ChunkedScanner {
   }
 }
 
-/** Resolves when `s` can take more data, or has closed (the caller checks `destroyed`). */
-export function drained(s: Socket): Promise<void> {
-  return new Promise((resolve) => {
-    const done = (): void => {
-      s.off('drain', done);
-      s.off('close', done);
-      resolve();
-    };
-    s.on('drain', done);
-    s.on('close', done);
-  });
-}
-
 export class BodyError extends Error {}
 
 // A head and the first body bytes go out in one write: copied together up to this size, corked above.
@@ -428,64 +605,4 @@ function writeJoined(dst: Socket, head: Buffer, chunk: Buffer): boolean {
   const ok = dst.write(chunk);
   dst.uncork();
   return ok;
-}
-
-/**
- * Stream one body from `src` to `dst` per `framing`, with backpressure.
- * Bytes past the end stay in `src` for the next head. A 'close'-delimited
- * body ends `dst` when `src` ends. `head` (the message head) is written
- * first: together with the first body bytes when they are already read,
- * otherwise at once.
- */
-export async function forwardBody(src: SocketReader, dst: Socket, framing: Framing, head?: Buffer): Promise<void> {
-  let pending: Buffer | null = head ?? null;
-  if (pending && (framing.kind === 'none' || !src.hasQueued)) {
-    dst.write(pending);
-    pending = null;
-  }
-  if (framing.kind === 'none') return;
-  let remaining = framing.kind === 'length' ? framing.length : 0;
-  const scanner = framing.kind === 'chunked' ? new ChunkedScanner() : null;
-  for (;;) {
-    let chunk = await src.next();
-    if (chunk === null) {
-      if (pending) {
-        dst.write(pending);
-        pending = null;
-      }
-      if (framing.kind === 'close') {
-        dst.end();
-        return;
-      }
-      throw new BodyError('connection closed mid-body');
-    }
-    let end = -1;
-    if (framing.kind === 'length') {
-      if (chunk.length >= remaining) end = remaining;
-      else remaining -= chunk.length;
-    } else if (scanner) {
-      try {
-        end = scanner.scan(chunk);
-      } catch (err) {
-        if (pending) dst.write(pending);
-        throw new BodyError((err as Error).message);
-      }
-    }
-    if (end >= 0) {
-      if (end < chunk.length) {
-        src.unshift(chunk.subarray(end));
-        chunk = chunk.subarray(0, end);
-      }
-      if (pending) writeJoined(dst, pending, chunk);
-      else if (chunk.length > 0) dst.write(chunk);
-      return;
-    }
-    if (dst.destroyed) throw new BodyError('peer closed');
-    const ok = pending ? writeJoined(dst, pending, chunk) : dst.write(chunk);
-    pending = null;
-    if (!ok) {
-      await drained(dst);
-      if (dst.destroyed) throw new BodyError('peer closed');
-    }
-  }
 }

@@ -14,7 +14,6 @@ import {
 } from './policy.js';
 import {
   SocketReader,
-  forwardBody,
   parseRequestHead,
   parseResponseHead,
   responseFraming,
@@ -75,8 +74,6 @@ const SOCKET_HWM = 256 * 1024;
 // Upstream reads (net `onread`): start at READ_BUF_MIN, grow while reads fill the buffer.
 const READ_BUF_MIN = 64 * 1024;
 const READ_BUF_MAX = 256 * 1024;
-// Upstream bytes for a SocketReader up to this size are copied out of the read buffer.
-const COPY_MAX = 16 * 1024;
 const CONNECT_OK = Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n', 'latin1');
 const noop = (): void => {};
 
@@ -155,16 +152,9 @@ class UpstreamFeed {
     }
   }
 
-  /** Sink for a SocketReader: small chunks are copied out, large ones kept. */
+  /** Sink for a SocketReader made with this feed as its owner. */
   readerSink(r: SocketReader): (chunk: Buffer) => boolean {
-    return (c) => {
-      if (c.length <= COPY_MAX) r.push(Buffer.from(c));
-      else {
-        this.kept = true;
-        r.push(c);
-      }
-      return true;
-    };
+    return (c) => r.push(c);
   }
 
   /** Sink writing raw bytes to `dst` with backpressure. */
@@ -603,7 +593,7 @@ class EgressServer implements EgressProxy {
       if (left <= 0) break;
       try {
         const { sock, feed } = await this.#dialOne(addr, port, left);
-        const reader = new SocketReader(sock, feed !== null);
+        const reader = new SocketReader(sock, feed);
         feed?.attach(feed.readerSink(reader));
         return { key: `${key}:${port}`, addr, internal: internalReason(addr) !== null, sock, reader, feed };
       } catch (err) {
@@ -803,12 +793,13 @@ class EgressServer implements EgressProxy {
    * responses are read, so `Expect: 100-continue` and early responses work.
    */
   async #exchange(client: Socket, cr: SocketReader, up: Upstream, req: RequestHead, head: Buffer): Promise<Outcome> {
-    let bodyDone = req.framing.kind === 'none';
+    let bodyDone = true;
     let bodyFailed = false;
-    if (bodyDone) up.sock.write(head);
-    else {
-      // Writes `head` before it first waits.
-      forwardBody(cr, up.sock, req.framing, head).then(
+    // Writes `head` before it first waits.
+    const body = cr.pipeBody(up.sock, req.framing, head);
+    if (body !== null) {
+      bodyDone = false;
+      body.then(
         () => (bodyDone = true),
         () => {
           bodyFailed = true;
@@ -849,10 +840,13 @@ class EgressServer implements EgressProxy {
       const framing = responseFraming(req.method, res);
       if (typeof framing === 'string') return fail(framing);
       started = true;
-      try {
-        await forwardBody(up.reader, client, framing, raw);
-      } catch {
-        return 'close';
+      const done = up.reader.pipeBody(client, framing, raw);
+      if (done !== null) {
+        try {
+          await done;
+        } catch {
+          return 'close';
+        }
       }
       if (framing.kind === 'close' || !bodyDone) return 'close';
       return req.keepAlive && res.keepAlive ? 'keep' : 'close';
