@@ -147,3 +147,18 @@ export function wsUrl(endpoint: string, path: string): string {
   url.protocol = url.protocol === 'https:' || url.protocol === 'wss:' ? 'wss:' : 'ws:';
   return url.toString();
 }
+
+/**
+ * Whether WebSocket frames to `endpoint` need random masking keys. Masking
+ * (RFC 6455 §10.3) keeps payload bytes, here a sandbox's own output, from
+ * reading as HTTP to an intermediary that does not understand the upgrade.
+ * Over TLS or loopback no such intermediary sees the bytes, so relays there
+ * send a zero key, which `ws` skips on both ends (one copy and one XOR pass
+ * less per byte). Everywhere else keys stay random.
+ */
+export function needsMasking(endpoint: string): boolean {
+  const url = new URL(endpoint);
+  if (url.protocol === 'https:' || url.protocol === 'wss:') return false;
+  const host = url.hostname.replace(/^\[|\]$/g, '');
+  return !(host === 'localhost' || host === '::1' || /^127\.\d{1,3}\.\d{1,3}\.\d{1,3}$/.test(host));
+}

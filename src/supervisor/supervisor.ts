@@ -7,7 +7,7 @@ import WebSocket, { createWebSocketStream } from 'ws';
 import type { Logger } from '../log.js';
 import type { GatewayToSupervisor, LogLine, MainProcessMessage, WelcomeMessage } from '../protocol/control.js';
 import { keepAlive } from '../relay/heartbeat.js';
-import { ControlClient, wsUrl } from './control-client.js';
+import { ControlClient, needsMasking, wsUrl } from './control-client.js';
 import { createSupervisorLogger } from './log.js';
 
 export const SUPERVISOR_VERSION = '0.1.0';
@@ -95,9 +95,12 @@ export class Supervisor {
   #markReady: () => void = () => undefined;
   readonly #ready = new Promise<void>((resolve) => (this.#markReady = resolve));
   #closed = false;
+  /** Relays to a TLS or loopback endpoint send zero masking keys (see needsMasking). */
+  readonly #zeroMask: boolean;
 
   constructor(opts: SupervisorOptions) {
     this.#o = opts;
+    this.#zeroMask = !needsMasking(opts.endpoint);
     this.#log =
       opts.log ??
       createSupervisorLogger({ bindings: { sandboxId: opts.sandboxId }, sink: (line) => this.#forward(line) });
@@ -251,6 +254,7 @@ export class Supervisor {
       skipUTF8Validation: true,
       handshakeTimeout: this.#keepalive.timeoutMs,
       maxPayload: 64 * 1024 * 1024,
+      ...(this.#zeroMask ? { generateMask: zeroMask } : {}),
     });
     const log = this.#log.child({ component: 'relay', channelId, target });
     this.#relays.set(channelId, ws);
@@ -403,4 +407,8 @@ function killGroup(pid: number, signal: NodeJS.Signals): void {
   } catch {
     // already gone
   }
+}
+
+function zeroMask(mask: Buffer): void {
+  mask.fill(0);
 }
