@@ -68,6 +68,7 @@ export class SocketReader {
   #paused = false;
   #detached = false;
   #pump: BodyPump | null = null;
+  #headScan = 0;
 
   /**
    * `owner`: the socket's bytes arrive through `push`, as views of the
@@ -147,6 +148,7 @@ export class SocketReader {
   #shift(): Buffer | undefined {
     const c = this.#queue.shift();
     if (c !== undefined) {
+      this.#headScan = 0;
       this.#queued -= c.length;
       if (this.#paused && this.#queued < HIGH_WATER) {
         this.#paused = false;
@@ -176,6 +178,7 @@ export class SocketReader {
 
   unshift(b: Buffer): void {
     if (b.length === 0) return;
+    this.#headScan = 0;
     this.#queue.unshift(b);
     this.#queued += b.length;
   }
@@ -310,27 +313,51 @@ export class SocketReader {
     else p.resolve?.();
   }
 
+  /** Call `cb` once, when bytes arrive or the stream ends (replaces a previous waiter). */
+  onReadable(cb: () => void): void {
+    this.#wake = cb;
+  }
+
   /**
-   * Read one message head (through the empty line). Returns null on a clean
-   * EOF before any byte, 'too-large' past `limit` (`connectLimit` once the
-   * head is seen to be a CONNECT), 'truncated' on EOF mid-head.
+   * Take one message head (through the empty line) from the bytes read so
+   * far, without waiting: undefined while it is incomplete (nothing is
+   * consumed then). Returns null on EOF (or error) before any byte,
+   * 'too-large' past `limit` (`connectLimit` once the head is seen to be a
+   * CONNECT), 'truncated' on EOF mid-head.
    */
-  async readHead(limit: number, connectLimit = limit): Promise<Buffer | 'too-large' | 'truncated' | null> {
-    let acc: Buffer | null = null;
+  takeHead(limit: number, connectLimit = limit): Buffer | 'too-large' | 'truncated' | null | undefined {
+    const q = this.#queue;
+    if (q.length === 0) return this.#eof || this.#err ? null : undefined;
+    let acc = q[0]!;
     for (;;) {
-      const chunk = await this.next();
-      if (chunk === null) return acc ? 'truncated' : null;
-      const from: number = acc ? Math.max(0, acc.length - 3) : 0;
-      acc = acc ? Buffer.concat([acc, chunk]) : chunk;
-      const idx = acc.indexOf(CRLFCRLF, from);
-      const max = connectLimit < limit && acc.length >= 8 && acc.toString('latin1', 0, 8) === 'CONNECT ' ? connectLimit : limit;
+      const idx = acc.indexOf(CRLFCRLF, this.#headScan);
+      const max =
+        connectLimit < limit && acc.length >= 8 && acc[0] === 0x43 && acc.toString('latin1', 0, 8) === 'CONNECT '
+          ? connectLimit
+          : limit;
       if (idx >= 0) {
         const end = idx + 4;
         if (end > max) return 'too-large';
+        this.#shift();
         if (end < acc.length) this.unshift(acc.subarray(end));
         return acc.subarray(0, end);
       }
       if (acc.length > max) return 'too-large';
+      // The next scan starts where a CRLFCRLF split across reads could begin.
+      this.#headScan = Math.max(0, acc.length - 3);
+      if (q.length === 1) break;
+      acc = Buffer.concat([acc, q[1]!]);
+      q.splice(0, 2, acc);
+    }
+    return this.#eof || this.#err ? 'truncated' : undefined;
+  }
+
+  /** `takeHead`, waiting for bytes as needed. */
+  async readHead(limit: number, connectLimit = limit): Promise<Buffer | 'too-large' | 'truncated' | null> {
+    for (;;) {
+      const h = this.takeHead(limit, connectLimit);
+      if (h !== undefined) return h;
+      await new Promise<void>((r) => (this.#wake = r));
     }
   }
 }
@@ -351,7 +378,8 @@ function parseFields(lines: string[], from: number): ParsedHead | string {
     const name = line.slice(0, colon);
     if (!TOKEN.test(name)) return 'invalid header name';
     const value = line.slice(colon + 1).trim();
-    if (/[\r\n\0]/.test(value)) return 'invalid header value';
+    // CR and LF cannot occur here: `splitHead` rejected them.
+    if (value.includes('\0')) return 'invalid header value';
     const key = name.toLowerCase();
     const list = fields.get(key);
     if (list) list.push(value);
@@ -402,6 +430,7 @@ function chunkedLast(te: string[]): boolean {
 }
 
 function contentLength(values: string[]): number | null | 'bad' {
+  if (values.length === 1 && /^\d{1,15}$/.test(values[0]!)) return Number(values[0]);
   let n: number | null = null;
   for (const v of values.join(',').split(',')) {
     const s = v.trim();

@@ -325,6 +325,8 @@ export function canonicalPath(target: string): string | null {
   const q = p.search(/[?#]/);
   if (q >= 0) p = p.slice(0, q);
   if (!p.startsWith('/')) return null;
+  // Nothing to decode or resolve: already canonical.
+  if (!/[%\\\0]|\/\.|\/\//.test(p)) return p;
   if (/%2f|%5c|\\/i.test(p)) return null;
   let decoded: string;
   try {

@@ -1,6 +1,7 @@
 import net, { type Socket } from 'node:net';
 import { STATUS_CODES } from 'node:http';
 import { lookup } from 'node:dns/promises';
+import { DeadlineSweep, type Deadline } from './deadlines.js';
 import type { Logger } from '../log.js';
 import { internalReason, normalizeHost, parseIp, type HostName, type IpAddr } from './ip.js';
 import {
@@ -136,11 +137,11 @@ class UpstreamFeed {
    * The socket closed: no read can land in the current buffer any more, and
    * no sink holds it (one that did set `kept`, and the buffer was replaced).
    */
-  release(): void {
+  readonly release = (): void => {
     const b = this.#buf;
     this.#buf = null;
     if (b && b.length === READ_BUF_MIN && spareBuffers.length < SPARE_MAX) spareBuffers.push(b);
-  }
+  };
 
   /** Route reads to `sink` (null: queue them and stop reading); bytes queued meanwhile go first. */
   attach(sink: ((chunk: Buffer) => boolean) | null): void {
@@ -197,12 +198,20 @@ interface Target {
 
 let isoMs = 0;
 let isoText = '';
-/** `new Date().toISOString()`, formatted at most once per millisecond. */
+let isoSec = -1;
+let isoPrefix = '';
+/** `new Date().toISOString()`: the date and time formatted once per second, the milliseconds appended. */
 function isoNow(): string {
   const ms = Date.now();
   if (ms !== isoMs) {
     isoMs = ms;
-    isoText = new Date(ms).toISOString();
+    const sec = Math.floor(ms / 1000);
+    if (sec !== isoSec) {
+      isoSec = sec;
+      isoPrefix = new Date(sec * 1000).toISOString().slice(0, -4); // through the '.'
+    }
+    const frac = ms - sec * 1000;
+    isoText = isoPrefix + (frac < 10 ? '00' : frac < 100 ? '0' : '') + frac + 'Z';
   }
   return isoText;
 }
@@ -310,6 +319,15 @@ function forwardHead(req: RequestHead, path: string, authority: string): Buffer 
 
 type Checked = { addrs: IpAddr[] } | { deny: string } | { error: string };
 
+/** A connected upstream socket, before anything reads it. */
+interface Dialed {
+  addr: IpAddr;
+  sock: Socket;
+  feed: UpstreamFeed | null;
+}
+
+type DialFailure = { status: number; reason: string };
+
 type Verdict =
   | { ok: true; action: 'allow' | 'audit'; layer: 'L4' | 'L7'; reason: string }
   | { ok: false; status: number; layer: 'L4' | 'L7'; reason: string };
@@ -322,7 +340,11 @@ class EgressServer implements EgressProxy {
   readonly #connectTimeoutMs: number;
   readonly #idleTimeoutMs: number;
   readonly #sockets = new Set<Socket>();
-  readonly #finishing = new WeakSet<Socket>();
+  /** Clients being closed by `#finish`, with the deadline that destroys them if the peer lingers. */
+  readonly #finishing = new Map<Socket, Deadline>();
+  readonly #deadlines: DeadlineSweep;
+  /** 'close' listener of every tracked socket (`this` is the socket): one function, not a closure each. */
+  readonly #untrack: (this: Socket) => void;
   #policy: CompiledPolicy | null;
   #version: number;
   #port = 0;
@@ -337,6 +359,19 @@ class EgressServer implements EgressProxy {
     this.#idleTimeoutMs = opts.idleTimeoutMs ?? 300_000;
     this.#policy = opts.policy ? new CompiledPolicy(parsePolicy(opts.policy)) : null;
     this.#version = opts.policyVersion ?? 0;
+    const shortest = Math.min(this.#connectTimeoutMs, this.#idleTimeoutMs || Infinity);
+    const deadlines = new DeadlineSweep(Math.max(5, Math.min(250, Math.floor(shortest / 8))));
+    this.#deadlines = deadlines;
+    const sockets = this.#sockets;
+    const finishing = this.#finishing;
+    this.#untrack = function (this: Socket) {
+      sockets.delete(this);
+      const linger = finishing.get(this);
+      if (linger) {
+        finishing.delete(this);
+        deadlines.delete(linger);
+      }
+    };
     // allowHalfOpen: a tunnel forwards a FIN one way while the other keeps flowing.
     this.#server = net.createServer({ allowHalfOpen: true, highWaterMark: SOCKET_HWM }, (s) =>
       this.#onConnection(s),
@@ -380,6 +415,7 @@ class EgressServer implements EgressProxy {
     if (!this.#closed) {
       this.#closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
       for (const s of this.#sockets) s.destroy();
+      this.#deadlines.close();
     }
     return this.#closed;
   }
@@ -388,7 +424,7 @@ class EgressServer implements EgressProxy {
     s.setNoDelay(true);
     s.on('error', noop); // errors surface through readers and pipelines; never crash the process
     this.#sockets.add(s);
-    s.once('close', () => this.#sockets.delete(s));
+    s.once('close', this.#untrack);
   }
 
   #onConnection(client: Socket): void {
@@ -397,11 +433,35 @@ class EgressServer implements EgressProxy {
       client.destroy();
       return;
     }
+    const cr = new SocketReader(client);
+    // Until its first head the connection is idle: one shared sweep, not a timer per connection.
+    const idle = this.#idleTimeoutMs > 0 ? this.#deadlines.add(Date.now() + this.#idleTimeoutMs, () => client.destroy()) : null;
+    const onBytes = (): void => this.#firstHead(client, cr, idle, onBytes);
+    cr.onReadable(onBytes);
+  }
+
+  /**
+   * The first head on a connection, taken synchronously as its bytes arrive:
+   * a CONNECT is decided and dialed without a promise in between; anything
+   * else goes to the async request loop.
+   */
+  #firstHead(client: Socket, cr: SocketReader, idle: Deadline | null, onBytes: () => void): void {
+    const head = cr.takeHead(HEAD_LIMIT, CONNECT_HEAD_LIMIT);
+    if (head === undefined) return cr.onReadable(onBytes);
+    if (idle) this.#deadlines.delete(idle);
+    if (client.destroyed) return;
+    if (head === null || head === 'truncated') return this.#finish(client, cr);
+    if (head === 'too-large') return this.#reject(client, cr, 431, 'request head too large');
+    const req = parseRequestHead(head);
+    if (typeof req === 'string') return this.#reject(client, cr, 400, req);
+    if (req.method === 'CONNECT') return this.#connect(client, cr, req);
     if (this.#idleTimeoutMs > 0) client.setTimeout(this.#idleTimeoutMs, () => client.destroy());
-    this.#serve(client).catch((err: unknown) => {
-      this.#log.debug({ err }, 'egress connection failed');
-      client.destroy();
-    });
+    this.#serve(client, cr, req).catch((err: unknown) => this.#failed(client, err));
+  }
+
+  #failed(client: Socket, err: unknown): void {
+    this.#log.debug({ err }, 'egress connection failed');
+    client.destroy();
   }
 
   #emit(decision: EgressDecision): void {
@@ -416,16 +476,13 @@ class EgressServer implements EgressProxy {
   /** Write a final response, half-close, and give the peer a moment to read it before destroying. */
   #finish(client: Socket, cr: SocketReader | null, response?: Buffer): void {
     if (client.destroyed || this.#finishing.has(client)) return;
-    this.#finishing.add(client);
+    this.#finishing.set(client, this.#deadlines.add(Date.now() + LINGER_MS, () => client.destroy()));
     cr?.detach();
-    client.setTimeout(0);
+    if (client.timeout) client.setTimeout(0);
     client.on('data', noop);
     client.resume();
     if (response) client.end(response);
     else client.end();
-    const t = setTimeout(() => client.destroy(), LINGER_MS);
-    t.unref();
-    client.once('close', () => clearTimeout(t));
   }
 
   #reject(client: Socket, cr: SocketReader, status: number, reason: string): void {
@@ -551,78 +608,86 @@ class EgressServer implements EgressProxy {
     return { addrs };
   }
 
-  async #dialOne(addr: IpAddr, port: number, timeoutMs: number): Promise<{ sock: Socket; feed: UpstreamFeed | null }> {
-    const feed = this.#opts.connect ? null : new UpstreamFeed();
-    const s = feed
-      ? net.connect({
-          host: addr.text,
-          port,
-          allowHalfOpen: true,
-          noDelay: true,
-          highWaterMark: SOCKET_HWM,
-          onread: feed.onread,
-        } as net.NetConnectOpts)
-      : this.#opts.connect!(addr.text, port);
-    this.#track(s);
-    if (feed) s.once('close', () => feed.release());
-    return new Promise<{ sock: Socket; feed: UpstreamFeed | null }>((resolve, reject) => {
-      const timer = setTimeout(() => {
-        s.destroy();
-        reject(Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' }));
-      }, timeoutMs);
-      const onError = (err: Error): void => {
-        clearTimeout(timer);
-        s.destroy();
-        reject(err);
-      };
-      s.once('error', onError);
-      s.once('connect', () => {
-        clearTimeout(timer);
-        s.off('error', onError);
-        resolve({ sock: s, feed });
-      });
-    });
-  }
-
-  /** Connect to the checked addresses in order within one connect timeout. */
-  async #open(key: string, addrs: IpAddr[], port: number): Promise<Upstream | { status: number; reason: string }> {
+  /**
+   * Connect to the checked addresses in order within one connect timeout;
+   * `done` gets the connected socket or the failure to answer with.
+   */
+  #dial(addrs: IpAddr[], port: number, done: (r: Dialed | DialFailure) => void): void {
     const deadline = Date.now() + this.#connectTimeoutMs;
+    let i = 0;
     let last: NodeJS.ErrnoException | null = null;
-    for (const addr of addrs) {
-      const left = deadline - Date.now();
-      if (left <= 0) break;
-      try {
-        const { sock, feed } = await this.#dialOne(addr, port, left);
-        const reader = new SocketReader(sock, feed);
-        feed?.attach(feed.readerSink(reader));
-        return { key: `${key}:${port}`, addr, internal: internalReason(addr) !== null, sock, reader, feed };
-      } catch (err) {
-        last = err as NodeJS.ErrnoException;
+    const attempt = (): void => {
+      if (i >= addrs.length || (i > 0 && Date.now() >= deadline)) {
+        const timedOut = !last || last.code === 'ETIMEDOUT';
+        return done({
+          status: timedOut ? 504 : 502,
+          reason: timedOut ? 'connect to upstream timed out' : `connect to upstream failed: ${last?.code ?? 'error'}`,
+        });
       }
-    }
-    const timedOut = !last || last.code === 'ETIMEDOUT';
-    return {
-      status: timedOut ? 504 : 502,
-      reason: timedOut ? 'connect to upstream timed out' : `connect to upstream failed: ${last?.code ?? 'error'}`,
+      const addr = addrs[i++]!;
+      const feed = this.#opts.connect ? null : new UpstreamFeed();
+      const s = feed
+        ? net.connect({
+            host: addr.text,
+            port,
+            allowHalfOpen: true,
+            noDelay: true,
+            highWaterMark: SOCKET_HWM,
+            onread: feed.onread,
+          } as net.NetConnectOpts)
+        : this.#opts.connect!(addr.text, port);
+      this.#track(s);
+      if (feed) s.once('close', feed.release);
+      const onError = (err: Error): void => {
+        this.#deadlines.delete(timer);
+        s.off('connect', onConnect);
+        s.destroy();
+        last = err;
+        attempt();
+      };
+      const onConnect = (): void => {
+        this.#deadlines.delete(timer);
+        s.off('error', onError);
+        done({ addr, sock: s, feed });
+      };
+      const timer = this.#deadlines.add(deadline, () => {
+        s.off('error', onError);
+        s.off('connect', onConnect);
+        s.destroy();
+        last = Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' });
+        attempt();
+      });
+      s.once('error', onError);
+      s.once('connect', onConnect);
     };
+    attempt();
   }
 
-  async #serve(client: Socket): Promise<void> {
-    const cr = new SocketReader(client);
+  /** An upstream for HTTP exchanges: dialed, with a reader for its responses. */
+  #upstream(key: string, d: Dialed): Upstream {
+    const reader = new SocketReader(d.sock, d.feed);
+    d.feed?.attach(d.feed.readerSink(reader));
+    return { key, addr: d.addr, internal: internalReason(d.addr) !== null, sock: d.sock, reader, feed: d.feed };
+  }
+
+  #open(key: string, addrs: IpAddr[], port: number): Promise<Upstream | DialFailure> {
+    return new Promise((resolve) =>
+      this.#dial(addrs, port, (r) => resolve('sock' in r ? this.#upstream(`${key}:${port}`, r) : r)),
+    );
+  }
+
+  /** Plain HTTP (absolute-URI requests) on a client connection, starting with its first request. */
+  async #serve(client: Socket, cr: SocketReader, first: RequestHead): Promise<void> {
     let up: Upstream | null = null;
     let handedOff = false;
     try {
+      let req: RequestHead = first;
       for (;;) {
-        const head = await cr.readHead(HEAD_LIMIT, CONNECT_HEAD_LIMIT);
-        if (head === null || head === 'truncated') return;
-        if (head === 'too-large') return this.#reject(client, cr, 431, 'request head too large');
-        const req = parseRequestHead(head);
-        if (typeof req === 'string') return this.#reject(client, cr, 400, req);
         if (req.method === 'CONNECT') {
           up?.sock.destroy();
           up = null;
           handedOff = true;
-          return await this.#connect(client, cr, req);
+          return this.#connect(client, cr, req);
         }
         const r = await this.#forward(client, cr, req, up);
         up = r.up;
@@ -631,6 +696,12 @@ class EgressServer implements EgressProxy {
           return;
         }
         if (r.outcome === 'close') return;
+        const head = await cr.readHead(HEAD_LIMIT, CONNECT_HEAD_LIMIT);
+        if (head === null || head === 'truncated') return;
+        if (head === 'too-large') return this.#reject(client, cr, 431, 'request head too large');
+        const next = parseRequestHead(head);
+        if (typeof next === 'string') return this.#reject(client, cr, 400, next);
+        req = next;
       }
     } finally {
       if (!handedOff) {
@@ -697,16 +768,27 @@ class EgressServer implements EgressProxy {
     return { outcome, up: outcome === 'handed-off' ? null : up };
   }
 
-  async #connect(client: Socket, cr: SocketReader, req: RequestHead): Promise<void> {
+  /** A CONNECT: decide, resolve and dial, then splice (L4) or check each request (L7); callbacks, no promise for IP literals. */
+  #connect(client: Socket, cr: SocketReader, req: RequestHead): void {
     const t = parseHostPort(req.target, null);
     if (typeof t === 'string') return this.#reject(client, cr, 400, t);
+    // No idle timeout on tunnels (a CONNECT after plain requests had one).
+    if (client.timeout) client.setTimeout(0);
     const policy = this.#policy;
     const ep = policy?.match(t.key, t.port) ?? null;
     const v = this.#check(ep, policy !== null);
     if (!v.ok) return this.#deny(client, cr, v.status, t, ep, v.layer, v.reason);
     const endpoint = ep!;
-    let r = this.#resolveChecked(t, endpoint);
-    if (r instanceof Promise) r = await r;
+    const r = this.#resolveChecked(t, endpoint);
+    if (r instanceof Promise) {
+      r.then(
+        (c) => this.#connectChecked(client, cr, t, endpoint, c),
+        (err: unknown) => this.#failed(client, err),
+      );
+    } else this.#connectChecked(client, cr, t, endpoint, r);
+  }
+
+  #connectChecked(client: Socket, cr: SocketReader, t: Target, endpoint: CompiledEndpoint, r: Checked): void {
     if ('deny' in r) return this.#deny(client, cr, 403, t, endpoint, 'L4', r.deny);
     if ('error' in r) {
       return this.#finish(client, cr, jsonResponse(502, { error: 'Bad Gateway', host: t.key, port: t.port, reason: r.error }));
@@ -721,18 +803,21 @@ class EgressServer implements EgressProxy {
       reason: endpoint.rest ? 'endpoint allows destination; each request checked at L7' : 'endpoint allows destination',
       layer: 'L4',
     });
-    const up = await this.#open(t.key, r.addrs, t.port);
-    if (!('sock' in up)) {
-      return this.#finish(client, cr, jsonResponse(up.status, { error: STATUS_CODES[up.status], host: t.key, port: t.port, reason: up.reason }));
+    this.#dial(r.addrs, t.port, (d) => this.#tunnel(client, cr, t, endpoint, d));
+  }
+
+  #tunnel(client: Socket, cr: SocketReader, t: Target, endpoint: CompiledEndpoint, d: Dialed | DialFailure): void {
+    if (!('sock' in d)) {
+      return this.#finish(client, cr, jsonResponse(d.status, { error: STATUS_CODES[d.status], host: t.key, port: t.port, reason: d.reason }));
     }
     if (client.destroyed) {
-      up.sock.destroy();
+      d.sock.destroy();
       return;
     }
-    client.setTimeout(0); // tunnels have no idle timeout
     client.write(CONNECT_OK);
-    if (!endpoint.rest) return this.#splice(client, cr, up);
-    await this.#restTunnel(client, cr, up, t);
+    if (!endpoint.rest) return this.#splice(client, cr, d.sock, d.feed, null);
+    const up = this.#upstream(`${t.key}:${t.port}`, d);
+    this.#restTunnel(client, cr, up, t).catch((err: unknown) => this.#failed(client, err));
   }
 
   /** Plain HTTP inside a CONNECT tunnel to a `protocol: rest` endpoint: check every request. */
@@ -755,7 +840,7 @@ class EgressServer implements EgressProxy {
           layer: 'L4',
         });
         handedOff = true;
-        return this.#splice(client, cr, up);
+        return this.#splice(client, cr, up.sock, up.feed, up.reader);
       }
       for (;;) {
         const head = await cr.readHead(HEAD_LIMIT);
@@ -829,7 +914,7 @@ class EgressServer implements EgressProxy {
         // Only a requested upgrade may switch protocols; anything else is a protocol error.
         if (!req.upgrade) return fail('unsolicited 101 Switching Protocols');
         client.write(raw);
-        this.#splice(client, cr, up);
+        this.#splice(client, cr, up.sock, up.feed, up.reader);
         return 'handed-off';
       }
       if (res.status < 200) {
@@ -858,13 +943,12 @@ class EgressServer implements EgressProxy {
    * bytes both ways, no idle timeout. Bytes already read past the last head
    * go first.
    */
-  #splice(client: Socket, cr: SocketReader, up: Upstream): void {
+  #splice(client: Socket, cr: SocketReader, upSock: Socket, feed: UpstreamFeed | null, ur: SocketReader | null): void {
     const fromClient = cr.detach();
-    const fromUp = up.reader.detach();
-    up.feed?.attach(null);
-    const upSock = up.sock;
-    client.setTimeout(0);
-    upSock.setTimeout(0);
+    const fromUp = ur ? ur.detach() : [];
+    feed?.attach(null);
+    if (client.timeout) client.setTimeout(0);
+    if (upSock.timeout) upSock.setTimeout(0);
     if (client.destroyed || upSock.destroyed) {
       client.destroy();
       upSock.destroy();
@@ -873,7 +957,7 @@ class EgressServer implements EgressProxy {
     for (const b of fromUp) client.write(b);
     for (const b of fromClient) upSock.write(b);
     relay(client, upSock, null);
-    relay(upSock, client, up.feed);
+    relay(upSock, client, feed);
   }
 }
 
