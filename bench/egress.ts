@@ -282,8 +282,7 @@ function target(peer: Peer, ctx: Ctx, p: string, forward: boolean): string {
   return forward && peer.port !== null ? `http://127.0.0.1:${ctx.httpPort}${p}` : p;
 }
 
-async function bulk(peer: Peer, ctx: Ctx, mode: 'connect' | 'forward'): Promise<number> {
-  const size = ctx.quick ? 128 << 20 : 1 << 30;
+async function bulk(peer: Peer, ctx: Ctx, mode: 'connect' | 'forward', size: number): Promise<number> {
   const c = mode === 'connect' || peer.port === null ? await openTunnel(peer, ctx) : await RawConn.open(peer.port);
   await c.get(target(peer, ctx, `/big/${32 << 20}`, mode === 'forward')); // warm up (JIT, buffers)
   const t0 = process.hrtime.bigint();
@@ -297,16 +296,16 @@ function pct(sorted: number[], p: number): number {
   return sorted[Math.min(sorted.length - 1, Math.floor((sorted.length * p) / 100))]!;
 }
 
-/** Latency of small GETs (ms) over `conc` workers for a fixed time. */
-async function latency(peer: Peer, ctx: Ctx, mode: 'tunnel' | 'new-connect' | 'forward', conc: number): Promise<{ p50: number; p99: number; rps: number }> {
-  const ms = ctx.quick ? 400 : 1500;
+/** Latency samples of small GETs (ms) over `conc` workers for `ms`. */
+async function latency(peer: Peer, ctx: Ctx, mode: 'tunnel' | 'new-connect' | 'forward', conc: number, ms: number): Promise<number[]> {
   const samples: number[] = [];
-  const deadline = Date.now() + ms;
   const worker = async (): Promise<void> => {
     let conn: RawConn | null = null;
     if (mode === 'tunnel') conn = await openTunnel(peer, ctx);
     if (mode === 'forward') conn = peer.port === null ? await RawConn.open(ctx.httpPort) : await RawConn.open(peer.port);
     await conn?.get(target(peer, ctx, '/small', mode === 'forward')); // warm
+    await ready;
+    const deadline = Date.now() + ms;
     while (Date.now() < deadline) {
       const t0 = process.hrtime.bigint();
       if (mode === 'new-connect') {
@@ -320,15 +319,16 @@ async function latency(peer: Peer, ctx: Ctx, mode: 'tunnel' | 'new-connect' | 'f
     }
     conn?.close();
   };
-  const t0 = Date.now();
-  await Promise.all(Array.from({ length: conc }, worker));
-  const elapsed = (Date.now() - t0) / 1000;
-  samples.sort((a, b) => a - b);
-  return { p50: pct(samples, 50), p99: pct(samples, 99), rps: samples.length / elapsed };
+  let go!: () => void;
+  const ready = new Promise<void>((r) => (go = r));
+  const workers = Array.from({ length: conc }, worker);
+  go();
+  await Promise.all(workers);
+  return samples;
 }
 
 /** WebSocket echo round trip (µs p50) through a CONNECT tunnel. */
-async function wsEcho(peer: Peer, ctx: Ctx): Promise<{ p50: number; p99: number }> {
+async function wsEcho(peer: Peer, ctx: Ctx, n: number): Promise<number[]> {
   let sock: net.Socket;
   if (peer.port === null) {
     sock = net.connect({ host: '127.0.0.1', port: ctx.httpPort });
@@ -344,7 +344,6 @@ async function wsEcho(peer: Peer, ctx: Ctx): Promise<{ p50: number; p99: number 
   sock.setNoDelay(true);
   const ws = new WebSocket(`ws://127.0.0.1:${ctx.httpPort}/`, { perMessageDeflate: false, createConnection: () => sock });
   await once(ws, 'open');
-  const n = ctx.quick ? 500 : 3000;
   const samples: number[] = [];
   const msg = Buffer.alloc(32, 1);
   for (let i = 0; i < n; i++) {
@@ -355,8 +354,30 @@ async function wsEcho(peer: Peer, ctx: Ctx): Promise<{ p50: number; p99: number 
     samples.push(Number(process.hrtime.bigint() - t0) / 1e3);
   }
   ws.terminate();
-  samples.sort((a, b) => a - b);
-  return { p50: pct(samples, 50), p99: pct(samples, 99) };
+  return samples;
+}
+
+/**
+ * Run `f` for every peer in `rounds` interleaved rounds (the order rotating
+ * each round), so a burst of outside load on this 2-core machine lands on
+ * all peers alike instead of on whichever ran during it.
+ */
+async function interleaved<T>(peers: Peer[], rounds: number, f: (p: Peer) => Promise<T>): Promise<Map<Kind, T[]>> {
+  const out = new Map<Kind, T[]>(peers.map((p) => [p.kind, []]));
+  for (let r = 0; r < rounds; r++) {
+    for (let i = 0; i < peers.length; i++) {
+      const p = peers[(i + r) % peers.length]!;
+      const v = await safely(() => f(p));
+      if (v !== null) out.get(p.kind)!.push(v);
+    }
+  }
+  return out;
+}
+
+function median(xs: number[]): number {
+  if (xs.length === 0) return NaN;
+  const s = [...xs].sort((a, b) => a - b);
+  return s[s.length >> 1]!;
 }
 
 async function safely<T>(f: () => Promise<T>): Promise<T | null> {
@@ -393,42 +414,55 @@ export async function runEgressBench(opts: { quick?: boolean } = {}): Promise<{ 
 
     // Warm every peer (JIT, connection paths) before measuring anything.
     for (const p of peers) {
-      await safely(() => latency(p, { ...ctx, quick: true }, 'new-connect', 4));
-      await safely(() => latency(p, { ...ctx, quick: true }, 'forward', 4));
+      await safely(() => latency(p, ctx, 'new-connect', 4, 400));
+      await safely(() => latency(p, ctx, 'forward', 4, 400));
     }
 
-    type Metric = { name: string; better: 'higher' | 'lower'; run: (p: Peer) => Promise<number> };
+    // Every metric runs all peers in interleaved rounds: latency samples are pooled, throughput is the median round.
+    const live = kinds.map((k) => byKind.get(k)).filter((p): p is Peer => !!p);
+    const rounds = ctx.quick ? 2 : 5;
+    type Metric = { name: string; better: 'higher' | 'lower'; run: () => Promise<Map<Kind, number>> };
+    const memo = <T>(f: () => Promise<T>): (() => Promise<T>) => {
+      let p: Promise<T> | null = null;
+      return () => (p ??= f());
+    };
+    const throughput = (mode: 'connect' | 'forward') => async (): Promise<Map<Kind, number>> => {
+      const size = ctx.quick ? 64 << 20 : 384 << 20;
+      const r = await interleaved(live, ctx.quick ? 2 : 3, (p) => bulk(p, ctx, mode, size));
+      return new Map([...r].map(([k, v]) => [k, median(v)]));
+    };
+    const pooled = (run: (p: Peer) => Promise<number[]>) =>
+      memo(async () => {
+        const r = await interleaved(live, rounds, run);
+        return new Map(
+          [...r].map(([k, v]) => {
+            const all = v.flat().sort((a, b) => a - b);
+            return [k, all.length ? { p50: pct(all, 50), p99: pct(all, 99) } : null] as const;
+          }),
+        );
+      });
+    const pick = (f: () => Promise<Map<Kind, { p50: number; p99: number } | null>>, q: 'p50' | 'p99') => async (): Promise<Map<Kind, number>> =>
+      new Map([...(await f())].map(([k, v]) => [k, v ? v[q] : NaN]));
     const metrics: Metric[] = [
-      { name: 'CONNECT bulk MB/s', better: 'higher', run: (p) => bulk(p, ctx, 'connect') },
-      { name: 'forward bulk MB/s', better: 'higher', run: (p) => bulk(p, ctx, 'forward') },
+      { name: 'CONNECT bulk MB/s', better: 'higher', run: throughput('connect') },
+      { name: 'forward bulk MB/s', better: 'higher', run: throughput('forward') },
     ];
     for (const conc of [1, 32]) {
       for (const mode of ['tunnel', 'new-connect', 'forward'] as const) {
-        const cache = new Map<Kind, Promise<{ p50: number; p99: number; rps: number } | null>>();
-        const get = (p: Peer) => {
-          if (!cache.has(p.kind)) cache.set(p.kind, safely(() => latency(p, ctx, mode, conc)));
-          return cache.get(p.kind)!;
-        };
+        const ms = (ctx.quick ? 400 : 1500) / rounds;
+        const get = pooled((p) => latency(p, ctx, mode, conc, ms));
         const label = mode === 'tunnel' ? 'reused tunnel' : mode === 'new-connect' ? 'new CONNECT/req' : 'forward keep-alive';
-        metrics.push({ name: `${label} c=${conc} p50 ms`, better: 'lower', run: async (p) => (await get(p))?.p50 ?? NaN });
-        metrics.push({ name: `${label} c=${conc} p99 ms`, better: 'lower', run: async (p) => (await get(p))?.p99 ?? NaN });
+        metrics.push({ name: `${label} c=${conc} p50 ms`, better: 'lower', run: pick(get, 'p50') });
+        metrics.push({ name: `${label} c=${conc} p99 ms`, better: 'lower', run: pick(get, 'p99') });
       }
     }
-    const wsCache = new Map<Kind, Promise<{ p50: number; p99: number } | null>>();
-    const wsGet = (p: Peer) => {
-      if (!wsCache.has(p.kind)) wsCache.set(p.kind, safely(() => wsEcho(p, ctx)));
-      return wsCache.get(p.kind)!;
-    };
-    metrics.push({ name: 'WebSocket echo RTT p50 µs', better: 'lower', run: async (p) => (await wsGet(p))?.p50 ?? NaN });
-    metrics.push({ name: 'WebSocket echo RTT p99 µs', better: 'lower', run: async (p) => (await wsGet(p))?.p99 ?? NaN });
+    const ws = pooled((p) => wsEcho(p, ctx, (ctx.quick ? 500 : 3000) / rounds));
+    metrics.push({ name: 'WebSocket echo RTT p50 µs', better: 'lower', run: pick(ws, 'p50') });
+    metrics.push({ name: 'WebSocket echo RTT p99 µs', better: 'lower', run: pick(ws, 'p99') });
 
     const rows: Row[] = [];
     for (const m of metrics) {
-      const vals = new Map<Kind, number | null>();
-      for (const k of kinds) {
-        const peer = byKind.get(k);
-        vals.set(k, peer ? ((await safely(() => m.run(peer))) ?? null) : null);
-      }
+      const vals = (await safely(m.run)) ?? new Map<Kind, number>();
       const num = (k: Kind): number | null => {
         const v = vals.get(k);
         return v === null || v === undefined || !Number.isFinite(v) ? null : v;
