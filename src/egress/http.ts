@@ -183,11 +183,15 @@ export class SocketReader {
     this.#queued += b.length;
   }
 
-  /** Stop reading: returns the bytes read but not consumed; the socket is left paused. A body being piped stops. */
-  detach(): Buffer[] {
+  /**
+   * Stop reading: returns the bytes read but not consumed. A body being
+   * piped stops. The socket is left paused unless the caller takes over its
+   * reads in the same tick (`pause` false: no read stop/start round trip).
+   */
+  detach(pause = true): Buffer[] {
     this.#detached = true;
     this.#pump = null;
-    this.sock.pause();
+    if (pause) this.sock.pause();
     this.sock.off('data', this.#onData);
     this.sock.off('end', this.#onEnd);
     this.sock.off('close', this.#onEnd);

@@ -944,8 +944,9 @@ class EgressServer implements EgressProxy {
    * go first.
    */
   #splice(client: Socket, cr: SocketReader, upSock: Socket, feed: UpstreamFeed | null, ur: SocketReader | null): void {
-    const fromClient = cr.detach();
-    const fromUp = ur ? ur.detach() : [];
+    // `relay` below takes over both sockets' reads in this tick.
+    const fromClient = cr.detach(false);
+    const fromUp = ur ? ur.detach(false) : [];
     feed?.attach(null);
     if (client.timeout) client.setTimeout(0);
     if (upSock.timeout) upSock.setTimeout(0);
