@@ -45,11 +45,11 @@ const profIdx = argv.indexOf('--cpu-prof');
 const profDir = profIdx >= 0 ? resolve(argv[profIdx + 1] ?? 'bench/results/prof-exec-cpu') : '';
 
 /** utime + stime (+ reaped children's) of a process, in ms. */
-function cpuOf(pid: number): { self: number; children: number } {
+function cpuOf(pid: number): { self: number; sys: number; children: number } {
   const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
   const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
   // fields after the comm: state(0) ... utime(11) stime(12) cutime(13) cstime(14)
-  return { self: (Number(f[11]) + Number(f[12])) * TICK_MS, children: (Number(f[13]) + Number(f[14])) * TICK_MS };
+  return { self: (Number(f[11]) + Number(f[12])) * TICK_MS, sys: Number(f[12]) * TICK_MS, children: (Number(f[13]) + Number(f[14])) * TICK_MS };
 }
 
 function supervisorPids(): number[] {
@@ -66,17 +66,18 @@ function supervisorPids(): number[] {
 }
 
 interface Snap {
-  gw: { self: number; children: number };
-  sup: { self: number; children: number };
+  gw: { self: number; sys: number; children: number };
+  sup: { self: number; sys: number; children: number };
   client: number;
   wall: number;
 }
 
 function snap(gwPid: number, sups: number[]): Snap {
-  const sup = { self: 0, children: 0 };
+  const sup = { self: 0, sys: 0, children: 0 };
   for (const p of sups) {
     const c = cpuOf(p);
     sup.self += c.self;
+    sup.sys += c.sys;
     sup.children += c.children;
   }
   const u = process.cpuUsage();
@@ -91,7 +92,7 @@ function report(label: string, a: Snap, b: Snap, per: number, unit: string): voi
   const client = b.client - a.client;
   const total = gw + sup + kids + client;
   console.log(
-    `${label.padEnd(10)} ms CPU per ${unit}: gateway ${f(gw)}  supervisor ${f(sup)}  commands ${f(kids)}  client ${f(client)}  total ${f(total)}   (wall ${((b.wall - a.wall) / 1000).toFixed(2)} s)`,
+    `${label.padEnd(10)} ms CPU per ${unit}: gateway ${f(gw)}  supervisor ${f(sup)}  commands ${f(kids)}  client ${f(client)}  total ${f(total)}   (wall ${((b.wall - a.wall) / 1000).toFixed(2)} s; kernel: gateway ${f(b.gw.sys - a.gw.sys)}, supervisor ${f(b.sup.sys - a.sup.sys)})`,
   );
 }
 

@@ -20,3 +20,11 @@ export function packageRoot(): string {
 export function supervisorEntry(): string {
   return join(packageRoot(), 'dist', 'src', 'supervisor', 'main.js');
 }
+
+/**
+ * Node flags for every supervisor process (drivers put them before the entry).
+ * `--single-threaded-gc`: no GC helper threads. A sandbox gets a core or two
+ * at most, shared with its own workload; parallel scavenges there cost more
+ * CPU than they save, and their pauses showed as the egress proxy's p99.
+ */
+export const SUPERVISOR_NODE_FLAGS: readonly string[] = (process.env.OPENSHELL_SUPERVISOR_NODE_FLAGS ?? '--single-threaded-gc').split(' ').filter(Boolean);

@@ -5,7 +5,7 @@ import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
 import type { Logger } from '../log.js';
-import { supervisorEntry } from '../paths.js';
+import { SUPERVISOR_NODE_FLAGS, supervisorEntry } from '../paths.js';
 import type { BackendState, ComputeDriver, SandboxSpec } from './types.js';
 
 export interface ProcessDriverOptions {
@@ -133,7 +133,7 @@ export class ProcessDriver implements ComputeDriver {
   async #spawnCold(env: Record<string, string>, cwd: string, logFile: string, command: string[]): Promise<ChildProcess> {
     const logFd = openSync(logFile, 'a', 0o600);
     try {
-      const child = spawn(process.execPath, [this.#opts.supervisorEntry ?? supervisorEntry(), '--', ...command], {
+      const child = spawn(process.execPath, [...SUPERVISOR_NODE_FLAGS, this.#opts.supervisorEntry ?? supervisorEntry(), '--', ...command], {
         cwd,
         detached: true,
         stdio: ['ignore', logFd, logFd],
@@ -169,7 +169,7 @@ export class ProcessDriver implements ComputeDriver {
   #fillPool(): void {
     const size = this.#opts.warmPool ?? 0;
     while (!this.#closed && this.#pool.length < size) {
-      const child = spawn(process.execPath, [this.#opts.supervisorEntry ?? supervisorEntry(), '--warm'], {
+      const child = spawn(process.execPath, [...SUPERVISOR_NODE_FLAGS, this.#opts.supervisorEntry ?? supervisorEntry(), '--warm'], {
         cwd: this.#opts.stateDir,
         detached: true,
         stdio: ['pipe', 'ignore', 'ignore'],
