@@ -95,6 +95,16 @@ export function encodeOutput(stream: OutputStream, offset: number, data: Buffer)
   return frame;
 }
 
+/** Encodes consecutive chunks of one stream (`total` bytes in all, starting at `offset`) as one output frame. */
+export function encodeOutputv(stream: OutputStream, offset: number, chunks: readonly Buffer[], total: number): Buffer {
+  const frame = Buffer.allocUnsafe(HEADER + total);
+  frame[0] = stream;
+  frame.writeBigUInt64BE(BigInt(offset), 1);
+  let at = HEADER;
+  for (const c of chunks) at += c.copy(frame, at);
+  return frame;
+}
+
 export interface OutputChunk {
   stream: OutputStream;
   offset: number;

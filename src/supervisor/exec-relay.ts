@@ -1,7 +1,9 @@
 import { WebSocket, type RawData } from 'ws';
 import type { Logger } from '../log.js';
 import {
-  encodeOutput,
+  encodeOutputv,
+  STREAM_STDOUT,
+  type OutputStream,
   type ExecAttachOp,
   type ExecErrorEv,
   type ExecExitEv,
@@ -10,6 +12,14 @@ import {
 } from '../protocol/exec.js';
 import { ExecError, type ExecHandle, type ExecRegistry, type ExecSink, type ExecSubscription } from './exec-registry.js';
 
+/**
+ * Output is coalesced into frames: a frame goes out once this many bytes of
+ * one stream are waiting, after COALESCE_MS (1 ms), or before any other frame or
+ * event. A child writing in small pieces (coreutils write 8 KiB at a time)
+ * then costs one frame per 64 KiB, not one per write.
+ */
+const FRAME_BYTES = 64 * 1024;
+const COALESCE_MS = 1;
 /** Stop reading the exec's output while more than this is queued on the socket. */
 const HIGH_WATER = 4 * 1024 * 1024;
 /** …and resume once the socket drained below this. */
@@ -64,12 +74,37 @@ export function serveExecRelay(
     ws.once('close', () => resolve());
   });
 
+  let pending: Buffer[] = [];
+  let pendingBytes = 0;
+  let pendingStream: OutputStream = STREAM_STDOUT;
+  let pendingOffset = 0;
+  let flushTimer: NodeJS.Timeout | null = null;
+
+  const flush = (): void => {
+    if (flushTimer) {
+      clearTimeout(flushTimer);
+      flushTimer = null;
+    }
+    if (pendingBytes === 0) return;
+    const frame = encodeOutputv(pendingStream, pendingOffset, pending, pendingBytes);
+    pending = [];
+    pendingBytes = 0;
+    if (ws.readyState !== WebSocket.OPEN) return;
+    ws.send(frame, { binary: true }, onSent);
+    if (ws.bufferedAmount > HIGH_WATER) sub?.pause();
+  };
+  const onFlushTimer = (): void => {
+    flushTimer = null;
+    if (!terminal) flush();
+  };
+
   const sendJson = (ev: ExecStartedEv | ExecExitEv | ExecErrorEv): void => {
     if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(ev));
   };
 
   const finish = (ev: ExecExitEv | ExecErrorEv, reason = ''): void => {
     if (terminal) return;
+    flush();
     terminal = true;
     sub?.close();
     sendJson(ev);
@@ -108,8 +143,15 @@ export function serveExecRelay(
   const sink: ExecSink = {
     output(stream, offset, data) {
       if (terminal || ws.readyState !== WebSocket.OPEN) return;
-      ws.send(encodeOutput(stream, offset, data), { binary: true }, onSent);
-      if (ws.bufferedAmount > HIGH_WATER) sub?.pause();
+      if (pendingBytes > 0 && (stream !== pendingStream || offset !== pendingOffset + pendingBytes)) flush();
+      if (pendingBytes === 0) {
+        pendingStream = stream;
+        pendingOffset = offset;
+      }
+      pending.push(data);
+      pendingBytes += data.length;
+      if (pendingBytes >= FRAME_BYTES) flush();
+      else if (!flushTimer) flushTimer = setTimeout(onFlushTimer, COALESCE_MS);
     },
     exit(result) {
       finish({ ev: 'exit', ...result });
@@ -255,6 +297,7 @@ export function serveExecRelay(
   });
   ws.once('close', () => {
     // Never touches the process: a later attach resumes from offsets.
+    if (flushTimer) clearTimeout(flushTimer);
     terminal = true;
     sub?.close();
   });
