@@ -24,7 +24,9 @@ import {
   execStream,
   killEverythingSync,
   mapLimit,
+  request,
   rssKiB,
+  settle,
   startGateway,
   stopChild,
   waitReady,
@@ -39,6 +41,8 @@ const EXECS = arg('execs', 1000);
 const CONC = arg('conc', 16);
 const MB = arg('mb', 256);
 const RUNS = arg('runs', 1);
+/** `--idle N`: this many more sandboxes stay connected and idle during the measurements. */
+const IDLE = arg('idle', 0);
 const TICK_MS = 10; // USER_HZ = 100 on Linux
 /** `--cpu-prof DIR`: the gateway and the supervisors write V8 CPU profiles there (summarise with prof-summary.js). */
 const profIdx = argv.indexOf('--cpu-prof');
@@ -52,12 +56,14 @@ function cpuOf(pid: number): { self: number; sys: number; children: number } {
   return { self: (Number(f[11]) + Number(f[12])) * TICK_MS, sys: Number(f[12]) * TICK_MS, children: (Number(f[13]) + Number(f[14])) * TICK_MS };
 }
 
-function supervisorPids(): number[] {
+/** Supervisors of the given sandbox ids (their process title names the id). */
+function supervisorPids(ids: string[]): number[] {
   const out: number[] = [];
   for (const d of readdirSync('/proc')) {
     if (!/^\d+$/.test(d)) continue;
     try {
-      if (readFileSync(`/proc/${d}/cmdline`, 'utf8').startsWith('openshell-supervisor sb')) out.push(Number(d));
+      const title = readFileSync(`/proc/${d}/cmdline`, 'utf8');
+      if (ids.some((id) => title.startsWith(`openshell-supervisor ${id}`))) out.push(Number(d));
     } catch {
       // gone
     }
@@ -112,8 +118,14 @@ async function main(): Promise<void> {
       await createSandbox(gw.url, b, profDir ? { NODE_OPTIONS: `--import=${preload}`, OPENSHELL_BENCH_PROF: join(profDir, `supervisor-${b}.cpuprofile`) } : undefined);
     }
     for (const b of boxes) await waitReady(gw.url, b);
+    await mapLimit(Array.from({ length: IDLE }, (_, i) => `idle-${i}`), 10, async (n) => {
+      await createSandbox(gw.url, n);
+      await waitReady(gw.url, n, 60_000);
+    });
+    if (IDLE > 0) await settle();
     await mapLimit(Array.from({ length: 50 }, (_, i) => i), 8, (i) => execJson(gw.url, boxes[i % 2]!, ['true']));
-    const sups = supervisorPids().filter((p) => p !== gw.pid);
+    const ids = await Promise.all(boxes.map(async (b) => String((await request('GET', `${gw.url}/v1/sandboxes/${b}`)).body?.id)));
+    const sups = supervisorPids(ids);
     const a = snap(gw.pid, sups);
     let errors = 0;
     await mapLimit(Array.from({ length: EXECS }, (_, i) => i), CONC, async (i) => {

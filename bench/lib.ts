@@ -423,3 +423,31 @@ export function withTimeout<T>(p: Promise<T>, ms: number, what: string): Promise
     }),
   ]);
 }
+
+/** Busy jiffies and all jiffies of the whole machine, from /proc/stat. */
+function cpuJiffies(): { busy: number; total: number } {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n', 1)[0]!.trim().split(/\s+/).slice(1).map(Number);
+  const idle = (f[3] ?? 0) + (f[4] ?? 0);
+  const total = f.reduce((a, b) => a + b, 0);
+  return { busy: total - idle, total };
+}
+
+/**
+ * Waits until the machine's CPU is below `maxBusy` (fraction of all cores)
+ * over a 500 ms window, or `timeoutMs` passed; returns the last reading.
+ */
+export async function settle(maxBusy = 0.15, timeoutMs = 60_000): Promise<number> {
+  const deadline = Date.now() + timeoutMs;
+  let busy = 1;
+  let announced = false;
+  for (;;) {
+    const a = cpuJiffies();
+    await new Promise((r) => setTimeout(r, 500));
+    const b = cpuJiffies();
+    busy = (b.busy - a.busy) / Math.max(1, b.total - a.total);
+    if (busy <= maxBusy || Date.now() >= deadline) break;
+    if (!announced) progress(`waiting for the CPU to settle (${(busy * 100).toFixed(0)} % busy)`);
+    announced = true;
+  }
+  return busy;
+}
