@@ -15,6 +15,7 @@ import { existsSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { setTimeout as delay } from 'node:timers/promises';
 import WebSocket from 'ws';
+import { SUPERVISOR_NODE_FLAGS } from '../src/paths.js';
 
 type Row = Record<string, string | number>;
 type Kind = 'direct' | 'ours-L4' | 'ours-L7' | 'squid' | 'tinyproxy';
@@ -37,9 +38,9 @@ function childScript(): { file: string; execArgv: string[] } {
   return { file: path.join(path.dirname(here), `egress-child${ext}`), execArgv: process.execArgv };
 }
 
-async function forkChild(args: string[]): Promise<{ child: ChildProcess; msg: Record<string, number> }> {
+async function forkChild(args: string[], extraExecArgv: readonly string[] = []): Promise<{ child: ChildProcess; msg: Record<string, number> }> {
   const { file, execArgv } = childScript();
-  const child = fork(file, args, { execArgv, stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const child = fork(file, args, { execArgv: [...execArgv, ...extraExecArgv], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   children.push(child);
   const [msg] = (await Promise.race([
     once(child, 'message'),
@@ -167,7 +168,8 @@ async function startOurs(kind: 'ours-L4' | 'ours-L7', httpPort: number): Promise
       ? { host: '127.0.0.1', port: httpPort, protocol: 'rest', access: 'full' }
       : { host: '127.0.0.1', port: httpPort };
   const policy = { version: 1, network_policies: { bench: { endpoints: [endpoint] } } };
-  const { child, msg } = await forkChild(['proxy', JSON.stringify(policy)]);
+  // The proxy runs inside the supervisor in production: same Node flags here.
+  const { child, msg } = await forkChild(['proxy', JSON.stringify(policy)], SUPERVISOR_NODE_FLAGS);
   return { kind, port: msg.port!, stop: () => stopChild(child) };
 }
 
