@@ -324,9 +324,10 @@ async function benchExec(): Promise<SectionResult> {
 async function benchBulk(): Promise<SectionResult> {
   const gw = await mainGateway();
   const [box] = await ensurePool(1);
-  // warm-up
-  const w = await execStream(gw.url, box, `head -c ${8 * 1024 * 1024} /dev/zero`).done;
-  if (w.stdoutBytes !== 8 * 1024 * 1024) throw new Error(`warm-up got ${w.stdoutBytes} bytes (${w.error})`);
+  // warm-up: long enough for the JIT to optimise the output path in the gateway and the supervisor
+  const warm = 64 * 1024 * 1024;
+  const w = await execStream(gw.url, box, `head -c ${warm} /dev/zero`).done;
+  if (w.stdoutBytes !== warm) throw new Error(`warm-up got ${w.stdoutBytes} bytes (${w.error})`);
   const runs: number[] = [];
   for (let i = 0; i < (quick ? 1 : 3); i++) {
     const t = performance.now();
