@@ -433,21 +433,26 @@ function cpuJiffies(): { busy: number; total: number } {
 }
 
 /**
- * Waits until the machine's CPU is below `maxBusy` (fraction of all cores)
- * over a 500 ms window, or `timeoutMs` passed; returns the last reading.
+ * Waits until the machine's CPU stayed below `maxBusy` (fraction of all
+ * cores) for three 500 ms windows in a row, or `timeoutMs` passed; returns
+ * the last reading.
  */
-export async function settle(maxBusy = 0.15, timeoutMs = 60_000): Promise<number> {
+export async function settle(maxBusy = 0.08, timeoutMs = 60_000): Promise<number> {
   const deadline = Date.now() + timeoutMs;
   let busy = 1;
+  let quiet = 0;
   let announced = false;
   for (;;) {
     const a = cpuJiffies();
     await new Promise((r) => setTimeout(r, 500));
     const b = cpuJiffies();
     busy = (b.busy - a.busy) / Math.max(1, b.total - a.total);
-    if (busy <= maxBusy || Date.now() >= deadline) break;
-    if (!announced) progress(`waiting for the CPU to settle (${(busy * 100).toFixed(0)} % busy)`);
-    announced = true;
+    quiet = busy <= maxBusy ? quiet + 1 : 0;
+    if (quiet >= 3 || Date.now() >= deadline) break;
+    if (!announced && busy > maxBusy) {
+      progress(`waiting for the CPU to settle (${(busy * 100).toFixed(0)} % busy)`);
+      announced = true;
+    }
   }
   return busy;
 }
