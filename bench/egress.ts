@@ -16,6 +16,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { setTimeout as delay } from 'node:timers/promises';
 import WebSocket from 'ws';
 import { SUPERVISOR_NODE_FLAGS } from '../src/paths.js';
+import { freePort } from './lib.js';
 
 type Row = Record<string, string | number>;
 type Kind = 'direct' | 'ours-L4' | 'ours-L7' | 'squid' | 'tinyproxy';
@@ -56,15 +57,6 @@ async function stopChild(child: ChildProcess): Promise<void> {
   child.kill('SIGTERM');
   await Promise.race([once(child, 'exit'), delay(2000)]);
   if (child.exitCode === null) child.kill('SIGKILL');
-}
-
-async function freePort(): Promise<number> {
-  const s = net.createServer();
-  s.listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
 }
 
 async function waitForPort(port: number, ms: number): Promise<boolean> {
