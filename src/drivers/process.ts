@@ -55,6 +55,8 @@ export class ProcessDriver implements ComputeDriver {
   /** Live workloads by sandbox id. */
   readonly #running = new Map<string, PidFile>();
   readonly #deleting = new Set<string>();
+  /** Deletes in flight, so close() can let them finish removing their directories. */
+  readonly #deletes = new Set<Promise<void>>();
   readonly #timer: NodeJS.Timeout;
   readonly #pool: ChildProcess[] = [];
   /** This state dir's exec spools on tmpfs (one directory per state dir), or null without tmpfs. */
@@ -191,6 +193,16 @@ export class ProcessDriver implements ComputeDriver {
   }
 
   async delete(id: string): Promise<void> {
+    const done = this.#delete(id);
+    this.#deletes.add(done);
+    try {
+      await done;
+    } finally {
+      this.#deletes.delete(done);
+    }
+  }
+
+  async #delete(id: string): Promise<void> {
     this.#deleting.add(id);
     try {
       const record = this.#running.get(id) ?? (await readPidFile(this.sandboxDir(id)));
@@ -249,6 +261,8 @@ export class ProcessDriver implements ComputeDriver {
     clearInterval(this.#timer);
     this.#listeners.clear();
     for (const child of this.#pool.splice(0)) child.kill('SIGKILL');
+    // Each delete is bounded (TERM, KILL after 2 s): let them remove their directories first.
+    await Promise.allSettled([...this.#deletes]);
     if (this.#shmRoot) {
       try {
         rmdirSync(this.#shmRoot); // only when empty: live sandboxes keep their spools

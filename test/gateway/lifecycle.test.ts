@@ -112,3 +112,17 @@ t.test('exec spools of sandboxes that were never deleted are swept when the driv
   t.notOk(existsSync(orphan), 'orphaned spool removed');
   t.ok(existsSync(driver.spoolDir(kept)), 'a live sandbox keeps its spool');
 });
+
+t.test('a gateway closing while a delete is in flight leaves no spool directory behind', async (t) => {
+  const gw = await startGateway(t);
+  const driver = gw.app.openshell.driver as ProcessDriver;
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'going' });
+  await waitForPhase(gw.app, 'going', 'Ready');
+  const id = (await gw.app.openshell.sandboxes.getRecord('going')).id;
+  const root = join(driver.spoolDir(id), '..');
+  const deleting = driver.delete(id);
+  await gw.app.close();
+  await deleting;
+  t.notOk(existsSync(driver.spoolDir(id)), 'the sandbox spool is removed');
+  if (root.startsWith('/dev/shm/')) t.notOk(existsSync(root), 'the per-state-dir tmpfs root is removed once empty');
+});
