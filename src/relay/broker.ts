@@ -90,9 +90,8 @@ export class RelayBroker {
   /**
    * An exec relay for `sandboxId`: an idle one of its current session that
    * heard from its peer within a ping period, else a new one (`open`).
-   * `reused` tells the caller the supervisor already served an exec on it.
    */
-  async acquireExec(sandboxId: string, signal?: AbortSignal): Promise<{ ws: WebSocket; reused: boolean }> {
+  async acquireExec(sandboxId: string, signal?: AbortSignal): Promise<WebSocket> {
     const list = this.#idle.get(sandboxId);
     if (list) {
       const freshMs = this.#o.config.keepaliveIntervalMs + this.#o.config.keepaliveTimeoutMs / 4;
@@ -102,13 +101,13 @@ export class RelayBroker {
         const session = this.#sessionOf.get(ws);
         if (ws.readyState === ws.OPEN && session && !session.signal.aborted && silentForMs(ws) <= freshMs) {
           if (list.length === 0) this.#idle.delete(sandboxId);
-          return { ws, reused: true };
+          return ws;
         }
         if (ws.readyState === ws.OPEN) ws.close(1000, 'stale');
       }
       this.#idle.delete(sandboxId);
     }
-    return { ws: await this.open(sandboxId, 'exec', signal), reused: false };
+    return this.open(sandboxId, 'exec', signal);
   }
 
   /**

@@ -21,13 +21,6 @@ const QUEUE_HIGH = 512;
 const QUEUE_LOW = 128;
 const STDIN_CHUNK = 256 * 1024;
 
-/**
- * The gateway's end of one exec relay: sends the `start` op and turns the
- * supervisor's frames into events. The iterator always ends with exactly one
- * `exit` or `error`: if the relay dies first (keepalive timeout, session
- * lost, RST), it ends with `RELAY_LOST` at once. A slow reader pauses the
- * relay socket, so backpressure reaches the process in the sandbox.
- */
 export interface ExecRunOptions {
   /**
    * Relay reuse: the start op asks the supervisor to keep the relay, and when
@@ -37,6 +30,13 @@ export interface ExecRunOptions {
   onRelease?: (ws: WebSocket) => void;
 }
 
+/**
+ * The gateway's end of one exec relay: sends the `start` op and turns the
+ * supervisor's frames into events. The iterator always ends with exactly one
+ * `exit` or `error`: if the relay dies first (keepalive timeout, session
+ * lost, RST), it ends with `RELAY_LOST` at once. A slow reader pauses the
+ * relay socket, so backpressure reaches the process in the sandbox.
+ */
 export class ExecRun implements AsyncIterable<RunEvent> {
   readonly execId: string;
   readonly #ws: WebSocket;

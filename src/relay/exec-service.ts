@@ -59,7 +59,7 @@ export class ExecService {
         details: { phase: record.phase, reason: record.condition.reason },
       });
     }
-    const { ws } = await this.#broker.acquireExec(record.id, opts.signal);
+    const ws = await this.#broker.acquireExec(record.id, opts.signal);
     const execId = `ex_${randomBytes(10).toString('hex')}`;
     const noInput = !opts.interactiveStdin && (!stdin || stdin.length === 0);
     const start: ExecStartOp = {

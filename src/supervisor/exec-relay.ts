@@ -35,7 +35,7 @@ function toBuffer(data: RawData): Buffer {
  * Serves one `exec` relay WebSocket against the registry: the first text frame
  * is `start` or `attach`; then binary frames are stdin and text frames are
  * `closeStdin`/`signal`/`resize`/`detach`. Output goes out as binary frames
- * (`encodeOutput`) followed by exactly one `exit` or `error`, then a 1000
+ * (`encodeOutputv`, coalesced up to 64 KiB) followed by exactly one `exit` or `error`, then a 1000
  * close. Losing the socket only unsubscribes: the process keeps running.
  *
  * With `keep: true` on `start`/`attach` the relay stays open after the
