@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { accessSync, closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmdirSync } from 'node:fs';
+import { accessSync, closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmdirSync, statfsSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
 import { tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
@@ -23,6 +23,8 @@ export interface ProcessDriverOptions {
    * start-up. 0 = start each supervisor cold.
    */
   warmPool?: number;
+  /** Free space /dev/shm needs for spools to go there (default MIN_SHM_FREE_BYTES). */
+  minShmFreeBytes?: number;
 }
 
 /** What a warm supervisor receives on stdin (one JSON line): it becomes this sandbox's supervisor. */
@@ -67,7 +69,7 @@ export class ProcessDriver implements ComputeDriver {
     this.#opts = opts;
     this.#log = opts.log.child({ component: 'driver', driver: 'process' });
     this.#timer = setInterval(() => this.#poll(), opts.pollMs ?? 1000).unref();
-    this.#shmRoot = shmRoot(opts.stateDir);
+    this.#shmRoot = shmRoot(opts.stateDir, opts.minShmFreeBytes);
     this.#fillPool();
   }
 
@@ -293,9 +295,18 @@ export class ProcessDriver implements ComputeDriver {
   }
 }
 
-/** A private directory on /dev/shm for this state dir's exec spools, or null where there is no usable tmpfs. */
-function shmRoot(stateDir: string): string | null {
+/** /dev/shm must have this much free to hold spools: a container's default 64 MiB would fill with one large output. */
+export const MIN_SHM_FREE_BYTES = 1024 ** 3;
+
+/**
+ * A private directory on /dev/shm for this state dir's exec spools, or null
+ * (spools then go under the state dir) where there is no usable tmpfs or it
+ * has less than `minFreeBytes` free.
+ */
+export function shmRoot(stateDir: string, minFreeBytes = MIN_SHM_FREE_BYTES): string | null {
   try {
+    const fs = statfsSync('/dev/shm');
+    if (fs.bavail * fs.bsize < minFreeBytes) return null;
     const tag = createHash('sha256').update(resolve(stateDir)).digest('hex').slice(0, 16);
     const root = join('/dev/shm', `openshell-${process.getuid?.() ?? 0}-${tag}`);
     mkdirSync(root, { recursive: true, mode: 0o700 });

@@ -1,10 +1,11 @@
-import { existsSync, mkdirSync, writeFileSync } from 'node:fs';
-import type { ProcessDriver } from '../../src/drivers/process.js';
+import { existsSync, mkdirSync, rmSync, writeFileSync } from 'node:fs';
+import { ProcessDriver, shmRoot } from '../../src/drivers/process.js';
+import { silentLogger } from '../../src/log.js';
 import { join } from 'node:path';
 import t from 'tap';
 import type { Sandbox, SandboxList } from '../../src/schemas/sandbox.js';
 import { ndjson } from '../helpers/exec.js';
-import { alive, api, startGateway, waitForPhase, waitForSandbox } from '../helpers/gateway.js';
+import { alive, api, startGateway, tempDir, waitForPhase, waitForSandbox } from '../helpers/gateway.js';
 import { processEnv, supervisorPid, supervisorsOf } from '../helpers/sandbox.js';
 
 t.test('create → Ready, list, get, label filter, delete', async (t) => {
@@ -125,4 +126,19 @@ t.test('a gateway closing while a delete is in flight leaves no spool directory 
   await deleting;
   t.notOk(existsSync(driver.spoolDir(id)), 'the sandbox spool is removed');
   if (root.startsWith('/dev/shm/')) t.notOk(existsSync(root), 'the per-state-dir tmpfs root is removed once empty');
+});
+
+t.test('spools use /dev/shm only when it has room, else the state dir', async (t) => {
+  const dir = tempDir(t);
+  t.equal(shmRoot(dir, Number.MAX_SAFE_INTEGER), null, 'a tmpfs without room is not used');
+  const root = shmRoot(dir, 0);
+  if (root === null) {
+    t.pass('no usable /dev/shm on this machine');
+    return;
+  }
+  t.teardown(() => rmSync(root, { recursive: true, force: true }));
+  t.ok(root.startsWith('/dev/shm/openshell-'), root);
+  const driver = new ProcessDriver({ stateDir: dir, log: silentLogger, warmPool: 0, minShmFreeBytes: Number.MAX_SAFE_INTEGER });
+  t.teardown(() => driver.close());
+  t.ok(driver.spoolDir('sbx_0000000000000000').startsWith(join(dir, '')), 'spools fall back under the state dir');
 });
