@@ -19,8 +19,14 @@ export async function spawnGateway(t: Teardown, args: string[], env: NodeJS.Proc
     env: { ...process.env, OPENSHELL_LOG_LEVEL: 'warn', ...env },
     stdio: ['ignore', 'pipe', 'pipe'],
   });
-  t.teardown(() => {
-    if (child.exitCode === null && child.signalCode === null) child.kill('SIGKILL');
+  // Stopped like users stop it (SIGTERM, so it cleans up after itself), killed if it does not exit in 5 s.
+  t.teardown(async () => {
+    if (child.exitCode !== null || child.signalCode !== null) return;
+    const exited = once(child, 'exit');
+    child.kill('SIGTERM');
+    const timer = setTimeout(() => child.kill('SIGKILL'), 5000);
+    await exited;
+    clearTimeout(timer);
   });
   const url = await listeningUrl(child, 15_000);
   return { child, url };
