@@ -1,28 +1,14 @@
 import { readdirSync, readlinkSync } from 'node:fs';
-import { mkdtemp, readdir, rm } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { readdir } from 'node:fs/promises';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
-import { silentLogger } from '../../src/log.js';
 import { STREAM_STDERR, STREAM_STDOUT, type ExecStartOp, type OutputStream } from '../../src/protocol/exec.js';
 import { ExecError, ExecRegistry, type ExecResult } from '../../src/supervisor/exec-registry.js';
 import { isRoot } from '../../src/supervisor/users.js';
+import { tempRegistry, type TempRegistry } from '../helpers/registry.js';
 
-async function setup(t: Test, opts: { finishedRetentionMs?: number } = {}): Promise<{ dir: string; spoolDir: string; registry: ExecRegistry }> {
-  const dir = await mkdtemp(join(tmpdir(), 'openshell-exec-registry-'));
-  const spoolDir = join(dir, 'spool');
-  const registry = new ExecRegistry({
-    log: silentLogger,
-    spoolDir,
-    baseEnv: () => ({ PATH: process.env.PATH ?? '/usr/bin:/bin', BASE: 'base' }),
-    defaultCwd: dir,
-    ...opts,
-  });
-  t.teardown(async () => {
-    await registry.close();
-    await rm(dir, { recursive: true, force: true });
-  });
-  return { dir, spoolDir, registry };
+async function setup(t: Test, opts: { finishedRetentionMs?: number } = {}): Promise<TempRegistry> {
+  return tempRegistry(t, 'openshell-exec-registry-', { env: { BASE: 'base' }, ...opts });
 }
 
 let n = 0;

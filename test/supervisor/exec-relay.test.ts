@@ -1,9 +1,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
-import { mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises';
+import { mkdir, readFile, writeFile } from 'node:fs/promises';
 import { readFileSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { WebSocket, WebSocketServer } from 'ws';
@@ -11,6 +10,7 @@ import { silentLogger } from '../../src/log.js';
 import { decodeOutput, type ExecEv, type ExecStartOp } from '../../src/protocol/exec.js';
 import { ExecRegistry } from '../../src/supervisor/exec-registry.js';
 import { serveExecRelay } from '../../src/supervisor/exec-relay.js';
+import { tempRegistry } from '../helpers/registry.js';
 
 interface Ctx {
   dir: string;
@@ -20,20 +20,12 @@ interface Ctx {
 }
 
 async function setup(t: Test): Promise<Ctx> {
-  const dir = await mkdtemp(join(tmpdir(), 'openshell-exec-relay-'));
-  const registry = new ExecRegistry({
-    log: silentLogger,
-    spoolDir: join(dir, 'spool'),
-    baseEnv: () => ({ PATH: process.env.PATH ?? '/usr/bin:/bin' }),
-    defaultCwd: dir,
-  });
+  const { dir, registry } = await tempRegistry(t, 'openshell-exec-relay-');
   const wss = new WebSocketServer({ port: 0, host: '127.0.0.1', perMessageDeflate: false });
   await once(wss, 'listening');
   t.teardown(async () => {
     for (const c of wss.clients) c.terminate();
     await new Promise((r) => wss.close(r));
-    await registry.close();
-    await rm(dir, { recursive: true, force: true });
   });
   return { dir, registry, wss, port: (wss.address() as AddressInfo).port };
 }

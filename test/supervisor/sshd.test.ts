@@ -1,9 +1,8 @@
 import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
-import { mkdtemp, readFile, rm, stat, writeFile } from 'node:fs/promises';
+import { readFile, stat, writeFile } from 'node:fs/promises';
 import { connect, type AddressInfo } from 'node:net';
-import { tmpdir } from 'node:os';
 import { join } from 'node:path';
 import ssh2, { Client, type ClientChannel, type SFTPWrapper } from 'ssh2';
 import t, { type Test } from 'tap';
@@ -12,6 +11,7 @@ import { silentLogger } from '../../src/log.js';
 import { ExecRegistry } from '../../src/supervisor/exec-registry.js';
 import { bridgeSshRelay } from '../../src/supervisor/ssh-relay.js';
 import { generateHostKey, startSshServer } from '../../src/supervisor/sshd.js';
+import { tempRegistry } from '../helpers/registry.js';
 
 interface Ctx {
   dir: string;
@@ -20,19 +20,11 @@ interface Ctx {
 }
 
 async function setup(t: Test): Promise<Ctx> {
-  const dir = await mkdtemp(join(tmpdir(), 'openshell-sshd-'));
-  const registry = new ExecRegistry({
-    log: silentLogger,
-    spoolDir: join(dir, 'spool'),
-    baseEnv: () => ({ PATH: process.env.PATH ?? '/usr/bin:/bin' }),
-    defaultCwd: dir,
-  });
+  const { dir, registry } = await tempRegistry(t, 'openshell-sshd-');
   const socketPath = join(dir, 'run', 'ssh.sock');
   const server = await startSshServer({ socketPath, registry, log: silentLogger });
   t.teardown(async () => {
     await server.close();
-    await registry.close();
-    await rm(dir, { recursive: true, force: true });
   });
   return { dir, socketPath, registry };
 }
