@@ -16,7 +16,7 @@ import { fileURLToPath, pathToFileURL } from 'node:url';
 import { setTimeout as delay } from 'node:timers/promises';
 import WebSocket from 'ws';
 import { SUPERVISOR_NODE_FLAGS } from '../src/paths.js';
-import { freePort } from './lib.js';
+import { freePort } from './ports.js';
 
 type Row = Record<string, string | number>;
 type Kind = 'direct' | 'ours-L4' | 'ours-L7' | 'squid' | 'tinyproxy';

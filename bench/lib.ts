@@ -5,7 +5,6 @@
  * statistics.
  */
 import http from 'node:http';
-import net from 'node:net';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { readFileSync, readdirSync } from 'node:fs';
@@ -79,14 +78,7 @@ export async function stopChild(child: ChildProcess, graceMs = 3000): Promise<vo
   }
 }
 
-export async function freePort(): Promise<number> {
-  const s = net.createServer();
-  s.listen(0, '127.0.0.1');
-  await once(s, 'listening');
-  const port = (s.address() as net.AddressInfo).port;
-  await new Promise((r) => s.close(r));
-  return port;
-}
+export { freePort } from './ports.js';
 
 // ---------------------------------------------------------------- gateway
 

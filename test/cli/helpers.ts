@@ -1,5 +1,3 @@
-import { once } from 'node:events';
-import { createServer } from 'node:net';
 import { PassThrough, Readable } from 'node:stream';
 import { runCli } from '../../src/cli/main.js';
 
@@ -22,13 +20,5 @@ export async function cli(argv: string[], opts: { env?: NodeJS.ProcessEnv; stdin
   return { code, stdout: Buffer.concat(out).toString('utf8'), stderr: Buffer.concat(err).toString('utf8') };
 }
 
-/** A port nobody listens on (bound, then released). */
-export async function closedPort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as { port: number };
-  server.close();
-  await once(server, 'close');
-  return port;
-}
+/** A port nobody listens on. */
+export { freePort as closedPort } from '../../bench/ports.js';

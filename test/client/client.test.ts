@@ -1,5 +1,3 @@
-import { createServer } from 'node:net';
-import { once } from 'node:events';
 import t from 'tap';
 import {
   OpenShellApiError,
@@ -9,18 +7,9 @@ import {
   parseNdjson,
   type Sandbox,
 } from '../../src/client/index.js';
+import { freePort as closedPort } from '../../bench/ports.js';
 import { startGateway } from '../helpers/gateway.js';
 
-/** A port nobody listens on (bound, then released). */
-async function closedPort(): Promise<number> {
-  const server = createServer();
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const { port } = server.address() as { port: number };
-  server.close();
-  await once(server, 'close');
-  return port;
-}
 
 async function* chunksOf(...parts: Array<string | Uint8Array>): AsyncGenerator<Uint8Array | string> {
   for (const p of parts) yield p;

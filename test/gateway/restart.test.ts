@@ -4,7 +4,7 @@ import type { Sandbox, SandboxList } from '../../src/schemas/sandbox.js';
 import { spawnGateway, killHard } from '../helpers/gateway-process.js';
 import { api, tempDir } from '../helpers/gateway.js';
 import { supervisorsOf } from '../helpers/sandbox.js';
-import { getFreePort } from '../helpers/ports.js';
+import { freePort } from '../../bench/ports.js';
 
 async function untilAllReady(url: string, count: number, timeoutMs: number): Promise<Sandbox[]> {
   const deadline = Date.now() + timeoutMs;
@@ -18,7 +18,7 @@ async function untilAllReady(url: string, count: number, timeoutMs: number): Pro
 
 t.test('kill -9 the gateway, restart on the same state dir: sandboxes adopted and Ready within 5 s', async (t) => {
   const stateDir = tempDir(t);
-  const port = await getFreePort();
+  const port = await freePort();
   const args = ['--port', String(port), '--state-dir', stateDir, '--keepalive-interval-ms', '500', '--keepalive-timeout-ms', '1500'];
   const first = await spawnGateway(t, args);
   const names = ['one', 'two', 'three'];
@@ -52,7 +52,7 @@ t.test('kill -9 the gateway, restart on the same state dir: sandboxes adopted an
 
 t.test('a supervisor that died while the gateway was down is reported as Error', async (t) => {
   const stateDir = tempDir(t);
-  const port = await getFreePort();
+  const port = await freePort();
   const args = ['--port', String(port), '--state-dir', stateDir];
   const first = await spawnGateway(t, args);
   const s = (await api<Sandbox>(first.url, 'POST', '/v1/sandboxes', { name: 'lost' })).body;
