@@ -2,6 +2,7 @@ import t from 'tap';
 import net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
 import { connectVia, onePolicy, portOf, startHttp, startProxy, within } from './fixtures/helpers.js';
+import { readSlowly, slowCollect } from '../helpers/streams.js';
 
 /*
  * L7 (`protocol: rest`) bodies are pushed through chunk by chunk as they are
@@ -19,17 +20,10 @@ class SlowResponses {
   #chunks: Buffer[] = [];
   #len = 0;
   #wake: (() => void) | null = null;
-  #n = 0;
   constructor(readonly sock: net.Socket, leftover: Buffer) {
     if (leftover.length) this.#push(leftover);
     sock.removeAllListeners('data');
-    sock.on('data', (c: Buffer) => {
-      this.#push(c);
-      if (++this.#n % 8 === 0) {
-        sock.pause();
-        setTimeout(() => sock.resume(), 3);
-      }
-    });
+    readSlowly(sock, (c) => this.#push(c), 8, 3);
   }
   #push(c: Buffer): void {
     this.#chunks.push(c);
@@ -105,17 +99,8 @@ t.test('L7 tunnel: big Content-Length and chunked bodies stream intact both ways
       next();
     } else if (req.url === '/upload') {
       // A slow reader: the proxy must hold the client back, not buffer the body.
-      const parts: Buffer[] = [];
-      let n = 0;
-      req.on('data', (c: Buffer) => {
-        parts.push(c);
-        if (++n % 8 === 0) {
-          req.pause();
-          setTimeout(() => req.resume(), 3);
-        }
-      });
-      req.on('end', () => {
-        uploaded = sha(Buffer.concat(parts));
+      void slowCollect(req, 8, 3).then((body) => {
+        uploaded = sha(body);
         res.writeHead(200, { 'content-length': 2 });
         res.end('ok');
       });

@@ -4,6 +4,7 @@ import http from 'node:http';
 import { once } from 'node:events';
 import { createHash, randomBytes } from 'node:crypto';
 import { connectVia, onePolicy, portOf, startHttp, startProxy, within } from './fixtures/helpers.js';
+import { slowCollect } from '../helpers/streams.js';
 
 /*
  * Raw tunnels (CONNECT to an L4 endpoint) splice the two sockets by hand:
@@ -30,23 +31,6 @@ async function startTcp(t: Test, onConn: (s: net.Socket) => void): Promise<net.S
     server.close();
   });
   return server;
-}
-
-/** Read everything from `s` until end, pausing now and then so the sender hits backpressure. */
-function slowCollect(s: net.Socket): Promise<Buffer> {
-  return new Promise((resolve, reject) => {
-    const parts: Buffer[] = [];
-    let n = 0;
-    s.on('data', (c: Buffer) => {
-      parts.push(c);
-      if (++n % 16 === 0) {
-        s.pause();
-        setTimeout(() => s.resume(), 2);
-      }
-    });
-    s.on('end', () => resolve(Buffer.concat(parts)));
-    s.on('error', reject);
-  });
 }
 
 t.test('L4 tunnel: 24 MiB each way intact under backpressure, FIN forwarded one way at a time', async (t) => {
@@ -117,19 +101,7 @@ t.test('rest tunnel and forward: large bodies intact through the L7 reader', asy
       const got = await new Promise<Buffer>((resolve, reject) => {
         const req = http.request(
           { host: '127.0.0.1', port: proxy.port, path: `http://127.0.0.1:${portOf(server)}/big`, agent: false },
-          (res) => {
-            const parts: Buffer[] = [];
-            let n = 0;
-            res.on('data', (c: Buffer) => {
-              parts.push(c);
-              if (++n % 16 === 0) {
-                res.pause();
-                setTimeout(() => res.resume(), 2);
-              }
-            });
-            res.on('end', () => resolve(Buffer.concat(parts)));
-            res.on('error', reject);
-          },
+          (res) => slowCollect(res).then(resolve, reject),
         );
         req.on('error', reject);
         req.end();
