@@ -1,5 +1,7 @@
+import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
+import { WebSocket } from 'ws';
 
 /** The supervisor pid the process driver recorded for a sandbox. */
 export function supervisorPid(stateDir: string, sandboxId: string): number {
@@ -47,3 +49,24 @@ function readdirSafe(dir: string): string[] {
 }
 
 import { readdirSync as readdirSyncCompat } from 'node:fs';
+
+/**
+ * Takes over a sandbox's control session: a WebSocket that says hello with
+ * the sandbox's own token (superseding its supervisor) and answers nothing
+ * unless the test says so. Resolves after the welcome; terminated at teardown.
+ */
+export async function fakeSession(
+  t: { teardown(fn: () => unknown): void },
+  gw: { url: string; stateDir: string },
+  sandboxId: string,
+  version = 'test',
+): Promise<{ ws: WebSocket; sessionId: string }> {
+  const ws = new WebSocket(`${gw.url.replace(/^http/, 'ws')}/v1/supervisor/session`, {
+    headers: { authorization: `Bearer ${sandboxToken(gw.stateDir, sandboxId)}` },
+  });
+  t.teardown(() => ws.terminate());
+  await once(ws, 'open');
+  ws.send(JSON.stringify({ type: 'hello', sandboxId, version, capabilities: [] }));
+  const [welcome] = (await once(ws, 'message')) as [Buffer];
+  return { ws, sessionId: (JSON.parse(welcome.toString()) as { sessionId: string }).sessionId };
+}

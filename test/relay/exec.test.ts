@@ -1,12 +1,10 @@
 import { createHash, randomBytes } from 'node:crypto';
-import { once } from 'node:events';
 import t from 'tap';
-import { WebSocket } from 'ws';
 import type { Sandbox } from '../../src/schemas/sandbox.js';
 import type { ExecResult } from '../../src/schemas/sandbox.js';
 import { execStream } from '../helpers/exec.js';
 import { allGone, api, startGateway, waitForPhase } from '../helpers/gateway.js';
-import { sandboxToken } from '../helpers/sandbox.js';
+import { fakeSession } from '../helpers/sandbox.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
 
@@ -170,20 +168,13 @@ t.test('exec relays are reused between execs, never across sessions', async (t) 
   t.equal(await opens(), 4);
 
   // A new session for the sandbox supersedes the supervisor's: its idle relays go with it.
-  const fake = new WebSocket(`${gw.url.replace(/^http/, 'ws')}/v1/supervisor/session`, {
-    headers: { authorization: `Bearer ${sandboxToken(gw.stateDir, s.id)}` },
-  });
-  t.teardown(() => fake.terminate());
-  await once(fake, 'open');
-  fake.send(JSON.stringify({ type: 'hello', sandboxId: s.id, version: 'test', capabilities: [] }));
-  const [welcome] = (await once(fake, 'message')) as [Buffer];
-  const fakeSession = (JSON.parse(welcome.toString()) as { sessionId: string }).sessionId;
+  const { ws: fake, sessionId: fakeId } = await fakeSession(t, gw, s.id);
   await waitUntil(() => broker.idleCount === 0 && broker.openCount === 0);
   t.pass('idle relays of the superseded session are closed');
   fake.close();
   await waitUntil(() => {
     const current = gw.app.openshell.sessions.get(s.id)?.sessionId;
-    return current !== undefined && current !== fakeSession;
+    return current !== undefined && current !== fakeId;
   }, 10_000);
   // The supervisor reconnects; the next exec rides a fresh relay of the new session.
   const fresh = await execStream(gw.url, 'reuse', { command: ['echo', 'new session'] });

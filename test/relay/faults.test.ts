@@ -1,10 +1,9 @@
-import { once } from 'node:events';
 import t from 'tap';
 import WebSocket from 'ws';
 import type { ExecEvent, Sandbox } from '../../src/schemas/sandbox.js';
 import { execStream, type ExecOutcome } from '../helpers/exec.js';
 import { api, proxySupervisors, startGateway, waitForPhase } from '../helpers/gateway.js';
-import { sandboxToken, supervisorPid } from '../helpers/sandbox.js';
+import { fakeSession, sandboxToken, supervisorPid } from '../helpers/sandbox.js';
 
 const KEEPALIVE = { keepaliveIntervalMs: 500, keepaliveTimeoutMs: 1500 };
 /** Cold-started supervisors carry their token in the environment, where a test can read it. */
@@ -80,12 +79,7 @@ t.test('a superseded session takes its relays down with it', async (t) => {
   const s = (await api<Sandbox>(gw.url, 'POST', '/v1/sandboxes', { name: 'sup' })).body;
   await waitForPhase(gw.app, 'sup', 'Ready');
   const exec = await quietExec(gw.url, 'sup', ['sh', '-c', 'echo go; sleep 20']);
-  const ws = new WebSocket(`${gw.url.replace(/^http/, 'ws')}/v1/supervisor/session`, {
-    headers: { authorization: `Bearer ${sandboxToken(gw.stateDir, s.id)}` },
-  });
-  t.teardown(() => ws.terminate());
-  await once(ws, 'open');
-  ws.send(JSON.stringify({ type: 'hello', sandboxId: s.id, version: 'test', capabilities: [] }));
+  const { ws } = await fakeSession(t, gw, s.id, 'test');
   const r = await exec.done;
   t.match(r.last, { type: 'error', code: 'RELAY_LOST' });
 });
@@ -98,13 +92,7 @@ t.test('caps: 64 relay opens at a sandbox that never claims → 32 accepted, 32 
   await waitForPhase(gw.app, 'mute', 'Ready');
   await waitForPhase(gw.app, 'other', 'Ready');
   // Replace mute's supervisor session with one that answers nothing (it never claims a relay).
-  const ws = new WebSocket(`${gw.url.replace(/^http/, 'ws')}/v1/supervisor/session`, {
-    headers: { authorization: `Bearer ${sandboxToken(gw.stateDir, s.id)}` },
-  });
-  t.teardown(() => ws.terminate());
-  await once(ws, 'open');
-  ws.send(JSON.stringify({ type: 'hello', sandboxId: s.id, version: 'mute', capabilities: [] }));
-  await once(ws, 'message');
+  const { ws } = await fakeSession(t, gw, s.id, 'mute');
   process.kill(supervisorPid(gw.stateDir, s.id), 'SIGSTOP');
   t.teardown(() => process.kill(supervisorPid(gw.stateDir, s.id), 'SIGCONT'));
 
@@ -175,13 +163,7 @@ t.test('relayClose from the supervisor fails a pending open at once', async (t) 
   const s = (await api<Sandbox>(gw.url, 'POST', '/v1/sandboxes', { name: 'refuses' })).body;
   await waitForPhase(gw.app, 'refuses', 'Ready');
   // A session that answers every relayOpen with relayClose.
-  const ws = new WebSocket(`${gw.url.replace(/^http/, 'ws')}/v1/supervisor/session`, {
-    headers: { authorization: `Bearer ${sandboxToken(gw.stateDir, s.id)}` },
-  });
-  t.teardown(() => ws.terminate());
-  await once(ws, 'open');
-  ws.send(JSON.stringify({ type: 'hello', sandboxId: s.id, version: 'refuser', capabilities: [] }));
-  await once(ws, 'message');
+  const { ws } = await fakeSession(t, gw, s.id, 'refuser');
   ws.on('message', (data: Buffer) => {
     const msg = JSON.parse(data.toString()) as { type: string; channelId: string };
     if (msg.type === 'relayOpen') ws.send(JSON.stringify({ type: 'relayClose', channelId: msg.channelId, reason: 'no thanks' }));
