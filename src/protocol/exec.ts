@@ -88,11 +88,7 @@ const HEADER = 9;
 
 /** Encodes one output chunk: stream byte, 8-byte big-endian offset, bytes. */
 export function encodeOutput(stream: OutputStream, offset: number, data: Buffer): Buffer {
-  const frame = Buffer.allocUnsafe(HEADER + data.length);
-  frame[0] = stream;
-  frame.writeBigUInt64BE(BigInt(offset), 1);
-  data.copy(frame, HEADER);
-  return frame;
+  return encodeOutputv(stream, offset, [data], data.length);
 }
 
 /** Encodes consecutive chunks of one stream (`total` bytes in all, starting at `offset`) as one output frame. */
