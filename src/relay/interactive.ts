@@ -85,7 +85,11 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
       const frame = Buffer.allocUnsafe(event.data.length + 1);
       frame[0] = event.type === 'stdout' ? Channel.stdout : Channel.stderr;
       event.data.copy(frame, 1);
-      client.send(frame, { binary: true });
+      // Backpressure: past the high-water mark, wait until the caller's socket
+      // took this frame; meanwhile the run's queue fills and pauses the relay,
+      // which reaches the process. A caller that stops reading stops the exec.
+      if (client.bufferedAmount + frame.length > SEND_HIGH_WATER) await sendFlushed(client, frame);
+      else client.send(frame, { binary: true });
     } else if (event.type === 'exit') {
       outcome = 'exit';
       sendStatus(client, {
@@ -104,6 +108,21 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
     }
   }
   execs.finished(Date.now() - started, outcome);
+}
+
+/** Bytes the gateway buffers for a caller's WebSocket before it stops taking output from the relay. */
+const SEND_HIGH_WATER = 1024 * 1024;
+
+/** Sends a frame and resolves once it reached the socket, or the socket closed. */
+function sendFlushed(client: WebSocket, frame: Buffer): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const done = (): void => {
+      client.off('close', done);
+      resolve();
+    };
+    client.once('close', done);
+    client.send(frame, { binary: true }, done);
+  });
 }
 
 function sendStatus(client: WebSocket, status: Record<string, unknown>): void {

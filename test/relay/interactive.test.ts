@@ -1,7 +1,8 @@
 import { once } from 'node:events';
 import t from 'tap';
 import WebSocket from 'ws';
-import { api, startGateway, waitForPhase } from '../helpers/gateway.js';
+import { join } from 'node:path';
+import { api, startGateway, tempDir, waitForPhase } from '../helpers/gateway.js';
 
 t.test('interactive exec over WebSocket with a tty: input, output, resize, exit code', async (t) => {
   const gw = await startGateway(t);
@@ -64,5 +65,43 @@ t.test('interactive exec without a tty: stdin end, separate stderr, success stat
   await once(ws, 'close');
   t.equal(stdout, 'hello\n');
   t.equal(stderr, 'done hey\n', 'env from the query reached the process');
+  t.match(status, { status: 'Success', exitCode: 0 });
+});
+
+t.test('interactive exec applies backpressure: a caller that stops reading stops the process, nothing is lost', async (t) => {
+  const gw = await startGateway(t);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'slow' });
+  await waitForPhase(gw.app, 'slow', 'Ready');
+  const CHUNKS = 2048; // 64 KiB each: 128 MiB in all
+  const counter = join(tempDir(t), 'progress');
+  const script = `i=0; while [ $i -lt ${CHUNKS} ]; do head -c 65536 /dev/zero || exit 1; i=$((i+1)); echo $i > ${counter}; done`;
+  const ws = new WebSocket(`${gw.url.replace(/^http/, 'ws')}/v1/sandboxes/slow/exec?command=sh&command=-c&command=${encodeURIComponent(script)}`);
+  t.teardown(() => ws.terminate());
+  let stdoutBytes = 0;
+  let status: Record<string, unknown> | undefined;
+  ws.on('message', (data: Buffer) => {
+    if (data[0] === 1) stdoutBytes += data.length - 1;
+    if (data[0] === 3) status = JSON.parse(data.subarray(1).toString()) as Record<string, unknown>;
+  });
+  await once(ws, 'open');
+  ws.pause(); // stop reading: the socket's receive buffer fills, then the gateway's send buffer
+  const progress = async (): Promise<number> => {
+    const r = await api<{ stdout: string }>(gw.url, 'POST', '/v1/sandboxes/slow/exec', { command: `cat ${counter} 2>/dev/null || echo 0` }, { accept: 'application/json' });
+    return Number(r.body.stdout.trim());
+  };
+  // Wait until the writer stalls: the same count twice, 500 ms apart, or the writer is done.
+  let last = -1;
+  let now = await progress();
+  const deadline = Date.now() + 20_000;
+  while ((now !== last || now === 0) && now < CHUNKS && Date.now() < deadline) {
+    await new Promise((r) => setTimeout(r, 500));
+    last = now;
+    now = await progress();
+  }
+  t.ok(now < CHUNKS / 2, `the process stalled after ${now} of ${CHUNKS} chunks while the caller did not read`);
+  const closed = once(ws, 'close');
+  ws.resume();
+  await closed;
+  t.equal(stdoutBytes, CHUNKS * 65536, 'every byte arrived once the caller read again');
   t.match(status, { status: 'Success', exitCode: 0 });
 });
