@@ -78,9 +78,14 @@ export class ExecRun implements AsyncIterable<RunEvent> {
     }
   }
 
+  /** True while the relay socket holds more unsent stdin than `drained()` lets pass. */
+  get stdinBacklogged(): boolean {
+    return !this.#released && this.#ws.readyState === this.#ws.OPEN && this.#ws.bufferedAmount >= 4 * STDIN_CHUNK;
+  }
+
   /** Resolves once the relay socket has flushed what was queued (stdin backpressure). */
   drained(): Promise<void> {
-    if (this.#released || this.#ws.bufferedAmount < 4 * STDIN_CHUNK || this.#ws.readyState !== this.#ws.OPEN) return Promise.resolve();
+    if (!this.stdinBacklogged) return Promise.resolve();
     return new Promise((resolve) => {
       const check = () => {
         if (this.#released || this.#ws.bufferedAmount < STDIN_CHUNK || this.#ws.readyState !== this.#ws.OPEN) resolve();

@@ -2,6 +2,7 @@ import type { RawData, WebSocket } from 'ws';
 import { isOpenShellError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ExecService } from './exec-service.js';
+import { keepAlive } from './heartbeat.js';
 
 import { ExecChannel as Channel } from '../protocol/channels.js';
 
@@ -15,6 +16,8 @@ export interface InteractiveOptions {
   timeoutSeconds?: number;
   cols?: number;
   rows?: number;
+  /** Liveness on the caller's socket: pings, and termination after this much silence. */
+  keepalive?: { intervalMs: number; timeoutMs: number };
   log: Logger;
 }
 
@@ -22,11 +25,14 @@ export interface InteractiveOptions {
  * Interactive exec over a caller's WebSocket: frames carry a channel byte
  * (0 stdin, 1 stdout, 2 stderr, 3 status JSON, 4 resize JSON). The last
  * frame is a status on channel 3, then a 1000 close. The caller closing
- * early kills the process group.
+ * early, or going silent past the keepalive timeout, kills the process group.
+ * Both directions have backpressure: output waits for the caller's socket,
+ * stdin for the relay.
  */
 export async function serveInteractiveExec(client: WebSocket, execs: ExecService, opts: InteractiveOptions): Promise<void> {
   const abort = new AbortController();
   client.once('close', () => abort.abort());
+  if (opts.keepalive) keepAlive(client, opts.keepalive);
   const pendingInput: RawData[] = [];
   const buffer = (data: RawData) => pendingInput.push(data);
   client.on('message', buffer);
@@ -51,6 +57,19 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
     return;
   }
   const started = Date.now();
+  // Stdin backpressure: stop reading the caller while the relay holds a
+  // backlog of unsent stdin. (A paused socket's pongs wait unread, so
+  // liveness pauses with it, as on relays: our slowness is not its death.)
+  let inputPaused = false;
+  const pauseForStdin = (): void => {
+    if (inputPaused || !run.stdinBacklogged) return;
+    inputPaused = true;
+    client.pause();
+    void run.drained().then(() => {
+      inputPaused = false;
+      if (client.readyState === client.OPEN) client.resume();
+    });
+  };
   const onInput = (data: RawData) => {
     const buf = Buffer.isBuffer(data) ? data : Array.isArray(data) ? Buffer.concat(data) : Buffer.from(data);
     if (buf.length === 0) return;
@@ -59,7 +78,10 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
     if (channel === Channel.stdin) {
       // An empty stdin frame is end-of-input (as `kubectl exec` without -i sends).
       if (payload.length === 0) run.closeStdin();
-      else run.writeStdin(payload);
+      else {
+        run.writeStdin(payload);
+        pauseForStdin();
+      }
     } else if (channel === Channel.resize) {
       try {
         const size = JSON.parse(payload.toString()) as { Width?: number; Height?: number; cols?: number; rows?: number };

@@ -73,6 +73,7 @@ export const execRoutes: FastifyPluginAsyncTypebox = async (app) => {
         timeoutSeconds: q.timeoutSeconds ? Number(q.timeoutSeconds) : undefined,
         cols: q.cols ? Number(q.cols) : undefined,
         rows: q.rows ? Number(q.rows) : undefined,
+        keepalive: { intervalMs: config.keepaliveIntervalMs, timeoutMs: config.keepaliveTimeoutMs },
         log: request.log,
       });
     },

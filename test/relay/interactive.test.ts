@@ -1,8 +1,10 @@
 import { once } from 'node:events';
 import t from 'tap';
 import WebSocket from 'ws';
+import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { api, startGateway, tempDir, waitForPhase } from '../helpers/gateway.js';
+import { allGone, api, startGateway, tempDir, waitForPhase } from '../helpers/gateway.js';
+import { startTcpProxy } from '../helpers/tcp-proxy.js';
 
 t.test('interactive exec over WebSocket with a tty: input, output, resize, exit code', async (t) => {
   const gw = await startGateway(t);
@@ -104,4 +106,59 @@ t.test('interactive exec applies backpressure: a caller that stops reading stops
   await closed;
   t.equal(stdoutBytes, CHUNKS * 65536, 'every byte arrived once the caller read again');
   t.match(status, { status: 'Success', exitCode: 0 });
+});
+
+t.test('interactive exec applies backpressure to stdin: a process that does not read stops the caller, nothing is lost', async (t) => {
+  const gw = await startGateway(t);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'gate' });
+  await waitForPhase(gw.app, 'gate', 'Ready');
+  const gate = join(tempDir(t), 'gate');
+  const script = `while [ ! -e ${gate} ]; do sleep 0.05; done; wc -c`;
+  const ws = new WebSocket(`${gw.url.replace(/^http/, 'ws')}/v1/sandboxes/gate/exec?command=sh&command=-c&command=${encodeURIComponent(script)}`);
+  t.teardown(() => ws.terminate());
+  let stdout = '';
+  ws.on('message', (data: Buffer) => {
+    if (data[0] === 1) stdout += data.subarray(1).toString();
+  });
+  await once(ws, 'open');
+  const MIB = 1024 * 1024;
+  const TOTAL = 64;
+  const frame = Buffer.alloc(MIB + 1, 0x61);
+  frame[0] = 0;
+  for (let i = 0; i < TOTAL; i++) ws.send(frame);
+  // Wait until the caller's send buffer stops shrinking: the gateway stopped taking stdin.
+  let last = -1;
+  const deadline = Date.now() + 20_000;
+  while (ws.bufferedAmount !== last && ws.bufferedAmount > 0 && Date.now() < deadline) {
+    last = ws.bufferedAmount;
+    await new Promise((r) => setTimeout(r, 500));
+  }
+  t.ok(ws.bufferedAmount > (TOTAL / 4) * MIB, `the caller still holds ${Math.round(ws.bufferedAmount / MIB)} MiB while the process does not read`);
+  const closed = once(ws, 'close');
+  await writeFile(gate, '');
+  ws.send(Buffer.from([0])); // end of input
+  await closed;
+  t.equal(stdout.trim(), String(TOTAL * MIB), 'the process read every byte');
+});
+
+t.test('interactive exec: a caller that goes silent (black-holed) is dropped within the keepalive timeout and its process group killed', async (t) => {
+  const KEEPALIVE = { keepaliveIntervalMs: 500, keepaliveTimeoutMs: 1500 };
+  const gw = await startGateway(t, KEEPALIVE);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'silent' });
+  await waitForPhase(gw.app, 'silent', 'Ready');
+  const port = Number(new URL(gw.url).port);
+  const proxy = await startTcpProxy({ host: '127.0.0.1', port });
+  t.teardown(() => proxy.close());
+  const script = 'echo $$; exec sleep 30';
+  const ws = new WebSocket(`ws://127.0.0.1:${proxy.port}/v1/sandboxes/silent/exec?command=sh&command=-c&command=${encodeURIComponent(script)}`);
+  t.teardown(() => ws.terminate());
+  ws.on('error', () => undefined);
+  const [first] = (await once(ws, 'message')) as [Buffer];
+  t.equal(first[0], 1, 'stdout');
+  const pid = Number(first.subarray(1).toString().trim());
+  t.ok(pid > 0, `the process runs as ${pid}`);
+  const holedAt = Date.now();
+  proxy.blackhole();
+  const gone = await allGone([pid], KEEPALIVE.keepaliveTimeoutMs + 3000);
+  t.ok(gone, `the process group was killed ${Date.now() - holedAt} ms after the caller went silent`);
 });
