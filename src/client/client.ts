@@ -9,7 +9,7 @@ import type {
   Sandbox,
   SandboxList,
 } from '../schemas/sandbox.js';
-import { connectionError, OpenShellApiError, SandboxWaitError } from './errors.js';
+import { connectionError, OpenShellApiError, OpenShellConnectionError, SandboxWaitError } from './errors.js';
 import { parseNdjson } from './ndjson.js';
 
 export interface OpenShellClientOptions {
@@ -19,7 +19,18 @@ export interface OpenShellClientOptions {
   token?: string;
   /** A `fetch` to use instead of the global one (tests, instrumentation). */
   fetch?: typeof fetch;
+  /**
+   * An exec stream that delivers nothing (not even the `keepalive` line the
+   * gateway sends after 15 s of silence) for this long is presumed dead: the
+   * iteration throws an {@link OpenShellConnectionError} with code
+   * `ESTREAMIDLE` instead of waiting forever on a connection a NAT dropped.
+   * Default 45 000 (three missed keepalives); 0 turns it off.
+   */
+  streamIdleTimeoutMs?: number;
 }
+
+/** Three keepalive periods of the gateway's exec stream (DESIGN.md: one after 15 s of silence). */
+export const DEFAULT_STREAM_IDLE_TIMEOUT_MS = 45_000;
 
 export interface SignalOption {
   signal?: AbortSignal;
@@ -88,6 +99,7 @@ export class OpenShellClient {
   readonly baseUrl: string;
   readonly #token: string | undefined;
   readonly #fetch: typeof fetch;
+  readonly #idleMs: number;
 
   constructor(opts: OpenShellClientOptions) {
     let url: URL;
@@ -102,6 +114,9 @@ export class OpenShellClient {
     this.baseUrl = url.href.replace(/\/+$/, '');
     this.#token = opts.token || undefined;
     this.#fetch = opts.fetch ?? globalThis.fetch;
+    const idle = opts.streamIdleTimeoutMs ?? DEFAULT_STREAM_IDLE_TIMEOUT_MS;
+    if (!(idle >= 0)) throw new TypeError(`streamIdleTimeoutMs must be >= 0, got ${String(idle)}`);
+    this.#idleMs = idle;
   }
 
   // --- sandboxes ---------------------------------------------------------
@@ -199,7 +214,7 @@ export class OpenShellClient {
       signal: opts.signal,
       headers: { accept: 'application/x-ndjson' },
     });
-    yield* parseNdjson<ExecEvent>(this.#chunks(res, opts.signal));
+    yield* parseNdjson<ExecEvent>(this.#chunks(res, opts.signal, this.#idleMs));
   }
 
   /** `POST …/exec` with `Accept: application/json`: waits for the end, output decoded as UTF-8. */
@@ -239,7 +254,7 @@ export class OpenShellClient {
       signal: opts.signal,
       headers: { accept: 'application/x-ndjson' },
     });
-    yield* parseNdjson<ExecEvent>(this.#chunks(res, opts.signal));
+    yield* parseNdjson<ExecEvent>(this.#chunks(res, opts.signal, this.#idleMs));
   }
 
   /** Sends a signal (e.g. `SIGTERM`) to the exec's process group. */
@@ -401,22 +416,42 @@ export class OpenShellClient {
    * early cancels the body (closing the stream); a connection lost mid-stream
    * names the gateway.
    */
-  async *#chunks(res: Response, signal?: AbortSignal): AsyncGenerator<Uint8Array> {
+  async *#chunks(res: Response, signal?: AbortSignal, idleMs = 0): AsyncGenerator<Uint8Array> {
     if (!res.body) return;
     const reader = res.body.getReader();
     const onAbort = () => void reader.cancel(signal?.reason).catch(() => undefined);
     signal?.addEventListener('abort', onAbort, { once: true });
+    // A read that waits longer than `idleMs` cancels the body: the pending read then ends.
+    let idleTimer: NodeJS.Timeout | null = null;
+    let idled = false;
+    const idleError = () =>
+      new OpenShellConnectionError(
+        this.baseUrl,
+        'ESTREAMIDLE',
+        `no data on the stream for ${idleMs / 1000} s (the gateway sends a keepalive after 15 s of silence); the connection is presumed dead`,
+      );
     try {
       for (;;) {
+        if (idleMs > 0) {
+          idleTimer = setTimeout(() => {
+            idled = true;
+            void reader.cancel(idleError()).catch(() => undefined);
+          }, idleMs);
+        }
         let next: { done: boolean; value?: Uint8Array };
         try {
           next = await reader.read();
         } catch (err) {
           if (signal?.aborted) throw signal.reason;
+          if (idled) throw idleError();
           if ((err as Error)?.name === 'AbortError') throw err;
           throw connectionError(this.baseUrl, err);
+        } finally {
+          if (idleTimer) clearTimeout(idleTimer);
+          idleTimer = null;
         }
         if (signal?.aborted) throw signal.reason;
+        if (idled) throw idleError();
         if (next.done) return;
         if (next.value) yield next.value;
       }

@@ -1,5 +1,5 @@
 /** The openshell SDK: a typed client of the gateway's REST/WebSocket API. */
-export { OpenShellClient, ExecChannel, describeCondition } from './client.js';
+export { OpenShellClient, ExecChannel, describeCondition, DEFAULT_STREAM_IDLE_TIMEOUT_MS } from './client.js';
 export type {
   ExecInfo,
   ExecWebSocketOptions,

@@ -9,6 +9,7 @@ import {
 } from '../../src/client/index.js';
 import { freePort as closedPort } from '../../bench/ports.js';
 import { startGateway } from '../helpers/gateway.js';
+import { startTcpProxy } from '../helpers/tcp-proxy.js';
 
 
 async function* chunksOf(...parts: Array<string | Uint8Array>): AsyncGenerator<Uint8Array | string> {
@@ -179,4 +180,35 @@ t.test('bearer token against a gateway that requires one', async (t) => {
   const gw = await startGateway(t, { authToken: 'tok-123' });
   await t.rejects(new OpenShellClient({ baseUrl: gw.url }).listSandboxes(), { status: 401, code: 'UNAUTHENTICATED' });
   t.same(await new OpenShellClient({ baseUrl: gw.url, token: 'tok-123' }).listSandboxes(), { sandboxes: [] });
+});
+
+t.test('exec stream through a black-holed connection: the iteration fails within the idle timeout, not never', async (t) => {
+  const gw = await startGateway(t);
+  const proxy = await startTcpProxy({ host: '127.0.0.1', port: Number(new URL(gw.url).port) });
+  t.teardown(() => proxy.close());
+  const client = new OpenShellClient({ baseUrl: `http://127.0.0.1:${proxy.port}`, streamIdleTimeoutMs: 1000 });
+  await client.createSandbox({ name: 'nat' });
+  await client.waitForReady('nat');
+  const events: string[] = [];
+  let holedAt = 0;
+  const err = await (async () => {
+    try {
+      for await (const e of client.exec('nat', { command: 'while :; do echo tick; sleep 0.2; done' })) {
+        events.push(e.type);
+        if (e.type === 'stdout' && holedAt === 0) {
+          holedAt = Date.now();
+          proxy.blackhole();
+        }
+      }
+    } catch (e) {
+      return e as OpenShellConnectionError;
+    }
+    return null;
+  })();
+  const after = Date.now() - holedAt;
+  t.ok(err instanceof OpenShellConnectionError, 'a connection error');
+  t.equal(err?.code, 'ESTREAMIDLE');
+  t.match(err?.message, /no data on the stream for 1 s/);
+  t.ok(after < 1000 + 2000, `the stream failed ${after} ms after the connection went silent`);
+  t.throws(() => new OpenShellClient({ baseUrl: gw.url, streamIdleTimeoutMs: -1 }), /streamIdleTimeoutMs/);
 });
