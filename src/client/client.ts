@@ -11,6 +11,7 @@ import type {
 } from '../schemas/sandbox.js';
 import { connectionError, OpenShellApiError, OpenShellConnectionError, SandboxWaitError } from './errors.js';
 import { parseNdjson } from './ndjson.js';
+import { keepAlive } from '../relay/heartbeat.js';
 
 export interface OpenShellClientOptions {
   /** The gateway, e.g. `http://127.0.0.1:8080`. */
@@ -24,7 +25,9 @@ export interface OpenShellClientOptions {
    * gateway sends after 15 s of silence) for this long is presumed dead: the
    * iteration throws an {@link OpenShellConnectionError} with code
    * `ESTREAMIDLE` instead of waiting forever on a connection a NAT dropped.
-   * Default 45 000 (three missed keepalives); 0 turns it off.
+   * WebSockets from `openWebSocket` ping and are terminated after this long
+   * without a pong or data. Default 45 000 (three missed keepalives); 0
+   * turns both off.
    */
   streamIdleTimeoutMs?: number;
 }
@@ -336,7 +339,8 @@ export class OpenShellClient {
   /** `ws(s)://…/v1/sandboxes/:name/exec?command=…&tty=…`: interactive exec with channel-byte frames. */
   execUrl(name: string, opts: ExecWebSocketOptions): string {
     return this.#wsUrl(`${sandboxPath(name)}/exec`, {
-      command: typeof opts.command === 'string' ? [opts.command] : opts.command,
+      // The route takes argv only (one `command` parameter is a program name), so a string goes through sh -c.
+      command: typeof opts.command === 'string' ? ['sh', '-c', opts.command] : opts.command,
       tty: opts.tty,
       workdir: opts.workdir,
       user: opts.user,
@@ -352,10 +356,16 @@ export class OpenShellClient {
     return this.#token ? { authorization: `Bearer ${this.#token}` } : {};
   }
 
-  /** Opens a WebSocket to one of the URLs above: permessage-deflate off, Nagle off. */
+  /**
+   * Opens a WebSocket to one of the URLs above: permessage-deflate off, Nagle
+   * off, and liveness: it pings the gateway and is terminated (a `close` with
+   * 1006) once `streamIdleTimeoutMs` pass without hearing anything back.
+   */
   openWebSocket(url: string): WebSocket {
     const ws = new WebSocket(url, { headers: this.wsHeaders(), perMessageDeflate: false, skipUTF8Validation: true });
     ws.once('upgrade', (res) => res.socket.setNoDelay(true));
+    const idleMs = this.#idleMs;
+    if (idleMs > 0) ws.once('open', () => keepAlive(ws, { intervalMs: Math.min(15_000, Math.max(1, Math.floor(idleMs / 3))), timeoutMs: idleMs }));
     return ws;
   }
 

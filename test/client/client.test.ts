@@ -212,3 +212,39 @@ t.test('exec stream through a black-holed connection: the iteration fails within
   t.ok(after < 1000 + 2000, `the stream failed ${after} ms after the connection went silent`);
   t.throws(() => new OpenShellClient({ baseUrl: gw.url, streamIdleTimeoutMs: -1 }), /streamIdleTimeoutMs/);
 });
+
+t.test('openWebSocket: pings keep a silent exec alive; a black-holed one closes within the idle timeout', async (t) => {
+  const gw = await startGateway(t);
+  const proxy = await startTcpProxy({ host: '127.0.0.1', port: Number(new URL(gw.url).port) });
+  t.teardown(() => proxy.close());
+  const client = new OpenShellClient({ baseUrl: `http://127.0.0.1:${proxy.port}`, streamIdleTimeoutMs: 1000 });
+  await client.createSandbox({ name: 'ws' });
+  await client.waitForReady('ws');
+  const run = (command: string) => {
+    const ws = client.openWebSocket(client.execUrl('ws', { command }));
+    t.teardown(() => ws.terminate());
+    ws.on('error', () => undefined);
+    let out = '';
+    const first = new Promise<void>((resolve) =>
+      ws.on('message', (d: Buffer) => {
+        if (d[0] === 1) {
+          out += d.subarray(1).toString();
+          resolve();
+        }
+      }),
+    );
+    const closed = new Promise<number>((resolve) => ws.once('close', (code: number) => resolve(code)));
+    return { first, closed, out: () => out };
+  };
+  const quiet = run('sleep 2.5; echo done');
+  t.equal(await quiet.closed, 1000, '2.5 s of silence with a 1 s idle timeout: pings kept it open to a normal close');
+  t.equal(quiet.out(), 'done\n', 'a command string runs through sh -c');
+
+  const holed = run('echo go; exec sleep 30');
+  await holed.first;
+  const holedAt = Date.now();
+  proxy.blackhole();
+  t.equal(await holed.closed, 1006, 'terminated, no close handshake');
+  const after = Date.now() - holedAt;
+  t.ok(after < 1000 + 2000, `closed ${after} ms after the connection went silent`);
+});
