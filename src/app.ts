@@ -6,7 +6,9 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Config } from './config.js';
 import { OpenShellError } from './errors.js';
+import { join } from 'node:path';
 import { createServerFactory } from './http/server-factory.js';
+import { listenUnix, MAX_UNIX_PATH, type UnixListener } from './http/unix-listener.js';
 import { Gateway, type GatewayDeps } from './gateway.js';
 import { REDACT_PATHS } from './log.js';
 import { errorHandler, notFoundHandler } from './routes/error-handler.js';
@@ -81,9 +83,33 @@ export async function buildApp(config: Config, deps: GatewayDeps = {}): Promise<
   app.addHook('onListen', async () => {
     gateway.setListenUrl(listenUrl(app, config).replace(/\/\/(0\.0\.0\.0|\[::\]):/, '//127.0.0.1:'));
   });
+  // Supervisors on this host (process driver) dial a Unix socket in the state
+  // dir instead: cheaper per byte than loopback TCP. --sandbox-endpoint wins.
+  let unix: UnixListener | null = null;
+  const socketPath = join(config.stateDir, 'gateway.sock');
+  if (config.driver === 'process' && !config.sandboxEndpoint && config.supervisorSocket) {
+    // onReady, not onListen: listen() waits for it, so the first sandbox already gets the socket.
+    app.addHook('onReady', async () => {
+      if (socketPath.length > MAX_UNIX_PATH) {
+        app.log.info({ path: socketPath }, 'state dir path too long for a unix socket; supervisors dial TCP');
+        return;
+      }
+      try {
+        unix = await listenUnix(app, socketPath);
+        gateway.setSupervisorSocket(socketPath);
+        app.log.info({ path: socketPath }, 'supervisors dial the gateway on this unix socket');
+      } catch (err) {
+        app.log.warn({ err, path: socketPath }, 'cannot listen on the supervisor socket; supervisors dial TCP');
+      }
+    });
+    app.server.once('close', () => void unix?.close());
+  }
   // WebSockets first (preClose), so supervisors see a clean close; then the domain (onClose).
   app.addHook('preClose', async () => gateway.closeSessions());
-  app.addHook('onClose', async () => gateway.close());
+  app.addHook('onClose', async () => {
+    await unix?.close();
+    await gateway.close();
+  });
 
   await gateway.start();
   return app;

@@ -13,8 +13,10 @@ export const ConfigSchema = Type.Object({
   }),
   stateDir: Type.String({ minLength: 1 }),
   db: Type.String({ minLength: 1 }),
-  /** The URL supervisors dial; empty = the gateway's own URL once it listens. */
+  /** The URL supervisors dial; empty = the gateway's Unix socket (process driver) or its own URL once it listens. */
   sandboxEndpoint: Type.String({ default: '' }),
+  /** Process driver: supervisors dial `<state-dir>/gateway.sock` unless --sandbox-endpoint is set. */
+  supervisorSocket: Type.Boolean({ default: true }),
   keepaliveIntervalMs: Type.Integer({ minimum: 50, maximum: 3_600_000, default: 10_000 }),
   keepaliveTimeoutMs: Type.Integer({ minimum: 100, maximum: 3_600_000, default: 30_000 }),
   execResumeWindowMs: Type.Integer({ minimum: 0, maximum: 3_600_000, default: 15_000 }),
@@ -40,6 +42,7 @@ interface Option {
   env: string;
   key: keyof Config;
   number?: boolean;
+  boolean?: boolean;
 }
 
 const OPTIONS: Option[] = [
@@ -49,6 +52,7 @@ const OPTIONS: Option[] = [
   { flag: 'db', env: 'OPENSHELL_DB', key: 'db' },
   { flag: 'state-dir', env: 'OPENSHELL_STATE_DIR', key: 'stateDir' },
   { flag: 'sandbox-endpoint', env: 'OPENSHELL_SANDBOX_ENDPOINT', key: 'sandboxEndpoint' },
+  { flag: 'supervisor-socket', env: 'OPENSHELL_SUPERVISOR_SOCKET', key: 'supervisorSocket', boolean: true },
   { flag: 'keepalive-interval-ms', env: 'OPENSHELL_KEEPALIVE_INTERVAL_MS', key: 'keepaliveIntervalMs', number: true },
   { flag: 'keepalive-timeout-ms', env: 'OPENSHELL_KEEPALIVE_TIMEOUT_MS', key: 'keepaliveTimeoutMs', number: true },
   { flag: 'exec-resume-window-ms', env: 'OPENSHELL_EXEC_RESUME_WINDOW_MS', key: 'execResumeWindowMs', number: true },
@@ -84,6 +88,9 @@ export function loadConfig(argv: string[], env: NodeJS.ProcessEnv, overrides: Pa
     if (o.number) {
       if (!/^\d+$/.test(value)) throw new ConfigError(`--${o.flag} (${o.env}): expected a whole number, got "${value}"`);
       raw[o.key] = Number(value);
+    } else if (o.boolean) {
+      if (!/^(true|false|1|0)$/.test(value)) throw new ConfigError(`--${o.flag} (${o.env}): expected true or false, got "${value}"`);
+      raw[o.key] = value === 'true' || value === '1';
     } else {
       raw[o.key] = value;
     }

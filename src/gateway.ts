@@ -38,6 +38,7 @@ export class Gateway {
   readonly logs = new SandboxLogs();
   readonly metrics: GatewayMetrics;
   #endpoint = '';
+  #socketPath = '';
   readonly #unsubscribe: Array<() => void> = [];
 
   constructor(config: Config, log: Logger, deps: GatewayDeps = {}) {
@@ -71,13 +72,21 @@ export class Gateway {
     await this.sandboxes.start();
   }
 
-  /** The URL supervisors dial: `--sandbox-endpoint`, else the gateway's own URL. */
+  /**
+   * What supervisors dial: `--sandbox-endpoint`, else the gateway's Unix
+   * socket (`unix:/path`, process driver), else the gateway's own URL.
+   */
   get endpoint(): string {
-    return this.config.sandboxEndpoint || this.#endpoint;
+    return this.config.sandboxEndpoint || (this.#socketPath ? `unix:${this.#socketPath}` : this.#endpoint);
   }
 
   setListenUrl(url: string): void {
     this.#endpoint = url;
+  }
+
+  /** Supervisors started from now on dial this Unix socket. */
+  setSupervisorSocket(path: string): void {
+    this.#socketPath = path;
   }
 
   onSupervisorMessage(session: SupervisorSession, message: SupervisorToGateway): void {

@@ -140,8 +140,9 @@ export class ControlClient {
   }
 }
 
-/** `http://h:p` + path → `ws://h:p/path` (https → wss). */
+/** `http://h:p` + path → `ws://h:p/path` (https → wss); `unix:/sock` + path → `ws+unix:///sock:/path`. */
 export function wsUrl(endpoint: string, path: string): string {
+  if (endpoint.startsWith('unix:')) return `ws+unix://${endpoint.slice('unix:'.length)}:${path}`;
   const url = new URL(path, endpoint.endsWith('/') ? endpoint : `${endpoint}/`);
   url.pathname = `${new URL(endpoint).pathname.replace(/\/$/, '')}${path}`;
   url.protocol = url.protocol === 'https:' || url.protocol === 'wss:' ? 'wss:' : 'ws:';
@@ -152,11 +153,12 @@ export function wsUrl(endpoint: string, path: string): string {
  * Whether WebSocket frames to `endpoint` need random masking keys. Masking
  * (RFC 6455 §10.3) keeps payload bytes, here a sandbox's own output, from
  * reading as HTTP to an intermediary that does not understand the upgrade.
- * Over TLS or loopback no such intermediary sees the bytes, so relays there
+ * Over TLS, loopback or a Unix socket no such intermediary sees the bytes, so relays there
  * send a zero key, which `ws` skips on both ends (one copy and one XOR pass
  * less per byte). Everywhere else keys stay random.
  */
 export function needsMasking(endpoint: string): boolean {
+  if (endpoint.startsWith('unix:')) return false;
   const url = new URL(endpoint);
   if (url.protocol === 'https:' || url.protocol === 'wss:') return false;
   const host = url.hostname.replace(/^\[|\]$/g, '');
