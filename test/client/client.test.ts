@@ -8,7 +8,7 @@ import {
   type Sandbox,
 } from '../../src/client/index.js';
 import { freePort as closedPort } from '../../bench/ports.js';
-import { startGateway } from '../helpers/gateway.js';
+import { startGateway, type Teardown } from '../helpers/gateway.js';
 import { startTcpProxy } from '../helpers/tcp-proxy.js';
 
 
@@ -182,13 +182,19 @@ t.test('bearer token against a gateway that requires one', async (t) => {
   t.same(await new OpenShellClient({ baseUrl: gw.url, token: 'tok-123' }).listSandboxes(), { sandboxes: [] });
 });
 
-t.test('exec stream through a black-holed connection: the iteration fails within the idle timeout, not never', async (t) => {
+/** A gateway reached through a TCP proxy that can black-hole the connection, and a client with a 1 s idle timeout holding a Ready sandbox. */
+async function behindProxy(t: Teardown, name: string) {
   const gw = await startGateway(t);
   const proxy = await startTcpProxy({ host: '127.0.0.1', port: Number(new URL(gw.url).port) });
   t.teardown(() => proxy.close());
   const client = new OpenShellClient({ baseUrl: `http://127.0.0.1:${proxy.port}`, streamIdleTimeoutMs: 1000 });
-  await client.createSandbox({ name: 'nat' });
-  await client.waitForReady('nat');
+  await client.createSandbox({ name });
+  await client.waitForReady(name);
+  return { gw, proxy, client };
+}
+
+t.test('exec stream through a black-holed connection: the iteration fails within the idle timeout, not never', async (t) => {
+  const { gw, proxy, client } = await behindProxy(t, 'nat');
   const events: string[] = [];
   let holedAt = 0;
   const err = await (async () => {
@@ -214,12 +220,7 @@ t.test('exec stream through a black-holed connection: the iteration fails within
 });
 
 t.test('openWebSocket: pings keep a silent exec alive; a black-holed one closes within the idle timeout', async (t) => {
-  const gw = await startGateway(t);
-  const proxy = await startTcpProxy({ host: '127.0.0.1', port: Number(new URL(gw.url).port) });
-  t.teardown(() => proxy.close());
-  const client = new OpenShellClient({ baseUrl: `http://127.0.0.1:${proxy.port}`, streamIdleTimeoutMs: 1000 });
-  await client.createSandbox({ name: 'ws' });
-  await client.waitForReady('ws');
+  const { proxy, client } = await behindProxy(t, 'ws');
   const run = (command: string) => {
     const ws = client.openWebSocket(client.execUrl('ws', { command }));
     t.teardown(() => ws.terminate());
