@@ -34,6 +34,8 @@ export const ConfigSchema = Type.Object({
   bodyLimitBytes: Type.Integer({ minimum: 1024, default: 1_048_576 }),
   /** Exec bodies carry base64 stdin: a larger limit (interactive exec and file uploads stream without one). */
   execBodyLimitBytes: Type.Integer({ minimum: 1024, default: 64 * 1_048_576 }),
+  /** `Accept: application/json` exec: bytes kept per output stream (the tail); the rest is counted, flagged and dropped. */
+  execBufferLimitBytes: Type.Integer({ minimum: 1024, maximum: 1_073_741_824, default: 16 * 1_048_576 }),
 });
 export type Config = Static<typeof ConfigSchema>;
 
@@ -61,6 +63,7 @@ const OPTIONS: Option[] = [
   { flag: 'tls-key', env: 'OPENSHELL_TLS_KEY', key: 'tlsKey' },
   { flag: 'log-level', env: 'OPENSHELL_LOG_LEVEL', key: 'logLevel' },
   { flag: 'warm-supervisors', env: 'OPENSHELL_WARM_SUPERVISORS', key: 'warmSupervisors', number: true },
+  { flag: 'exec-buffer-limit-bytes', env: 'OPENSHELL_EXEC_BUFFER_LIMIT_BYTES', key: 'execBufferLimitBytes', number: true },
 ];
 
 export class ConfigError extends Error {

@@ -123,10 +123,19 @@ const STDOUT_HEAD = Buffer.from('{"type":"stdout","data":"');
 const STDERR_HEAD = Buffer.from('{"type":"stderr","data":"');
 const KEEPALIVE_LINE = Buffer.from('{"type":"keepalive"}\n');
 
-/** Buffers a whole run for `Accept: application/json`; an `error` terminal event is thrown back as-is. */
-export async function collectExec(run: ExecRun): Promise<ExecResult | Extract<ExecEvent, { type: 'error' }>> {
-  const out: Buffer[] = [];
-  const err: Buffer[] = [];
+/**
+ * Buffers a run for `Accept: application/json`, keeping at most `limitBytes`
+ * of each stream: the tail, where a test run's summary is. A stream past the
+ * limit is flagged (`stdoutTruncated`, `stdoutBytes` = its whole size), so a
+ * huge output never costs the gateway more than the limit and the exit code
+ * still arrives. An `error` terminal event is returned as-is.
+ */
+export async function collectExec(
+  run: ExecRun,
+  limitBytes = Number.MAX_SAFE_INTEGER,
+): Promise<ExecResult | Extract<ExecEvent, { type: 'error' }>> {
+  const out = new TailBuffer(limitBytes);
+  const err = new TailBuffer(limitBytes);
   for await (const event of run) {
     if (event.type === 'stdout') out.push(event.data);
     else if (event.type === 'stderr') err.push(event.data);
@@ -134,14 +143,60 @@ export async function collectExec(run: ExecRun): Promise<ExecResult | Extract<Ex
       return {
         exitCode: event.exitCode,
         signal: event.signal,
-        stdout: Buffer.concat(out).toString('utf8'),
-        stderr: Buffer.concat(err).toString('utf8'),
+        stdout: out.text(),
+        stderr: err.text(),
         durationMs: event.durationMs,
         ...(event.timedOut ? { timedOut: true } : {}),
+        ...(out.truncated ? { stdoutTruncated: true, stdoutBytes: out.total } : {}),
+        ...(err.truncated ? { stderrTruncated: true, stderrBytes: err.total } : {}),
       };
     } else if (event.type === 'error') return event;
   }
   return { type: 'error', code: 'INTERNAL', message: 'exec ended without a status' };
+}
+
+/** The last `limit` bytes of a byte stream, and how many went by. */
+export class TailBuffer {
+  readonly #limit: number;
+  readonly #chunks: Buffer[] = [];
+  #head = 0;
+  #kept = 0;
+  total = 0;
+
+  constructor(limit: number) {
+    this.#limit = limit;
+  }
+
+  get truncated(): boolean {
+    return this.total > this.#limit;
+  }
+
+  push(data: Buffer): void {
+    this.total += data.length;
+    this.#chunks.push(data);
+    this.#kept += data.length;
+    // Drop whole chunks that lie entirely before the tail.
+    while (this.#kept - this.#chunks[this.#head]!.length >= this.#limit) {
+      this.#kept -= this.#chunks[this.#head]!.length;
+      this.#head++;
+    }
+    if (this.#head > 64 && this.#head * 2 > this.#chunks.length) {
+      this.#chunks.splice(0, this.#head);
+      this.#head = 0;
+    }
+  }
+
+  /** The kept bytes as UTF-8; a cut tail starts at the next character boundary. */
+  text(): string {
+    let buf = Buffer.concat(this.#chunks.slice(this.#head));
+    if (buf.length > this.#limit) {
+      let start = buf.length - this.#limit;
+      // Skip UTF-8 continuation bytes (10xxxxxx) of a character cut in two.
+      for (let i = 0; i < 3 && start < buf.length && (buf[start]! & 0xc0) === 0x80; i++) start++;
+      buf = buf.subarray(start);
+    }
+    return buf.toString('utf8');
+  }
 }
 
 function toApiEvent(event: RunEvent): ExecEvent {

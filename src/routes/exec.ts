@@ -42,7 +42,7 @@ export const execRoutes: FastifyPluginAsyncTypebox = async (app) => {
       const finish = (outcome: string) => execs.finished(Date.now() - started, outcome);
 
       if (wantsJson(request.headers.accept)) {
-        const result = await collectExec(run);
+        const result = await collectExec(run, config.execBufferLimitBytes);
         if ('type' in result) {
           finish(result.code);
           throw new OpenShellError(result.code, result.message);

@@ -120,4 +120,10 @@ export interface ExecResult {
   stderr: string;
   durationMs: number;
   timedOut?: boolean;
+  /** Present when the stream passed the gateway's buffer limit: only its tail is in `stdout`. */
+  stdoutTruncated?: true;
+  /** The stream's whole size in bytes, when truncated. */
+  stdoutBytes?: number;
+  stderrTruncated?: true;
+  stderrBytes?: number;
 }

@@ -189,3 +189,32 @@ async function waitUntil(cond: () => boolean, ms = 5000): Promise<void> {
     await new Promise((r) => setTimeout(r, 10));
   }
 }
+
+t.test('buffered JSON mode keeps at most --exec-buffer-limit-bytes per stream: the tail, flagged, exit code kept', async (t) => {
+  const LIMIT = 64 * 1024;
+  const gw = await startGateway(t, { execBufferLimitBytes: LIMIT });
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'cap' });
+  await waitForPhase(gw.app, 'cap', 'Ready');
+  const exec = async (script: string) => {
+    const res = await fetch(`${gw.url}/v1/sandboxes/cap/exec`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'application/json' },
+      body: JSON.stringify({ command: ['sh', '-c', script] }),
+    });
+    t.equal(res.status, 200);
+    return (await res.json()) as ExecResult & Record<string, unknown>;
+  };
+  // 4 MiB of 'a', then a last line; 3 bytes on stderr. A multi-byte character is cut by the limit.
+  const big = await exec(`head -c 4194304 /dev/zero | tr '\\0' a; printf 'é%.0s' $(seq 1 40000); echo END.; printf err >&2; exit 5`);
+  t.equal(big.exitCode, 5, 'the exit code survives');
+  t.equal(big.stdoutTruncated, true);
+  t.equal(big.stdoutBytes, 4194304 + 80000 + 5, 'the total size is reported');
+  t.ok(Buffer.byteLength(big.stdout as string) <= LIMIT, 'at most the limit is kept');
+  t.ok((big.stdout as string).endsWith('éééEND.\n'), 'the tail is what is kept');
+  t.notOk((big.stdout as string).startsWith('\ufffd'), 'the cut lands on a character boundary');
+  t.equal(big.stderr, 'err');
+  t.notOk('stderrTruncated' in big, 'a stream under the limit is not flagged');
+
+  const small = await exec('echo hi');
+  t.same(Object.keys(small).sort(), ['durationMs', 'exitCode', 'signal', 'stderr', 'stdout']);
+});
