@@ -33,9 +33,12 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
   const abort = new AbortController();
   client.once('close', () => abort.abort());
   if (opts.keepalive) keepAlive(client, opts.keepalive);
+  // Until the exec runs, stop reading the caller: what it sends waits in the
+  // kernel, not in gateway memory (only frames already parsed are held here).
   const pendingInput: RawData[] = [];
   const buffer = (data: RawData) => pendingInput.push(data);
   client.on('message', buffer);
+  client.pause();
   let run;
   try {
     run = await execs.start(
@@ -52,6 +55,7 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
     );
   } catch (err) {
     const code = isOpenShellError(err) ? err.code : 'INTERNAL';
+    client.resume(); // to read the caller's side of the close handshake
     sendStatus(client, { status: 'Failure', reason: code, message: (err as Error).message });
     client.close(isOpenShellError(err) ? 4000 + (err.statusCode % 1000) : 4500, code);
     return;
@@ -67,7 +71,8 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
     client.pause();
     void run.drained().then(() => {
       inputPaused = false;
-      if (client.readyState === client.OPEN) client.resume();
+      // Also while closing: the caller's close frame must be read.
+      if (client.readyState !== client.CLOSED) client.resume();
     });
   };
   const onInput = (data: RawData) => {
@@ -96,6 +101,7 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
   client.off('message', buffer);
   for (const data of pendingInput.splice(0)) onInput(data);
   client.on('message', onInput);
+  if (!inputPaused && client.readyState !== client.CLOSED) client.resume();
   abort.signal.addEventListener('abort', () => {
     if (!run.finished) run.abort();
   });
@@ -122,10 +128,12 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
         ...(event.timedOut ? { timedOut: true } : {}),
         details: { causes: [{ reason: 'ExitCode', message: String(event.exitCode ?? '') }] },
       });
+      client.resume(); // the close handshake reads the caller's close frame
       client.close(1000, 'exit');
     } else if (event.type === 'error') {
       outcome = 'error';
       sendStatus(client, { status: 'Failure', reason: event.code, message: event.message });
+      client.resume();
       client.close(4502, event.code);
     }
   }

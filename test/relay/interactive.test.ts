@@ -4,6 +4,7 @@ import WebSocket from 'ws';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
 import { allGone, api, startGateway, tempDir, waitForPhase } from '../helpers/gateway.js';
+import { supervisorPid } from '../helpers/sandbox.js';
 import { startTcpProxy } from '../helpers/tcp-proxy.js';
 
 t.test('interactive exec over WebSocket with a tty: input, output, resize, exit code', async (t) => {
@@ -161,4 +162,41 @@ t.test('interactive exec: a caller that goes silent (black-holed) is dropped wit
   proxy.blackhole();
   const gone = await allGone([pid], KEEPALIVE.keepaliveTimeoutMs + 3000);
   t.ok(gone, `the process group was killed ${Date.now() - holedAt} ms after the caller went silent`);
+});
+
+t.test('interactive exec: stdin sent before the exec has started waits in the kernel, not in the gateway', async (t) => {
+  const gw = await startGateway(t);
+  const s = (await api<{ id: string }>(gw.url, 'POST', '/v1/sandboxes', { name: 'early' })).body;
+  await waitForPhase(gw.app, 'early', 'Ready');
+  // A stopped supervisor cannot answer the relay open: the exec stays "starting".
+  const pid = supervisorPid(gw.stateDir, s.id);
+  process.kill(pid, 'SIGSTOP');
+  t.teardown(() => process.kill(pid, 'SIGCONT'));
+  const ws = new WebSocket(`${gw.url.replace(/^http/, 'ws')}/v1/sandboxes/early/exec?command=wc&command=-c`);
+  t.teardown(() => ws.terminate());
+  let stdout = '';
+  ws.on('message', (data: Buffer) => {
+    if (data[0] === 1) stdout += data.subarray(1).toString();
+  });
+  await once(ws, 'open');
+  const MIB = 1024 * 1024;
+  const TOTAL = 64;
+  const frame = Buffer.alloc(MIB + 1, 0x62);
+  frame[0] = 0;
+  for (let i = 0; i < TOTAL; i++) ws.send(frame);
+  let last = -1;
+  const deadline = Date.now() + 5000;
+  while (ws.bufferedAmount !== last && ws.bufferedAmount > 0 && Date.now() < deadline) {
+    last = ws.bufferedAmount;
+    await new Promise((r) => setTimeout(r, 300));
+  }
+  t.ok(ws.bufferedAmount > (TOTAL / 4) * MIB, `the caller still holds ${Math.round(ws.bufferedAmount / MIB)} MiB while the exec has not started`);
+  const closed = once(ws, 'close');
+  const t0 = Date.now();
+  process.kill(pid, 'SIGCONT');
+  ws.send(Buffer.from([0])); // end of input
+  await closed;
+  // A gateway that stopped reading the caller would leave the close handshake to ws's 30 s timer.
+  t.ok(Date.now() - t0 < 10_000, `the close handshake completed (${Date.now() - t0} ms), it did not time out`);
+  t.equal(stdout.trim(), String(TOTAL * MIB), 'every byte reached the process once it started');
 });
