@@ -29,6 +29,7 @@ export async function bridgeSsh(
   } catch (err) {
     stopClient();
     const code = isOpenShellError(err) ? err.code : 'INTERNAL';
+    client.resume(); // the close handshake reads the caller's close frame
     if (client.readyState === client.OPEN) client.close(isOpenShellError(err) ? 4000 + (err.statusCode % 1000) : 4500, code);
     return;
   }

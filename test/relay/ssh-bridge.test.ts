@@ -1,0 +1,26 @@
+import { once } from 'node:events';
+import t from 'tap';
+import WebSocket from 'ws';
+import { api, startGateway, waitForPhase } from '../helpers/gateway.js';
+import { supervisorPid } from '../helpers/sandbox.js';
+
+t.test('ssh WebSocket whose relay never opens: the caller gets an error close promptly, not after a close timeout', async (t) => {
+  const gw = await startGateway(t);
+  const s = (await api<{ id: string }>(gw.url, 'POST', '/v1/sandboxes', { name: 'mute' })).body;
+  await waitForPhase(gw.app, 'mute', 'Ready');
+  // A stopped supervisor never answers relayOpen: the pending relay expires (10 s).
+  const pid = supervisorPid(gw.stateDir, s.id);
+  process.kill(pid, 'SIGSTOP');
+  t.teardown(() => process.kill(pid, 'SIGCONT'));
+  const ws = new WebSocket(`${gw.url.replace(/^http/, 'ws')}/v1/sandboxes/mute/ssh`);
+  t.teardown(() => ws.terminate());
+  ws.on('error', () => undefined);
+  await once(ws, 'open');
+  ws.send(Buffer.from('SSH-2.0-test\r\n')); // the caller speaks first; the gateway holds it
+  const t0 = Date.now();
+  const [code, reason] = (await once(ws, 'close')) as [number, Buffer];
+  const ms = Date.now() - t0;
+  t.ok(code >= 4000, `closed with an error code (${code} ${reason.toString()})`);
+  // The pending relay expires after 10 s; a gateway not reading the caller would add ws's 30 s close timeout.
+  t.ok(ms < 20_000, `the close completed ${ms} ms after the request`);
+});
