@@ -115,8 +115,12 @@ export class ExecRun implements AsyncIterable<RunEvent> {
 
   close(): void {
     if (this.#released) return;
-    if (this.#ws.readyState === this.#ws.OPEN) this.#ws.close(1000, 'done');
-    else this.#ws.terminate();
+    if (this.#ws.readyState === this.#ws.OPEN) {
+      // A relay paused for backpressure must read the peer's close frame, or
+      // the handshake waits for ws's 30 s close timer.
+      this.#ws.resume();
+      this.#ws.close(1000, 'done');
+    } else this.#ws.terminate();
   }
 
   /** The next queued event, or undefined when none is waiting (then see `onReady`). Closes the relay after the terminal event. */

@@ -112,7 +112,10 @@ export function serveExecRelay(
       releasing = true;
       return;
     }
-    if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) ws.close(1000, reason);
+    if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
+      ws.resume(); // read the gateway's close frame even if stdin backpressure paused us
+      ws.close(1000, reason);
+    }
   };
 
   /** `release` after a kept exec: the relay is ready for the next `start`/`attach`. */

@@ -293,6 +293,7 @@ export class Supervisor {
           },
           (err: unknown) => {
             log.error({ err }, 'exec engine unavailable');
+            ws.resume();
             ws.close(4500, 'exec engine unavailable');
           },
         );

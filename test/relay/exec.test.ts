@@ -1,4 +1,6 @@
 import { createHash, randomBytes } from 'node:crypto';
+import { once } from 'node:events';
+import http from 'node:http';
 import t from 'tap';
 import type { Sandbox } from '../../src/schemas/sandbox.js';
 import type { ExecResult } from '../../src/schemas/sandbox.js';
@@ -217,4 +219,28 @@ t.test('buffered JSON mode keeps at most --exec-buffer-limit-bytes per stream: t
 
   const small = await exec('echo hi');
   t.same(Object.keys(small).sort(), ['durationMs', 'exitCode', 'signal', 'stderr', 'stdout']);
+});
+
+t.test('a caller that leaves a stalled bulk stream: its relay closes at once, not after a close-handshake timeout', async (t) => {
+  const gw = await startGateway(t);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'flood' });
+  await waitForPhase(gw.app, 'flood', 'Ready');
+  const { broker } = gw.app.openshell;
+  const req = http.request(`${gw.url}/v1/sandboxes/flood/exec`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', accept: 'application/x-ndjson' },
+  });
+  req.end(JSON.stringify({ command: ['sh', '-c', 'cat /dev/zero'] }));
+  const [res] = (await once(req, 'response')) as [http.IncomingMessage];
+  await once(res, 'data');
+  res.pause(); // stop reading: the gateway's buffers fill and it pauses the relay
+  // Let backpressure reach the relay (nothing to await from outside).
+  await new Promise((r) => setTimeout(r, 1000));
+  t.equal(broker.openCount, 1, 'one relay open');
+  const leftAt = Date.now();
+  req.destroy();
+  while (broker.openCount > 0 && Date.now() - leftAt < 20_000) await new Promise((r) => setTimeout(r, 50));
+  const ms = Date.now() - leftAt;
+  t.equal(broker.openCount, 0, 'the relay is gone');
+  t.ok(ms < 10_000, `closed ${ms} ms after the caller left (a paused relay would wait out ws's 30 s close timer)`);
 });
