@@ -136,9 +136,17 @@ async function execInteractive(ctx: Context, name: string, command: string[], op
   const onStdinEnd = () => sendFrame(ws, ExecChannel.stdin, Buffer.alloc(0));
   let status: number | undefined;
   let errorMessage: string | undefined;
+  let onOutputError: (err: Error) => void = () => undefined;
   // Listeners go on before the upgrade completes: a short command's output and
   // status can arrive together with the 101.
   const ended = new Promise<number>((resolve, reject) => {
+    // Our reader went away (`| head`): end the exec (closing kills it) and exit as a pipe writer does.
+    onOutputError = (err) => {
+      ws.terminate();
+      reject(err);
+    };
+    stdout.on('error', onOutputError);
+    stderr.on('error', onOutputError);
     ws.on('message', (data: Buffer, isBinary: boolean) => {
       const frame = isBinary ? data : Buffer.from(data);
       if (frame.length === 0) return;
@@ -177,6 +185,8 @@ async function execInteractive(ctx: Context, name: string, command: string[], op
     return await ended;
   } finally {
     process.off('SIGWINCH', sendResize);
+    stdout.off('error', onOutputError);
+    stderr.off('error', onOutputError);
     stdin.off('data', onStdin);
     stdin.off('end', onStdinEnd);
     stdin.pause();

@@ -95,6 +95,9 @@ function buildProgram(io: CliIo): Command {
   return program;
 }
 
+/** Exit code when stdout's reader is gone: 128 + SIGPIPE, as a shell reports a writer killed by SIGPIPE. */
+export const EPIPE_EXIT = 141;
+
 /** Prints what went wrong and picks the exit code. */
 function report(err: unknown, io: CliIo): number {
   if (err instanceof CommanderError) {
@@ -119,6 +122,9 @@ function report(err: unknown, io: CliIo): number {
     return 1;
   }
   const e = err as NodeJS.ErrnoException;
+  // Our output's reader went away (`openshell … | head`): exit quietly, as a
+  // process killed by SIGPIPE would (128 + 13).
+  if (e?.code === 'EPIPE') return EPIPE_EXIT;
   io.stderr.write(`openshell: ${e?.message ?? String(err)}\n`);
   return 1;
 }

@@ -1,4 +1,6 @@
+import { spawn } from 'node:child_process';
 import { once } from 'node:events';
+import { fileURLToPath } from 'node:url';
 import { createServer } from 'node:http';
 import t from 'tap';
 import { startGateway } from '../helpers/gateway.js';
@@ -135,5 +137,29 @@ t.test('sandbox upload / download, policy set / get, logs', async (t) => {
   t.equal(logs.code, 0, logs.stderr);
   for (const line of logs.stdout.trim().split('\n').filter(Boolean)) {
     t.ok((JSON.parse(line) as { message?: string }).message !== undefined);
+  }
+});
+
+t.test('sandbox exec into a closed pipe (`| head`): quiet exit 141, the command is stopped', async (t) => {
+  const gw = await startGateway(t);
+  const env = { OPENSHELL_GATEWAY: gw.url };
+  t.equal((await cli(['sandbox', 'create', '--name', 'pipe', '--timeout', '30'], { env })).code, 0);
+  const bin = fileURLToPath(new URL('../../bin/openshell.js', import.meta.url));
+  for (const flags of [[], ['-t']]) {
+    const marker = `marker-${flags.length}-${process.pid}`;
+    const child = spawn(process.execPath, [bin, 'sandbox', 'exec', ...flags, 'pipe', '--', 'yes', marker], {
+      env: { ...process.env, OPENSHELL_GATEWAY: gw.url },
+      stdio: ['ignore', 'pipe', 'pipe'],
+    });
+    t.teardown(() => child.kill('SIGKILL'));
+    let stderr = '';
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    await once(child.stdout, 'data');
+    child.stdout.destroy(); // the reader goes away, as `head` does after its lines
+    const [code] = (await once(child, 'exit')) as [number];
+    t.equal(code, 141, `exec ${flags.join(' ')}: 128 + SIGPIPE`);
+    t.equal(stderr, '', 'nothing on stderr');
+    const left = await cli(['sandbox', 'exec', 'pipe', '--', 'sh', '-c', `for i in $(seq 50); do pgrep -f "[${marker[0]}]${marker.slice(1)}" >/dev/null || { echo none; exit; }; sleep 0.1; done; echo still running`], { env });
+    t.equal(left.stdout.trim(), 'none', 'the command is gone from the sandbox');
   }
 });
