@@ -57,7 +57,13 @@ export class Gateway {
     });
     this.metrics = new GatewayMetrics({ sessions: () => this.sessions, broker: () => this.broker });
     this.broker = new RelayBroker({ sessions: this.sessions, config, log, metrics: this.metrics.relay });
-    this.execs = new ExecService({ broker: this.broker, sandboxes: this.sandboxes, log, metrics: this.metrics.exec });
+    this.execs = new ExecService({
+      broker: this.broker,
+      sandboxes: this.sandboxes,
+      log,
+      metrics: this.metrics.exec,
+      resumeWindowMs: config.execResumeWindowMs,
+    });
     this.policies = new PolicyService(this.sandboxes, this.sessions);
     const reconcile = (sandboxId: string) =>
       void this.sandboxes.reconcile(sandboxId).catch((err: unknown) => this.log.error({ err, sandboxId }, 'readiness update failed'));

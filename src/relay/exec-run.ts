@@ -28,7 +28,25 @@ export interface ExecRunOptions {
    * relay handed here (this run no longer touches it).
    */
   onRelease?: (ws: WebSocket) => void;
+  /**
+   * Transparent resume (DESIGN.md, Durable execs): when the relay dies before
+   * the terminal event, get a new relay within `windowMs` and `attach` from
+   * the offsets already delivered; only then is the run's end `RELAY_LOST`.
+   * Only for execs whose stdin was complete at start (nothing to re-send).
+   */
+  resume?: ResumeOptions;
 }
+
+export interface ResumeOptions {
+  windowMs: number;
+  /** A fresh exec relay to the same sandbox; waits for its session; rejects when `signal` aborts. */
+  reattach: (signal: AbortSignal) => Promise<WebSocket>;
+  /** Called once per successful re-attach (metrics, logs). */
+  onResumed?: (lostForMs: number) => void;
+}
+
+/** Pause between failed re-attach attempts inside the window. */
+const REATTACH_RETRY_MS = 250;
 
 /**
  * The gateway's end of one exec relay: sends the `start` op and turns the
@@ -39,18 +57,24 @@ export interface ExecRunOptions {
  */
 export class ExecRun implements AsyncIterable<RunEvent> {
   readonly execId: string;
-  readonly #ws: WebSocket;
+  #ws: WebSocket;
+  readonly #start: ExecStartOp;
   readonly #onRelease: ((ws: WebSocket) => void) | undefined;
+  readonly #resume: ResumeOptions | undefined;
   /** The relay was handed back for another exec: never send or close on it again. */
   #released = false;
   readonly #onMessage = (data: RawData, isBinary: boolean): void => this.#onFrame(data, isBinary);
-  readonly #onClose = (code: number, reason: Buffer): void => {
-    this.#finish({
-      type: 'error',
-      code: 'RELAY_LOST',
-      message: `relay to the sandbox was lost before the exec finished (${code}${reason.length ? ` ${reason.toString()}` : ''})`,
-    });
-  };
+  readonly #onClose = (code: number, reason: Buffer): void => this.#relayLost(code, reason);
+  /** `started` seen: the process exists, so a new relay attaches instead of starting again. */
+  #started = false;
+  /** Next byte offset expected per stream (stdout, stderr): what the caller has been given. */
+  readonly #next: [number, number] = [0, 0];
+  /** Stdin was streamed on this run: a new relay could not replay it, so no resume. */
+  #stdinSent = false;
+  /** The caller went away; a resume only re-attaches to kill the process group. */
+  #aborted = false;
+  /** Set while waiting for a new relay: aborting it gives up the resume. */
+  #resuming: AbortController | null = null;
   #queue: RunEvent[] = [];
   #head = 0;
   #queuedBytes = 0;
@@ -61,7 +85,9 @@ export class ExecRun implements AsyncIterable<RunEvent> {
   constructor(ws: WebSocket, start: ExecStartOp, opts: ExecRunOptions = {}) {
     this.execId = start.execId;
     this.#ws = ws;
+    this.#start = start;
     this.#onRelease = opts.onRelease;
+    this.#resume = opts.resume && opts.resume.windowMs > 0 ? opts.resume : undefined;
     ws.on('message', this.#onMessage);
     ws.once('close', this.#onClose);
     this.#send(this.#onRelease ? { ...start, keep: true } : start);
@@ -73,6 +99,7 @@ export class ExecRun implements AsyncIterable<RunEvent> {
   }
 
   writeStdin(data: Buffer): void {
+    if (data.length > 0) this.#stdinSent = true;
     for (let i = 0; i < data.length; i += STDIN_CHUNK) {
       if (!this.#released && this.#ws.readyState === this.#ws.OPEN) this.#ws.send(data.subarray(i, i + STDIN_CHUNK), { binary: true });
     }
@@ -109,11 +136,18 @@ export class ExecRun implements AsyncIterable<RunEvent> {
 
   /** The caller went away: kill the process group and drop the relay. */
   abort(): void {
+    this.#aborted = true;
+    // While re-attaching, the kill waits for the new relay (see #adopt); the run ends now.
+    if (this.#resuming) {
+      this.#finish({ type: 'error', code: 'RELAY_LOST', message: 'the caller went away while the relay was being re-established' });
+      return;
+    }
     if (!this.#done) this.signal('SIGKILL');
     this.close();
   }
 
   close(): void {
+    if (this.#resuming && !this.#aborted) this.#resuming.abort();
     if (this.#released) return;
     if (this.#ws.readyState === this.#ws.OPEN) {
       // A relay paused for backpressure must read the peer's close frame, or
@@ -193,7 +227,17 @@ export class ExecRun implements AsyncIterable<RunEvent> {
     if (isBinary) {
       const chunk = decodeOutput(buf);
       if (!chunk) return;
-      this.#push({ type: chunk.stream === 1 ? 'stdout' : 'stderr', data: chunk.data, offset: chunk.offset });
+      const i = chunk.stream === 1 ? 0 : 1;
+      let { data, offset } = chunk;
+      const next = this.#next[i];
+      // After a re-attach the supervisor may repeat bytes the caller already has.
+      if (offset + data.length <= next) return;
+      if (offset < next) {
+        data = data.subarray(next - offset);
+        offset = next;
+      }
+      this.#next[i] = offset + data.length;
+      this.#push({ type: i === 0 ? 'stdout' : 'stderr', data, offset });
       return;
     }
     let ev: ExecEv;
@@ -202,7 +246,10 @@ export class ExecRun implements AsyncIterable<RunEvent> {
     } catch {
       return;
     }
-    if (ev.ev === 'started') this.#push({ type: 'started', execId: ev.execId, pid: ev.pid });
+    if (ev.ev === 'started') {
+      if (!this.#started) this.#push({ type: 'started', execId: ev.execId, pid: ev.pid });
+      this.#started = true;
+    }
     else if (ev.ev === 'exit') {
       this.#release();
       this.#finish({
@@ -214,8 +261,77 @@ export class ExecRun implements AsyncIterable<RunEvent> {
       });
     } else if (ev.ev === 'error') {
       this.#release();
-      this.#finish({ type: 'error', code: 'INTERNAL', message: `${ev.code}: ${ev.message}` });
+      // An attach that finds no exec: the supervisor was replaced and the process is gone with it.
+      const lost = this.#started && ev.code === 'EXEC_NOT_FOUND';
+      this.#finish({ type: 'error', code: lost ? 'RELAY_LOST' : 'INTERNAL', message: `${ev.code}: ${ev.message}` });
     }
+  }
+
+  #relayLost(code: number, reason: Buffer): void {
+    if (this.#done) return;
+    const message = `relay to the sandbox was lost before the exec finished (${code}${reason.length ? ` ${reason.toString()}` : ''})`;
+    const resume = this.#resume;
+    if (!resume || this.#stdinSent || this.#aborted) {
+      this.#finish({ type: 'error', code: 'RELAY_LOST', message });
+      return;
+    }
+    void this.#reattach(resume, message);
+  }
+
+  /** Waits up to the resume window for a new relay, then attaches from the delivered offsets. */
+  async #reattach(resume: ResumeOptions, lost: string): Promise<void> {
+    this.#ws.off('message', this.#onMessage);
+    const controller = new AbortController();
+    this.#resuming = controller;
+    const lostAt = performance.now();
+    const timer = setTimeout(() => controller.abort(), resume.windowMs);
+    timer.unref();
+    try {
+      while (!controller.signal.aborted) {
+        let ws: WebSocket;
+        try {
+          ws = await resume.reattach(controller.signal);
+        } catch {
+          if (controller.signal.aborted) break;
+          await new Promise<void>((r) => setTimeout(r, REATTACH_RETRY_MS).unref());
+          continue;
+        }
+        if (controller.signal.aborted && !this.#aborted) {
+          ws.terminate();
+          break;
+        }
+        this.#adopt(ws);
+        if (!this.#aborted) resume.onResumed?.(performance.now() - lostAt);
+        return;
+      }
+    } finally {
+      clearTimeout(timer);
+      if (this.#resuming === controller) this.#resuming = null;
+    }
+    this.#finish({
+      type: 'error',
+      code: 'RELAY_LOST',
+      message: `${lost}, and the sandbox was not reachable again within the ${resume.windowMs} ms resume window`,
+    });
+  }
+
+  /** Continues on a new relay: `attach` from the offsets delivered (or the same `start` if it never began). */
+  #adopt(ws: WebSocket): void {
+    this.#ws = ws;
+    const keep = this.#onRelease !== undefined;
+    const first: ExecOp = this.#started
+      ? { op: 'attach', execId: this.execId, offsets: { stdout: this.#next[0], stderr: this.#next[1] }, ...(keep ? { keep: true } : {}) }
+      : { ...this.#start, ...(keep ? { keep: true } : {}) }; // a repeated start attaches from 0 if it did begin
+    ws.send(JSON.stringify(first));
+    if (this.#aborted) {
+      // The caller left during the outage: finish what abort() began, kill the group.
+      ws.send(JSON.stringify({ op: 'signal', signal: 'SIGKILL' }));
+      ws.close(1000, 'aborted');
+      return;
+    }
+    ws.on('message', this.#onMessage);
+    ws.once('close', this.#onClose);
+    if (this.#paused) ws.pause();
   }
 
   #finish(event: RunEvent): void {

@@ -30,7 +30,10 @@ export class ExecService {
   readonly #log: Logger;
   readonly #metrics: ExecMetrics | undefined;
 
-  constructor(opts: { broker: RelayBroker; sandboxes: SandboxService; log: Logger; metrics?: ExecMetrics }) {
+  readonly #resumeWindowMs: number;
+
+  constructor(opts: { broker: RelayBroker; sandboxes: SandboxService; log: Logger; metrics?: ExecMetrics; resumeWindowMs?: number }) {
+    this.#resumeWindowMs = opts.resumeWindowMs ?? 0;
     this.#broker = opts.broker;
     this.#sandboxes = opts.sandboxes;
     this.#log = opts.log.child({ component: 'exec' });
@@ -74,7 +77,21 @@ export class ExecService {
       timeoutSeconds,
       ...(noInput ? { closeStdin: true } : {}),
     };
-    const run = new ExecRun(ws, start, { onRelease: (relay) => this.#broker.releaseExec(record.id, relay) });
+    const log = this.#log;
+    // Resume needs nothing to re-send: no stdin streamed, no terminal attached.
+    const resumable = noInput && !start.tty && this.#resumeWindowMs > 0;
+    const run = new ExecRun(ws, start, {
+      onRelease: (relay) => this.#broker.releaseExec(record.id, relay),
+      ...(resumable
+        ? {
+            resume: {
+              windowMs: this.#resumeWindowMs,
+              reattach: (signal: AbortSignal) => this.#broker.acquireExec(record.id, signal),
+              onResumed: (ms: number) => log.info({ sandboxId: record.id, execId, lostForMs: Math.round(ms) }, 'exec re-attached after a lost relay'),
+            },
+          }
+        : {}),
+    });
     this.#metrics?.started();
     this.#log.debug({ sandboxId: record.id, execId }, 'exec started');
     if (stdin && stdin.length > 0) run.writeStdin(stdin);

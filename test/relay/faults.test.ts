@@ -5,7 +5,8 @@ import { execStream, type ExecOutcome } from '../helpers/exec.js';
 import { api, proxySupervisors, startGateway, waitForPhase } from '../helpers/gateway.js';
 import { fakeSession, sandboxToken, supervisorPid } from '../helpers/sandbox.js';
 
-const KEEPALIVE = { keepaliveIntervalMs: 500, keepaliveTimeoutMs: 1500 };
+/** Window 0: a lost relay ends the exec at once (transparent resume has its own suite, resume.test.ts). */
+const KEEPALIVE = { keepaliveIntervalMs: 500, keepaliveTimeoutMs: 1500, execResumeWindowMs: 0 };
 /** Cold-started supervisors carry their token in the environment, where a test can read it. */
 const COLD = { ...KEEPALIVE, warmSupervisors: 0 };
 

@@ -1,0 +1,112 @@
+import t from 'tap';
+import type { ExecEvent } from '../../src/schemas/sandbox.js';
+import { execStream, type ExecOutcome } from '../helpers/exec.js';
+import { allGone, api, proxySupervisors, startGateway, waitForPhase } from '../helpers/gateway.js';
+
+/** Keepalive 500/1500 ms: a black-holed relay is declared dead about 1.5 s after the hole opens. */
+const FAST = { keepaliveIntervalMs: 500, keepaliveTimeoutMs: 1500 };
+
+/** A command that prints `line1`…`lineN`, one every 100 ms, then exits with `code`. */
+const counter = (n: number, code: number) => ['sh', '-c', `i=0; while [ $i -lt ${n} ]; do i=$((i+1)); echo line$i; sleep 0.1; done; exit ${code}`];
+const lines = (n: number) => Array.from({ length: n }, (_, i) => `line${i + 1}\n`).join('');
+
+/** Starts an exec and calls `onFirst` once its first output arrives. */
+function watch(url: string, name: string, command: string[], onFirst: () => void, signal?: AbortSignal) {
+  let first = true;
+  let endedAt = 0;
+  const done = execStream(url, name, { command }, {
+    signal,
+    onEvent: (e: ExecEvent) => {
+      if (e.type === 'stdout' && first) {
+        first = false;
+        onFirst();
+      }
+    },
+  }).then((r: ExecOutcome) => {
+    endedAt = Date.now();
+    return r;
+  });
+  return { done, endedAt: () => endedAt };
+}
+
+t.test('a relay black-holed mid-exec is re-attached: the stream continues to the real exit, every byte once', async (t) => {
+  const gw = await startGateway(t, { ...FAST, execResumeWindowMs: 15_000 });
+  const proxy = await proxySupervisors(t, gw);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'nat' });
+  await waitForPhase(gw.app, 'nat', 'Ready');
+  const N = 40;
+  const exec = watch(gw.url, 'nat', counter(N, 3), () => {
+    proxy.blackhole();
+    // The transport comes back after both ends have given the old connections up.
+    setTimeout(() => proxy.restore(), 2500).unref();
+  });
+  const r = await exec.done;
+  t.match(r.last, { type: 'exit', exitCode: 3 }, 'the real exit, not RELAY_LOST');
+  t.equal(r.stdout.toString(), lines(N), 'every line, in order, none twice');
+  let next = 0;
+  for (const e of r.events) {
+    if (e.type !== 'stdout') continue;
+    t.equal(e.offset, next, `offset ${e.offset} follows on`);
+    next += Buffer.from(e.data, 'base64').length;
+  }
+  t.equal(r.events.filter((e) => e.type === 'started').length, 1, 'one started event');
+  const fresh = await execStream(gw.url, 'nat', { command: ['echo', 'after'] });
+  t.equal(fresh.stdout.toString(), 'after\n');
+});
+
+t.test('an exec that finished during the outage: its remaining output and exit are replayed', async (t) => {
+  const gw = await startGateway(t, { ...FAST, execResumeWindowMs: 15_000 });
+  const proxy = await proxySupervisors(t, gw);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'done' });
+  await waitForPhase(gw.app, 'done', 'Ready');
+  // 1 s of output: it is over long before the relay comes back.
+  const exec = watch(gw.url, 'done', counter(10, 0), () => {
+    proxy.blackhole();
+    setTimeout(() => proxy.restore(), 2500).unref();
+  });
+  const r = await exec.done;
+  t.match(r.last, { type: 'exit', exitCode: 0 });
+  t.equal(r.stdout.toString(), lines(10));
+});
+
+t.test('no way back within the window: RELAY_LOST after timeout + window, naming the window', async (t) => {
+  const WINDOW = 2000;
+  const gw = await startGateway(t, { ...FAST, execResumeWindowMs: WINDOW });
+  const proxy = await proxySupervisors(t, gw);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'gone' });
+  await waitForPhase(gw.app, 'gone', 'Ready');
+  let holedAt = 0;
+  const exec = watch(gw.url, 'gone', ['sh', '-c', 'echo go; sleep 30'], () => {
+    holedAt = Date.now();
+    proxy.blackhole();
+  });
+  const r = await exec.done;
+  const ms = exec.endedAt() - holedAt;
+  t.match(r.last, { type: 'error', code: 'RELAY_LOST', message: /2000 ms resume window/ });
+  t.ok(ms >= WINDOW, `not before the window (${ms} ms)`);
+  t.ok(ms <= FAST.keepaliveTimeoutMs + WINDOW + 1500, `ended ${ms} ms after the hole opened`);
+});
+
+t.test('a caller that leaves during the outage: the process group is killed once the sandbox is back', async (t) => {
+  const gw = await startGateway(t, { ...FAST, execResumeWindowMs: 15_000 });
+  const proxy = await proxySupervisors(t, gw);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'left' });
+  await waitForPhase(gw.app, 'left', 'Ready');
+  const abort = new AbortController();
+  let pid = 0;
+  const done = execStream(gw.url, 'left', { command: ['sh', '-c', 'echo $$; exec sleep 60'] }, {
+    signal: abort.signal,
+    onEvent: (e) => {
+      if (e.type === 'stdout' && !pid) {
+        pid = Number(Buffer.from(e.data, 'base64').toString().trim());
+        proxy.blackhole();
+        // Leave while the gateway waits for the sandbox, then let the sandbox back.
+        setTimeout(() => abort.abort(), 2200).unref();
+        setTimeout(() => proxy.restore(), 3000).unref();
+      }
+    },
+  }).catch((err: Error) => err);
+  await done;
+  t.ok(pid > 0, `the command ran as ${pid}`);
+  t.ok(await allGone([pid], 15_000), 'the process group was killed after the caller left');
+});
