@@ -105,7 +105,11 @@ export async function buildApp(config: Config, deps: GatewayDeps = {}): Promise<
     app.server.once('close', () => void unix?.close());
   }
   // WebSockets first (preClose), so supervisors see a clean close; then the domain (onClose).
-  app.addHook('preClose', async () => gateway.closeSessions());
+  app.addHook('preClose', async () => {
+    // Exec streams first get their terminal line, then the sessions close.
+    await gateway.execs.shutdown();
+    gateway.closeSessions();
+  });
   app.addHook('onClose', async () => {
     await unix?.close();
     await gateway.close();

@@ -279,6 +279,11 @@ export class RelayBroker {
     return reaped;
   }
 
+  /** True once `close()` ran: the gateway is shutting down and opens no more relays. */
+  get closed(): boolean {
+    return this.#closed;
+  }
+
   close(): void {
     this.#closed = true;
     clearInterval(this.#reaper);

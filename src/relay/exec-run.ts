@@ -43,6 +43,8 @@ export interface ResumeOptions {
   reattach: (signal: AbortSignal) => Promise<WebSocket>;
   /** Called once per successful re-attach (metrics, logs). */
   onResumed?: (lostForMs: number) => void;
+  /** False when no relay can come back (the gateway is shutting down): end with RELAY_LOST at once. */
+  canResume?: () => boolean;
 }
 
 /** Pause between failed re-attach attempts inside the window. */
@@ -75,6 +77,9 @@ export class ExecRun implements AsyncIterable<RunEvent> {
   #aborted = false;
   /** Set while waiting for a new relay: aborting it gives up the resume. */
   #resuming: AbortController | null = null;
+  #consumed!: () => void;
+  /** Resolves once the consumer has taken the terminal event. */
+  readonly consumed: Promise<void> = new Promise<void>((resolve) => (this.#consumed = resolve));
   #queue: RunEvent[] = [];
   #head = 0;
   #queuedBytes = 0;
@@ -173,8 +178,21 @@ export class ExecRun implements AsyncIterable<RunEvent> {
       this.#paused = false;
       this.#ws.resume();
     }
-    if (event.type === 'exit' || event.type === 'error') this.close();
+    if (event.type === 'exit' || event.type === 'error') {
+      this.close();
+      this.#consumed();
+    }
     return event;
+  }
+
+  /**
+   * The gateway is shutting down: end the run now with `RELAY_LOST` and this
+   * message (the process keeps running in the sandbox), so the caller gets a
+   * terminal line instead of a cut connection.
+   */
+  shutdown(message: string): void {
+    this.#resuming?.abort();
+    this.#finish({ type: 'error', code: 'RELAY_LOST', message });
   }
 
   /** Number of events waiting. */
@@ -271,7 +289,7 @@ export class ExecRun implements AsyncIterable<RunEvent> {
     if (this.#done) return;
     const message = `relay to the sandbox was lost before the exec finished (${code}${reason.length ? ` ${reason.toString()}` : ''})`;
     const resume = this.#resume;
-    if (!resume || this.#stdinSent || this.#aborted) {
+    if (!resume || this.#stdinSent || this.#aborted || resume.canResume?.() === false) {
       this.#finish({ type: 'error', code: 'RELAY_LOST', message });
       return;
     }

@@ -31,6 +31,8 @@ export class ExecService {
   readonly #metrics: ExecMetrics | undefined;
 
   readonly #resumeWindowMs: number;
+  /** Runs whose caller has not yet taken the terminal event. */
+  readonly #active = new Set<ExecRun>();
 
   constructor(opts: { broker: RelayBroker; sandboxes: SandboxService; log: Logger; metrics?: ExecMetrics; resumeWindowMs?: number }) {
     this.#resumeWindowMs = opts.resumeWindowMs ?? 0;
@@ -87,16 +89,38 @@ export class ExecService {
             resume: {
               windowMs: this.#resumeWindowMs,
               reattach: (signal: AbortSignal) => this.#broker.acquireExec(record.id, signal),
+              canResume: () => !this.#broker.closed,
               onResumed: (ms: number) => log.info({ sandboxId: record.id, execId, lostForMs: Math.round(ms) }, 'exec re-attached after a lost relay'),
             },
           }
         : {}),
     });
+    this.#active.add(run);
+    void run.consumed.then(() => this.#active.delete(run));
     this.#metrics?.started();
     this.#log.debug({ sandboxId: record.id, execId }, 'exec started');
     if (stdin && stdin.length > 0) run.writeStdin(stdin);
     if (!opts.interactiveStdin && !noInput) run.closeStdin();
     return run;
+  }
+
+  /**
+   * Gateway shutdown: every exec still streaming ends with a `RELAY_LOST`
+   * line saying so (its process keeps running in the sandbox); resolves once
+   * each caller's stream took it, or after `timeoutMs`.
+   */
+  async shutdown(timeoutMs = 2000): Promise<void> {
+    const runs = [...this.#active];
+    if (runs.length === 0) return;
+    for (const run of runs) run.shutdown('the gateway is shutting down; the process keeps running in the sandbox');
+    let timer: NodeJS.Timeout | undefined;
+    await Promise.race([
+      Promise.all(runs.map((r) => r.consumed)),
+      new Promise<void>((resolve) => (timer = setTimeout(resolve, timeoutMs))),
+    ]);
+    clearTimeout(timer);
+    // Let the last lines reach the sockets before connections are closed.
+    await new Promise<void>((resolve) => setImmediate(resolve));
   }
 
   finished(durationMs: number, outcome: string): void {
