@@ -67,8 +67,14 @@ export class GatewayMetrics {
       opened: (target, result) => opens.inc({ target, result }),
       bytes: (direction, n) => bytes.inc({ direction }, n),
     };
+    const resumes = new Counter({
+      name: 'openshell_exec_resumes_total',
+      help: 'Execs re-attached on a new relay after theirs was lost (DESIGN.md, Durable execs)',
+      registers,
+    });
     this.exec = {
       started: () => inFlight.inc(),
+      resumed: () => resumes.inc(),
       finished: (ms, outcome) => {
         inFlight.dec();
         duration.observe({ outcome }, ms / 1000);

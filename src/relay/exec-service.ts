@@ -20,6 +20,8 @@ export interface ExecStartOptions {
 
 export interface ExecMetrics {
   started(): void;
+  /** An exec re-attached after its relay was lost. */
+  resumed?(): void;
   finished(durationMs: number, outcome: string): void;
 }
 
@@ -90,7 +92,10 @@ export class ExecService {
               windowMs: this.#resumeWindowMs,
               reattach: (signal: AbortSignal) => this.#broker.acquireExec(record.id, signal),
               canResume: () => !this.#broker.closed,
-              onResumed: (ms: number) => log.info({ sandboxId: record.id, execId, lostForMs: Math.round(ms) }, 'exec re-attached after a lost relay'),
+              onResumed: (ms: number) => {
+                this.#metrics?.resumed?.();
+                log.info({ sandboxId: record.id, execId, lostForMs: Math.round(ms) }, 'exec re-attached after a lost relay');
+              },
             },
           }
         : {}),

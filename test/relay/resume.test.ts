@@ -52,6 +52,8 @@ t.test('a relay black-holed mid-exec is re-attached: the stream continues to the
   t.equal(r.events.filter((e) => e.type === 'started').length, 1, 'one started event');
   const fresh = await execStream(gw.url, 'nat', { command: ['echo', 'after'] });
   t.equal(fresh.stdout.toString(), 'after\n');
+  const metrics = await (await fetch(`${gw.url}/metrics`)).text();
+  t.match(metrics, /^openshell_exec_resumes_total 1$/m, 'the resume is counted');
 });
 
 t.test('an exec that finished during the outage: its remaining output and exit are replayed', async (t) => {
