@@ -79,7 +79,16 @@ export interface ExecErrorEv {
   code: ExecErrorCode;
   message: string;
 }
-export type ExecEv = ExecStartedEv | ExecExitEv | ExecErrorEv;
+/**
+ * The `closeStdin` op was handled: every stdin byte sent before it reached the
+ * registry. A gateway may then resume the exec on a new relay, as nothing is
+ * left to re-send. (An extension of DESIGN.md; gateways that do not know it
+ * ignore it.)
+ */
+export interface ExecStdinClosedEv {
+  ev: 'stdinClosed';
+}
+export type ExecEv = ExecStartedEv | ExecExitEv | ExecErrorEv | ExecStdinClosedEv;
 
 export const STREAM_STDOUT = 1;
 export const STREAM_STDERR = 2;

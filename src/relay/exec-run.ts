@@ -32,7 +32,7 @@ export interface ExecRunOptions {
    * Transparent resume (DESIGN.md, Durable execs): when the relay dies before
    * the terminal event, get a new relay within `windowMs` and `attach` from
    * the offsets already delivered; only then is the run's end `RELAY_LOST`.
-   * Only for execs whose stdin was complete at start (nothing to re-send).
+   * Not while stdin streamed on this run is unconfirmed (nothing is ever re-sent).
    */
   resume?: ResumeOptions;
 }
@@ -71,8 +71,8 @@ export class ExecRun implements AsyncIterable<RunEvent> {
   #started = false;
   /** Next byte offset expected per stream (stdout, stderr): what the caller has been given. */
   readonly #next: [number, number] = [0, 0];
-  /** Stdin was streamed on this run: a new relay could not replay it, so no resume. */
-  #stdinSent = false;
+  /** Stdin was streamed and the supervisor has not confirmed it all arrived (`stdinClosed`): a new relay could not replay it, so no resume. */
+  #stdinPending = false;
   /** The caller went away; a resume only re-attaches to kill the process group. */
   #aborted = false;
   /** Set while waiting for a new relay: aborting it gives up the resume. */
@@ -104,7 +104,7 @@ export class ExecRun implements AsyncIterable<RunEvent> {
   }
 
   writeStdin(data: Buffer): void {
-    if (data.length > 0) this.#stdinSent = true;
+    if (data.length > 0) this.#stdinPending = true;
     for (let i = 0; i < data.length; i += STDIN_CHUNK) {
       if (!this.#released && this.#ws.readyState === this.#ws.OPEN) this.#ws.send(data.subarray(i, i + STDIN_CHUNK), { binary: true });
     }
@@ -264,7 +264,8 @@ export class ExecRun implements AsyncIterable<RunEvent> {
     } catch {
       return;
     }
-    if (ev.ev === 'started') {
+    if (ev.ev === 'stdinClosed') this.#stdinPending = false;
+    else if (ev.ev === 'started') {
       if (!this.#started) this.#push({ type: 'started', execId: ev.execId, pid: ev.pid });
       this.#started = true;
     }
@@ -289,7 +290,7 @@ export class ExecRun implements AsyncIterable<RunEvent> {
     if (this.#done) return;
     const message = `relay to the sandbox was lost before the exec finished (${code}${reason.length ? ` ${reason.toString()}` : ''})`;
     const resume = this.#resume;
-    if (!resume || this.#stdinSent || this.#aborted || resume.canResume?.() === false) {
+    if (!resume || this.#stdinPending || this.#aborted || resume.canResume?.() === false) {
       this.#finish({ type: 'error', code: 'RELAY_LOST', message });
       return;
     }

@@ -82,8 +82,9 @@ export class ExecService {
       ...(noInput ? { closeStdin: true } : {}),
     };
     const log = this.#log;
-    // Resume needs nothing to re-send: no stdin streamed, no terminal attached.
-    const resumable = noInput && !start.tty && this.#resumeWindowMs > 0;
+    // Resume needs nothing to re-send: stdin from the body is confirmed by the
+    // supervisor before a resume may happen; a caller streaming stdin or a tty is never resumed.
+    const resumable = !opts.interactiveStdin && !start.tty && this.#resumeWindowMs > 0;
     const run = new ExecRun(ws, start, {
       onRelease: (relay) => this.#broker.releaseExec(record.id, relay),
       ...(resumable

@@ -6,9 +6,9 @@ import {
   type OutputStream,
   type ExecAttachOp,
   type ExecErrorEv,
+  type ExecEv,
   type ExecExitEv,
   type ExecStartOp,
-  type ExecStartedEv,
 } from '../protocol/exec.js';
 import { ExecError, type ExecHandle, type ExecRegistry, type ExecSink, type ExecSubscription } from './exec-registry.js';
 
@@ -98,7 +98,7 @@ export function serveExecRelay(
     if (!terminal) flush();
   };
 
-  const sendJson = (ev: ExecStartedEv | ExecExitEv | ExecErrorEv): void => {
+  const sendJson = (ev: ExecEv): void => {
     if (ws.readyState === WebSocket.OPEN) ws.send(JSON.stringify(ev));
   };
 
@@ -227,6 +227,7 @@ export function serveExecRelay(
     switch (op?.op) {
       case 'closeStdin':
         h.closeStdin();
+        sendJson({ ev: 'stdinClosed' });
         break;
       case 'signal':
         try {

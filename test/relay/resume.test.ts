@@ -112,3 +112,26 @@ t.test('a caller that leaves during the outage: the process group is killed once
   t.ok(pid > 0, `the command ran as ${pid}`);
   t.ok(await allGone([pid], 15_000), 'the process group was killed after the caller left');
 });
+
+t.test('an exec given stdin resumes once the supervisor confirmed all of it; the process read every byte', async (t) => {
+  const gw = await startGateway(t, { ...FAST, execResumeWindowMs: 15_000 });
+  const proxy = await proxySupervisors(t, gw);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'input' });
+  await waitForPhase(gw.app, 'input', 'Ready');
+  const stdin = Buffer.alloc(1024 * 1024, 0x61);
+  let first = true;
+  const r = await execStream(gw.url, 'input', {
+    command: ['sh', '-c', `wc -c; ${counter(20, 4)[2]}`],
+    stdin: stdin.toString('base64'),
+  }, {
+    onEvent: (e: ExecEvent) => {
+      if (e.type === 'stdout' && first) {
+        first = false;
+        proxy.blackhole();
+        setTimeout(() => proxy.restore(), 2500).unref();
+      }
+    },
+  });
+  t.match(r.last, { type: 'exit', exitCode: 4 }, 'the real exit, not RELAY_LOST');
+  t.equal(r.stdout.toString(), `${stdin.length}\n${lines(20)}`);
+});
