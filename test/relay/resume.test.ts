@@ -1,3 +1,4 @@
+import { createHash } from 'node:crypto';
 import t from 'tap';
 import type { ExecEvent } from '../../src/schemas/sandbox.js';
 import { execStream, type ExecOutcome } from '../helpers/exec.js';
@@ -134,4 +135,29 @@ t.test('an exec given stdin resumes once the supervisor confirmed all of it; the
   });
   t.match(r.last, { type: 'exit', exitCode: 4 }, 'the real exit, not RELAY_LOST');
   t.equal(r.stdout.toString(), `${stdin.length}\n${lines(20)}`);
+});
+
+t.test('binary output across an outage: byte-identical after the re-attach', async (t) => {
+  const gw = await startGateway(t, { ...FAST, execResumeWindowMs: 15_000 });
+  const proxy = await proxySupervisors(t, gw);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'bin' });
+  await waitForPhase(gw.app, 'bin', 'Ready');
+  // 16 MiB of random bytes, 1 MiB every 100 ms; the file's sha256 on stderr at the end.
+  const script =
+    'f=$(mktemp); head -c 16777216 /dev/urandom > "$f"; ' +
+    'for i in $(seq 0 15); do dd if="$f" bs=1048576 skip=$i count=1 2>/dev/null; sleep 0.1; done; ' +
+    'sha256sum "$f" | cut -d" " -f1 >&2; rm -f "$f"';
+  let first = true;
+  const r = await execStream(gw.url, 'bin', { command: ['sh', '-c', script] }, {
+    onEvent: (e: ExecEvent) => {
+      if (e.type === 'stdout' && first) {
+        first = false;
+        proxy.blackhole();
+        setTimeout(() => proxy.restore(), 2500).unref();
+      }
+    },
+  });
+  t.match(r.last, { type: 'exit', exitCode: 0 });
+  t.equal(r.stdout.length, 16 * 1024 * 1024, 'every byte');
+  t.equal(createHash('sha256').update(r.stdout).digest('hex'), r.stderr.toString().trim(), 'the same bytes, in order');
 });
