@@ -2,11 +2,35 @@ import { once } from 'node:events';
 import { readFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { WebSocket } from 'ws';
+import { waitForPhase } from './gateway.js';
 
 /** The supervisor pid the process driver recorded for a sandbox. */
 export function supervisorPid(stateDir: string, sandboxId: string): number {
   const file = join(stateDir, 'sandboxes', sandboxId, 'supervisor.json');
   return (JSON.parse(readFileSync(file, 'utf8')) as { pid: number }).pid;
+}
+
+/**
+ * A Ready sandbox (created here) whose supervisor is frozen with SIGSTOP: it
+ * answers no relay open until `resume()` (or the test's teardown) sends SIGCONT.
+ */
+export async function frozenSandbox(
+  t: { teardown(fn: () => unknown): void },
+  gw: { url: string; stateDir: string; app: Parameters<typeof waitForPhase>[0] },
+  name: string,
+): Promise<{ id: string; pid: number; resume: () => void }> {
+  const res = await fetch(new URL('/v1/sandboxes', gw.url), {
+    method: 'POST',
+    headers: { 'content-type': 'application/json' },
+    body: JSON.stringify({ name }),
+  });
+  const { id } = (await res.json()) as { id: string };
+  await waitForPhase(gw.app, name, 'Ready');
+  const pid = supervisorPid(gw.stateDir, id);
+  process.kill(pid, 'SIGSTOP');
+  const resume = () => process.kill(pid, 'SIGCONT');
+  t.teardown(resume);
+  return { id, pid, resume };
 }
 
 /** Reads one variable of a live process's environment (Linux /proc). */

@@ -3,8 +3,8 @@ import t from 'tap';
 import WebSocket from 'ws';
 import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { allGone, api, startGateway, tempDir, waitForPhase } from '../helpers/gateway.js';
-import { supervisorPid } from '../helpers/sandbox.js';
+import { allGone, api, startGateway, tempDir, waitForPhase, type Teardown } from '../helpers/gateway.js';
+import { frozenSandbox } from '../helpers/sandbox.js';
 import { startTcpProxy } from '../helpers/tcp-proxy.js';
 
 t.test('interactive exec over WebSocket with a tty: input, output, resize, exit code', async (t) => {
@@ -109,37 +109,52 @@ t.test('interactive exec applies backpressure: a caller that stops reading stops
   t.match(status, { status: 'Success', exitCode: 0 });
 });
 
-t.test('interactive exec applies backpressure to stdin: a process that does not read stops the caller, nothing is lost', async (t) => {
-  const gw = await startGateway(t);
-  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'gate' });
-  await waitForPhase(gw.app, 'gate', 'Ready');
-  const gate = join(tempDir(t), 'gate');
-  const script = `while [ ! -e ${gate} ]; do sleep 0.05; done; wc -c`;
-  const ws = new WebSocket(`${gw.url.replace(/^http/, 'ws')}/v1/sandboxes/gate/exec?command=sh&command=-c&command=${encodeURIComponent(script)}`);
+const MIB = 1024 * 1024;
+
+/** Opens an interactive exec and collects its stdout text. */
+async function openExec(t: Teardown, url: string, name: string, argv: string[]) {
+  const query = argv.map((a) => `command=${encodeURIComponent(a)}`).join('&');
+  const ws = new WebSocket(`${url.replace(/^http/, 'ws')}/v1/sandboxes/${name}/exec?${query}`);
   t.teardown(() => ws.terminate());
   let stdout = '';
   ws.on('message', (data: Buffer) => {
     if (data[0] === 1) stdout += data.subarray(1).toString();
   });
   await once(ws, 'open');
-  const MIB = 1024 * 1024;
-  const TOTAL = 64;
+  return { ws, stdout: () => stdout };
+}
+
+/**
+ * Sends `mib` 1 MiB stdin frames at once, then waits until the caller's send
+ * buffer stops shrinking (the gateway stopped taking stdin); resolves with what is still held.
+ */
+async function floodStdin(ws: WebSocket, mib: number, settleMs: number): Promise<number> {
   const frame = Buffer.alloc(MIB + 1, 0x61);
   frame[0] = 0;
-  for (let i = 0; i < TOTAL; i++) ws.send(frame);
-  // Wait until the caller's send buffer stops shrinking: the gateway stopped taking stdin.
+  for (let i = 0; i < mib; i++) ws.send(frame);
   let last = -1;
   const deadline = Date.now() + 20_000;
   while (ws.bufferedAmount !== last && ws.bufferedAmount > 0 && Date.now() < deadline) {
     last = ws.bufferedAmount;
-    await new Promise((r) => setTimeout(r, 500));
+    await new Promise((r) => setTimeout(r, settleMs));
   }
-  t.ok(ws.bufferedAmount > (TOTAL / 4) * MIB, `the caller still holds ${Math.round(ws.bufferedAmount / MIB)} MiB while the process does not read`);
+  return ws.bufferedAmount;
+}
+
+t.test('interactive exec applies backpressure to stdin: a process that does not read stops the caller, nothing is lost', async (t) => {
+  const gw = await startGateway(t);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'gate' });
+  await waitForPhase(gw.app, 'gate', 'Ready');
+  const gate = join(tempDir(t), 'gate');
+  const { ws, stdout } = await openExec(t, gw.url, 'gate', ['sh', '-c', `while [ ! -e ${gate} ]; do sleep 0.05; done; wc -c`]);
+  const TOTAL = 64;
+  const held = await floodStdin(ws, TOTAL, 500);
+  t.ok(held > (TOTAL / 4) * MIB, `the caller still holds ${Math.round(held / MIB)} MiB while the process does not read`);
   const closed = once(ws, 'close');
   await writeFile(gate, '');
   ws.send(Buffer.from([0])); // end of input
   await closed;
-  t.equal(stdout.trim(), String(TOTAL * MIB), 'the process read every byte');
+  t.equal(stdout().trim(), String(TOTAL * MIB), 'the process read every byte');
 });
 
 t.test('interactive exec: a caller that goes silent (black-holed) is dropped within the keepalive timeout and its process group killed', async (t) => {
@@ -166,37 +181,18 @@ t.test('interactive exec: a caller that goes silent (black-holed) is dropped wit
 
 t.test('interactive exec: stdin sent before the exec has started waits in the kernel, not in the gateway', async (t) => {
   const gw = await startGateway(t);
-  const s = (await api<{ id: string }>(gw.url, 'POST', '/v1/sandboxes', { name: 'early' })).body;
-  await waitForPhase(gw.app, 'early', 'Ready');
   // A stopped supervisor cannot answer the relay open: the exec stays "starting".
-  const pid = supervisorPid(gw.stateDir, s.id);
-  process.kill(pid, 'SIGSTOP');
-  t.teardown(() => process.kill(pid, 'SIGCONT'));
-  const ws = new WebSocket(`${gw.url.replace(/^http/, 'ws')}/v1/sandboxes/early/exec?command=wc&command=-c`);
-  t.teardown(() => ws.terminate());
-  let stdout = '';
-  ws.on('message', (data: Buffer) => {
-    if (data[0] === 1) stdout += data.subarray(1).toString();
-  });
-  await once(ws, 'open');
-  const MIB = 1024 * 1024;
+  const box = await frozenSandbox(t, gw, 'early');
+  const { ws, stdout } = await openExec(t, gw.url, 'early', ['wc', '-c']);
   const TOTAL = 64;
-  const frame = Buffer.alloc(MIB + 1, 0x62);
-  frame[0] = 0;
-  for (let i = 0; i < TOTAL; i++) ws.send(frame);
-  let last = -1;
-  const deadline = Date.now() + 5000;
-  while (ws.bufferedAmount !== last && ws.bufferedAmount > 0 && Date.now() < deadline) {
-    last = ws.bufferedAmount;
-    await new Promise((r) => setTimeout(r, 300));
-  }
-  t.ok(ws.bufferedAmount > (TOTAL / 4) * MIB, `the caller still holds ${Math.round(ws.bufferedAmount / MIB)} MiB while the exec has not started`);
+  const held = await floodStdin(ws, TOTAL, 300);
+  t.ok(held > (TOTAL / 4) * MIB, `the caller still holds ${Math.round(held / MIB)} MiB while the exec has not started`);
   const closed = once(ws, 'close');
   const t0 = Date.now();
-  process.kill(pid, 'SIGCONT');
+  box.resume();
   ws.send(Buffer.from([0])); // end of input
   await closed;
   // A gateway that stopped reading the caller would leave the close handshake to ws's 30 s timer.
   t.ok(Date.now() - t0 < 10_000, `the close handshake completed (${Date.now() - t0} ms), it did not time out`);
-  t.equal(stdout.trim(), String(TOTAL * MIB), 'every byte reached the process once it started');
+  t.equal(stdout().trim(), String(TOTAL * MIB), 'every byte reached the process once it started');
 });

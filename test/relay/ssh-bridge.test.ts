@@ -1,17 +1,13 @@
 import { once } from 'node:events';
 import t from 'tap';
 import WebSocket from 'ws';
-import { api, startGateway, waitForPhase } from '../helpers/gateway.js';
-import { supervisorPid } from '../helpers/sandbox.js';
+import { startGateway } from '../helpers/gateway.js';
+import { frozenSandbox } from '../helpers/sandbox.js';
 
 t.test('ssh WebSocket whose relay never opens: the caller gets an error close promptly, not after a close timeout', async (t) => {
   const gw = await startGateway(t);
-  const s = (await api<{ id: string }>(gw.url, 'POST', '/v1/sandboxes', { name: 'mute' })).body;
-  await waitForPhase(gw.app, 'mute', 'Ready');
   // A stopped supervisor never answers relayOpen: the pending relay expires (10 s).
-  const pid = supervisorPid(gw.stateDir, s.id);
-  process.kill(pid, 'SIGSTOP');
-  t.teardown(() => process.kill(pid, 'SIGCONT'));
+  await frozenSandbox(t, gw, 'mute');
   const ws = new WebSocket(`${gw.url.replace(/^http/, 'ws')}/v1/sandboxes/mute/ssh`);
   t.teardown(() => ws.terminate());
   ws.on('error', () => undefined);
