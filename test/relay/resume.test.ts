@@ -161,3 +161,34 @@ t.test('binary output across an outage: byte-identical after the re-attach', asy
   t.equal(r.stdout.length, 16 * 1024 * 1024, 'every byte');
   t.equal(createHash('sha256').update(r.stdout).digest('hex'), r.stderr.toString().trim(), 'the same bytes, in order');
 });
+
+t.test('40 execs in one sandbox resume together (more than the 32 relay opens a sandbox may have pending)', async (t) => {
+  const gw = await startGateway(t, { ...FAST, execResumeWindowMs: 15_000 });
+  const proxy = await proxySupervisors(t, gw);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'many' });
+  await waitForPhase(gw.app, 'many', 'Ready');
+  const N = 40;
+  let started = 0;
+  let allStarted!: () => void;
+  const ready = new Promise<void>((r) => (allStarted = r));
+  const execs: Promise<ExecOutcome>[] = [];
+  // Started in two batches: 40 opens at once would themselves pass the pending cap (429).
+  for (const batch of [N / 2, N]) {
+    while (execs.length < batch) {
+      execs.push(
+        execStream(gw.url, 'many', { command: ['sh', '-c', 'echo go; sleep 6; echo done'] }, {
+          onEvent: (e: ExecEvent) => {
+            if (e.type === 'stdout' && ++started === N) allStarted();
+          },
+        }),
+      );
+    }
+    while (started < batch) await new Promise((r) => setTimeout(r, 20));
+  }
+  await ready;
+  proxy.blackhole();
+  setTimeout(() => proxy.restore(), 2500).unref();
+  const results = await Promise.all(execs);
+  t.equal(results.filter((r) => r.last?.type === 'exit' && r.last.exitCode === 0).length, N, 'every exec reached its real exit');
+  t.equal(results.filter((r) => r.stdout.toString() === 'go\ndone\n').length, N, 'with all of its output');
+});
