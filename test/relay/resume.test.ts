@@ -2,10 +2,19 @@ import { createHash } from 'node:crypto';
 import t from 'tap';
 import type { ExecEvent } from '../../src/schemas/sandbox.js';
 import { execStream, type ExecOutcome } from '../helpers/exec.js';
-import { allGone, api, proxySupervisors, startGateway, waitForPhase } from '../helpers/gateway.js';
+import { allGone, api, proxySupervisors, startGateway, waitForPhase, type Teardown } from '../helpers/gateway.js';
 
 /** Keepalive 500/1500 ms: a black-holed relay is declared dead about 1.5 s after the hole opens. */
 const FAST = { keepaliveIntervalMs: 500, keepaliveTimeoutMs: 1500 };
+
+/** A gateway (keepalive 500/1500 ms, the given resume window) whose supervisors dial it through a fault proxy, and a Ready sandbox. */
+async function behindFaultProxy(t: Teardown, name: string, resumeWindowMs = 15_000) {
+  const gw = await startGateway(t, { ...FAST, execResumeWindowMs: resumeWindowMs });
+  const proxy = await proxySupervisors(t, gw);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name });
+  await waitForPhase(gw.app, name, 'Ready');
+  return { gw, proxy };
+}
 
 /** A command that prints `line1`…`lineN`, one every 100 ms, then exits with `code`. */
 const counter = (n: number, code: number) => ['sh', '-c', `i=0; while [ $i -lt ${n} ]; do i=$((i+1)); echo line$i; sleep 0.1; done; exit ${code}`];
@@ -31,10 +40,7 @@ function watch(url: string, name: string, command: string[], onFirst: () => void
 }
 
 t.test('a relay black-holed mid-exec is re-attached: the stream continues to the real exit, every byte once', async (t) => {
-  const gw = await startGateway(t, { ...FAST, execResumeWindowMs: 15_000 });
-  const proxy = await proxySupervisors(t, gw);
-  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'nat' });
-  await waitForPhase(gw.app, 'nat', 'Ready');
+  const { gw, proxy } = await behindFaultProxy(t, 'nat');
   const N = 40;
   const exec = watch(gw.url, 'nat', counter(N, 3), () => {
     proxy.blackhole();
@@ -58,10 +64,7 @@ t.test('a relay black-holed mid-exec is re-attached: the stream continues to the
 });
 
 t.test('an exec that finished during the outage: its remaining output and exit are replayed', async (t) => {
-  const gw = await startGateway(t, { ...FAST, execResumeWindowMs: 15_000 });
-  const proxy = await proxySupervisors(t, gw);
-  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'done' });
-  await waitForPhase(gw.app, 'done', 'Ready');
+  const { gw, proxy } = await behindFaultProxy(t, 'done');
   // 1 s of output: it is over long before the relay comes back.
   const exec = watch(gw.url, 'done', counter(10, 0), () => {
     proxy.blackhole();
@@ -74,10 +77,7 @@ t.test('an exec that finished during the outage: its remaining output and exit a
 
 t.test('no way back within the window: RELAY_LOST after timeout + window, naming the window', async (t) => {
   const WINDOW = 2000;
-  const gw = await startGateway(t, { ...FAST, execResumeWindowMs: WINDOW });
-  const proxy = await proxySupervisors(t, gw);
-  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'gone' });
-  await waitForPhase(gw.app, 'gone', 'Ready');
+  const { gw, proxy } = await behindFaultProxy(t, 'gone', WINDOW);
   let holedAt = 0;
   const exec = watch(gw.url, 'gone', ['sh', '-c', 'echo go; sleep 30'], () => {
     holedAt = Date.now();
@@ -91,10 +91,7 @@ t.test('no way back within the window: RELAY_LOST after timeout + window, naming
 });
 
 t.test('a caller that leaves during the outage: the process group is killed once the sandbox is back', async (t) => {
-  const gw = await startGateway(t, { ...FAST, execResumeWindowMs: 15_000 });
-  const proxy = await proxySupervisors(t, gw);
-  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'left' });
-  await waitForPhase(gw.app, 'left', 'Ready');
+  const { gw, proxy } = await behindFaultProxy(t, 'left');
   const abort = new AbortController();
   let pid = 0;
   const done = execStream(gw.url, 'left', { command: ['sh', '-c', 'echo $$; exec sleep 60'] }, {
@@ -115,10 +112,7 @@ t.test('a caller that leaves during the outage: the process group is killed once
 });
 
 t.test('an exec given stdin resumes once the supervisor confirmed all of it; the process read every byte', async (t) => {
-  const gw = await startGateway(t, { ...FAST, execResumeWindowMs: 15_000 });
-  const proxy = await proxySupervisors(t, gw);
-  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'input' });
-  await waitForPhase(gw.app, 'input', 'Ready');
+  const { gw, proxy } = await behindFaultProxy(t, 'input');
   const stdin = Buffer.alloc(1024 * 1024, 0x61);
   let first = true;
   const r = await execStream(gw.url, 'input', {
@@ -138,10 +132,7 @@ t.test('an exec given stdin resumes once the supervisor confirmed all of it; the
 });
 
 t.test('binary output across an outage: byte-identical after the re-attach', async (t) => {
-  const gw = await startGateway(t, { ...FAST, execResumeWindowMs: 15_000 });
-  const proxy = await proxySupervisors(t, gw);
-  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'bin' });
-  await waitForPhase(gw.app, 'bin', 'Ready');
+  const { gw, proxy } = await behindFaultProxy(t, 'bin');
   // 16 MiB of random bytes, 1 MiB every 100 ms; the file's sha256 on stderr at the end.
   const script =
     'f=$(mktemp); head -c 16777216 /dev/urandom > "$f"; ' +
@@ -163,10 +154,7 @@ t.test('binary output across an outage: byte-identical after the re-attach', asy
 });
 
 t.test('40 execs in one sandbox resume together (more than the 32 relay opens a sandbox may have pending)', async (t) => {
-  const gw = await startGateway(t, { ...FAST, execResumeWindowMs: 15_000 });
-  const proxy = await proxySupervisors(t, gw);
-  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'many' });
-  await waitForPhase(gw.app, 'many', 'Ready');
+  const { gw, proxy } = await behindFaultProxy(t, 'many');
   const N = 40;
   let started = 0;
   let allStarted!: () => void;
