@@ -102,7 +102,6 @@ export async function buildApp(config: Config, deps: GatewayDeps = {}): Promise<
         app.log.warn({ err, path: socketPath }, 'cannot listen on the supervisor socket; supervisors dial TCP');
       }
     });
-    app.server.once('close', () => void unix?.close());
   }
   // WebSockets first (preClose), so supervisors see a clean close; then the domain (onClose).
   app.addHook('preClose', async () => {
