@@ -29,6 +29,7 @@ class Wheel {
   readonly #members = new Set<Member>();
   #timer: NodeJS.Timeout | null = null;
   #lastPing = 0;
+  #lastTick = performance.now();
   #tickMs: number;
 
   constructor(intervalMs: number) {
@@ -47,6 +48,7 @@ class Wheel {
     }
     if (!this.#timer) {
       this.#tickMs = Math.min(this.#tickMs, tick);
+      this.#lastTick = performance.now();
       this.#timer = setInterval(() => this.#tick(), this.#tickMs);
       this.#timer.unref();
     }
@@ -63,6 +65,14 @@ class Wheel {
 
   #tick(): void {
     const now = performance.now();
+    // A tick this late means our own event loop was blocked (a long GC, CPU
+    // starvation): what peers sent meanwhile is still unread, and timers run
+    // before reads. The stall is not the peer's silence, so it does not count.
+    const late = now - this.#lastTick - this.#tickMs;
+    this.#lastTick = now;
+    if (late > this.#tickMs) {
+      for (const member of this.#members) member.lastSeen = Math.min(now, member.lastSeen + late);
+    }
     const ping = now - this.#lastPing >= this.#intervalMs - this.#tickMs / 2;
     if (ping) this.#lastPing = now;
     const dead: Member[] = [];

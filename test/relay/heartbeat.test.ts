@@ -95,6 +95,22 @@ t.test('a healthy but quiet connection stays up for several timeouts', async (t)
   t.equal(await exchange(server.ws, client.ws, 'still here'), 'still here');
 });
 
+t.test('our own stall (event loop blocked past the timeout) does not count as the peer’s silence', async (t) => {
+  const { server, client } = await connectPair(t);
+  let died = false;
+  void server.dead.then(() => (died = true));
+  void client.dead.then(() => (died = true));
+  t.equal(await exchange(client.ws, server.ws, 'before'), 'before');
+  // Block this process (both ends and the proxy live here) for three timeouts, as a long GC or CPU starvation would.
+  const until = performance.now() + TIMEOUT * 3;
+  while (performance.now() < until) {
+    // busy: nothing is read, no timer runs
+  }
+  await delay(TIMEOUT * 2);
+  t.notOk(died, 'neither end declared the other dead');
+  t.equal(await exchange(server.ws, client.ws, 'after'), 'after');
+});
+
 t.test('a peer that only pongs (no keepAlive of its own) keeps the other end alive', async (t) => {
   const { server, client } = await connectPair(t, { keepAliveOn: false });
   let died = false;

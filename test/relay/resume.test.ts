@@ -87,7 +87,7 @@ t.test('no way back within the window: RELAY_LOST after timeout + window, naming
   const ms = exec.endedAt() - holedAt;
   t.match(r.last, { type: 'error', code: 'RELAY_LOST', message: /2000 ms resume window/ });
   t.ok(ms >= WINDOW, `not before the window (${ms} ms)`);
-  t.ok(ms <= FAST.keepaliveTimeoutMs + WINDOW + 1500, `ended ${ms} ms after the hole opened`);
+  t.ok(ms <= FAST.keepaliveTimeoutMs + WINDOW + 3000, `ended ${ms} ms after the hole opened`);
 });
 
 t.test('a caller that leaves during the outage: the process group is killed once the sandbox is back', async (t) => {
