@@ -68,10 +68,14 @@ class Wheel {
     // A tick this late means our own event loop was blocked (a long GC, CPU
     // starvation): what peers sent meanwhile is still unread, and timers run
     // before reads. The stall is not the peer's silence, so it does not count.
+    // Only stalls big enough to matter (a quarter of a timeout) are discounted,
+    // so ordinary scheduling jitter does not slow the detection of dead peers.
     const late = now - this.#lastTick - this.#tickMs;
     this.#lastTick = now;
     if (late > this.#tickMs) {
-      for (const member of this.#members) member.lastSeen = Math.min(now, member.lastSeen + late);
+      for (const member of this.#members) {
+        if (late > member.timeoutMs / 4) member.lastSeen = Math.min(now, member.lastSeen + late);
+      }
     }
     const ping = now - this.#lastPing >= this.#intervalMs - this.#tickMs / 2;
     if (ping) this.#lastPing = now;
