@@ -46,6 +46,7 @@ t.test('process driver: supervisors dial the gateway over a 0600 Unix socket in 
   const noToken = await overSocket(sock, '/v1/supervisor/session');
   t.equal(noToken.status, 401, 'supervisor routes still want a sandbox token');
 
+  await gw.app.openshell.driver.delete(s.id); // closing the app here leaves the teardown no store to find it in
   await gw.app.close();
   t.notOk(existsSync(sock), 'the socket file is removed on close');
 });
