@@ -1,4 +1,5 @@
 import type { RawData, WebSocket } from 'ws';
+import { closeWebSocket } from './heartbeat.js';
 import { decodeOutput, type ExecEv, type ExecOp, type ExecStartOp } from '../protocol/exec.js';
 import type { ExecEvent } from '../schemas/sandbox.js';
 
@@ -154,12 +155,8 @@ export class ExecRun implements AsyncIterable<RunEvent> {
   close(): void {
     if (this.#resuming && !this.#aborted) this.#resuming.abort();
     if (this.#released) return;
-    if (this.#ws.readyState === this.#ws.OPEN) {
-      // A relay paused for backpressure must read the peer's close frame, or
-      // the handshake waits for ws's 30 s close timer.
-      this.#ws.resume();
-      this.#ws.close(1000, 'done');
-    } else this.#ws.terminate();
+    if (this.#ws.readyState === this.#ws.OPEN) closeWebSocket(this.#ws, 1000, 'done');
+    else this.#ws.terminate();
   }
 
   /** The next queued event, or undefined when none is waiting (then see `onReady`). Closes the relay after the terminal event. */

@@ -2,6 +2,17 @@ import { performance } from 'node:perf_hooks';
 import type net from 'node:net';
 import WebSocket from 'ws';
 
+/**
+ * Starts the close handshake, reading again first: a socket paused for
+ * backpressure would never read the peer's close frame, and the handshake
+ * would wait for ws's 30 s close timer. No-op once closing or closed.
+ */
+export function closeWebSocket(ws: WebSocket, code: number, reason: string): void {
+  if (ws.readyState === WebSocket.CLOSING || ws.readyState === WebSocket.CLOSED) return;
+  ws.resume(); // a no-op while still connecting
+  ws.close(code, reason);
+}
+
 export interface KeepAliveOptions {
   /** Ping period. */
   intervalMs: number;

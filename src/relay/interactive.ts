@@ -2,7 +2,7 @@ import type { RawData, WebSocket } from 'ws';
 import { isOpenShellError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { ExecService } from './exec-service.js';
-import { keepAlive } from './heartbeat.js';
+import { closeWebSocket, keepAlive } from './heartbeat.js';
 
 import { ExecChannel as Channel } from '../protocol/channels.js';
 
@@ -55,9 +55,8 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
     );
   } catch (err) {
     const code = isOpenShellError(err) ? err.code : 'INTERNAL';
-    client.resume(); // to read the caller's side of the close handshake
     sendStatus(client, { status: 'Failure', reason: code, message: (err as Error).message });
-    client.close(isOpenShellError(err) ? 4000 + (err.statusCode % 1000) : 4500, code);
+    closeWebSocket(client, isOpenShellError(err) ? 4000 + (err.statusCode % 1000) : 4500, code);
     return;
   }
   const started = Date.now();
@@ -128,13 +127,11 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
         ...(event.timedOut ? { timedOut: true } : {}),
         details: { causes: [{ reason: 'ExitCode', message: String(event.exitCode ?? '') }] },
       });
-      client.resume(); // the close handshake reads the caller's close frame
-      client.close(1000, 'exit');
+      closeWebSocket(client, 1000, 'exit');
     } else if (event.type === 'error') {
       outcome = 'error';
       sendStatus(client, { status: 'Failure', reason: event.code, message: event.message });
-      client.resume();
-      client.close(4502, event.code);
+      closeWebSocket(client, 4502, event.code);
     }
   }
   execs.finished(Date.now() - started, outcome);

@@ -4,7 +4,7 @@ import type { Config } from '../config.js';
 import { isOpenShellError } from '../errors.js';
 import type { Logger } from '../log.js';
 import type { RelayBroker } from './broker.js';
-import { keepAlive } from './heartbeat.js';
+import { closeWebSocket, keepAlive } from './heartbeat.js';
 
 /**
  * Bridges a caller's WebSocket (raw SSH bytes, e.g. from `openshell
@@ -29,8 +29,7 @@ export async function bridgeSsh(
   } catch (err) {
     stopClient();
     const code = isOpenShellError(err) ? err.code : 'INTERNAL';
-    client.resume(); // the close handshake reads the caller's close frame
-    if (client.readyState === client.OPEN) client.close(isOpenShellError(err) ? 4000 + (err.statusCode % 1000) : 4500, code);
+    closeWebSocket(client, isOpenShellError(err) ? 4000 + (err.statusCode % 1000) : 4500, code);
     return;
   }
   client.resume();

@@ -1,5 +1,6 @@
 import { WebSocket, type RawData } from 'ws';
 import type { Logger } from '../log.js';
+import { closeWebSocket } from '../relay/heartbeat.js';
 import {
   encodeOutputv,
   STREAM_STDOUT,
@@ -112,10 +113,7 @@ export function serveExecRelay(
       releasing = true;
       return;
     }
-    if (ws.readyState === WebSocket.OPEN || ws.readyState === WebSocket.CONNECTING) {
-      ws.resume(); // read the gateway's close frame even if stdin backpressure paused us
-      ws.close(1000, reason);
-    }
+    closeWebSocket(ws, 1000, reason);
   };
 
   /** `release` after a kept exec: the relay is ready for the next `start`/`attach`. */

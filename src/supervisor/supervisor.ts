@@ -6,7 +6,7 @@ import { pipeline } from 'node:stream/promises';
 import WebSocket, { createWebSocketStream } from 'ws';
 import type { Logger } from '../log.js';
 import type { GatewayToSupervisor, LogLine, MainProcessMessage, WelcomeMessage } from '../protocol/control.js';
-import { keepAlive } from '../relay/heartbeat.js';
+import { closeWebSocket, keepAlive } from '../relay/heartbeat.js';
 import { ControlClient, needsMasking, wsUrl } from './control-client.js';
 import { createSupervisorLogger } from './log.js';
 
@@ -293,8 +293,7 @@ export class Supervisor {
           },
           (err: unknown) => {
             log.error({ err }, 'exec engine unavailable');
-            ws.resume();
-            ws.close(4500, 'exec engine unavailable');
+            closeWebSocket(ws, 4500, 'exec engine unavailable');
           },
         );
       } else {
