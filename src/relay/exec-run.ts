@@ -79,8 +79,11 @@ export class ExecRun implements AsyncIterable<RunEvent> {
   /** Set while waiting for a new relay: aborting it gives up the resume. */
   #resuming: AbortController | null = null;
   #consumed!: () => void;
-  /** Resolves once the consumer has taken the terminal event. */
+  /** Resolves once the consumer has taken the terminal event (never, if the consumer went away first). */
   readonly consumed: Promise<void> = new Promise<void>((resolve) => (this.#consumed = resolve));
+  #ended!: () => void;
+  /** Resolves once the terminal event is queued. */
+  readonly ended: Promise<void> = new Promise<void>((resolve) => (this.#ended = resolve));
   #queue: RunEvent[] = [];
   #head = 0;
   #queuedBytes = 0;
@@ -354,6 +357,7 @@ export class ExecRun implements AsyncIterable<RunEvent> {
     if (this.#done) return;
     this.#done = true;
     this.#push(event, true);
+    this.#ended();
   }
 
   #push(event: RunEvent, force = false): void {

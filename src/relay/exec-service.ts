@@ -33,7 +33,7 @@ export class ExecService {
   readonly #metrics: ExecMetrics | undefined;
 
   readonly #resumeWindowMs: number;
-  /** Runs whose caller has not yet taken the terminal event. */
+  /** Runs without a terminal event yet (what a shutdown must end). */
   readonly #active = new Set<ExecRun>();
 
   constructor(opts: { broker: RelayBroker; sandboxes: SandboxService; log: Logger; metrics?: ExecMetrics; resumeWindowMs?: number }) {
@@ -102,7 +102,7 @@ export class ExecService {
         : {}),
     });
     this.#active.add(run);
-    void run.consumed.then(() => this.#active.delete(run));
+    void run.ended.then(() => this.#active.delete(run));
     this.#metrics?.started();
     this.#log.debug({ sandboxId: record.id, execId }, 'exec started');
     if (stdin && stdin.length > 0) run.writeStdin(stdin);
@@ -127,6 +127,11 @@ export class ExecService {
     clearTimeout(timer);
     // Let the last lines reach the sockets before connections are closed.
     await new Promise<void>((resolve) => setImmediate(resolve));
+  }
+
+  /** Execs still waiting for their terminal event. */
+  get activeCount(): number {
+    return this.#active.size;
   }
 
   finished(durationMs: number, outcome: string): void {

@@ -107,6 +107,9 @@ t.test('exec through the real gateway and supervisor', async (t) => {
     await done;
     t.equal(pids.length, 2);
     t.ok(await allGone(pids), `pids ${pids.join(' ')} gone`);
+    const deadline = Date.now() + 5000;
+    while (gw.app.openshell.execs.activeCount > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
+    t.equal(gw.app.openshell.execs.activeCount, 0, 'the gateway no longer tracks the exec');
   });
 
   t.test('validation: 400 naming the field', async (t) => {
