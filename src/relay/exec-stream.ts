@@ -83,11 +83,17 @@ export function execReadable(
       lastEvent = performance.now();
       if (event.type === 'stdout' || event.type === 'stderr') {
         const head = event.type === 'stdout' ? STDOUT_HEAD : STDERR_HEAD;
-        const tail = `","offset":${event.offset}}\n`;
-        reserve(head.length + Math.ceil(event.data.length / 3) * 4 + tail.length);
-        used += head.copy(slab, used);
-        used += slab.write(event.data.toString('base64'), used, 'latin1');
-        used += slab.write(tail, used, 'latin1');
+        const { data, offset } = event;
+        // One line per LINE_BYTES of output: each line's base64 string stays
+        // small for the encoder here and for the caller's JSON parser.
+        for (let i = 0; i < data.length; i += LINE_BYTES) {
+          const piece = data.subarray(i, Math.min(data.length, i + LINE_BYTES));
+          const tail = `","offset":${offset + i}}\n`;
+          reserve(head.length + Math.ceil(piece.length / 3) * 4 + tail.length);
+          used += head.copy(slab, used);
+          used += slab.write(piece.toString('base64'), used, 'latin1');
+          used += slab.write(tail, used, 'latin1');
+        }
         if (used - start >= COALESCE_BYTES && !flush()) return;
         continue;
       }
@@ -118,6 +124,15 @@ export function execReadable(
   armTimer(keepaliveMs);
   return stream;
 }
+
+/**
+ * Output bytes per NDJSON line, at most. A base64 string over 128 KiB (96 KiB
+ * of input) goes to V8's large object space, which costs 7 to 15 times more
+ * per byte than a young-generation string here (up to about 1 MB, where Node
+ * makes it external), both for our encoder and for the caller's JSON.parse;
+ * relay frames are 64 to 128 KiB, so a frame may become two lines.
+ */
+export const LINE_BYTES = 64 * 1024;
 
 const STDOUT_HEAD = Buffer.from('{"type":"stdout","data":"');
 const STDERR_HEAD = Buffer.from('{"type":"stderr","data":"');

@@ -59,6 +59,38 @@ t.test('parseNdjson: lines split across chunks, multi-byte characters split, bla
   t.same(got, [{ a: 1 }, { b: [1, 2] }, '€', { c: true }]);
 });
 
+t.test('parseNdjson: exec output lines take a fast path that agrees with JSON.parse, and fall back on anything else', async (t) => {
+  const lines = [
+    '{"type":"stdout","data":"aGVsbG8K","offset":0}',
+    '{"type":"stderr","data":"","offset":12345678901}',
+    '{"type":"stdout","data":"aGk=","offset":6}\r',
+    // not the gateway's exact spelling: parsed by JSON.parse
+    '{"type":"stdout","data":"a\\/b","offset":9}',
+    '{"type":"stdout","data":"aGk=","offset":6,"extra":true}',
+    '{"type":"stdout","data":"é","offset":1}',
+    '{"type":"stdout","offset":3,"data":"aGk="}',
+    '{"type":"stdout","data":"aGk=","offset":007}',
+    '{"type":"exit","exitCode":0}',
+  ];
+  const expected = lines.slice(0, 7).map((l) => JSON.parse(l.replace(/\r$/, '')) as unknown);
+  const text = lines.join('\n');
+  const bytes = Buffer.from(text);
+  // every split point, so a line cut anywhere (even inside 'é') still parses
+  for (const cut of [1, 7, 30, 47, 48, bytes.indexOf('é') + 1, bytes.length - 3]) {
+    const got: unknown[] = [];
+    try {
+      for await (const v of parseNdjson(chunksOf(bytes.subarray(0, cut), bytes.subarray(cut)))) got.push(v);
+      t.fail(`cut ${cut}: the leading-zero offset must be refused by JSON.parse`);
+    } catch (err) {
+      t.type(err, SyntaxError, `cut ${cut}: JSON.parse refused the invalid line`);
+    }
+    t.same(got, expected, `cut ${cut}`);
+  }
+  const after: unknown[] = [];
+  for await (const v of parseNdjson(chunksOf(lines[8]!))) after.push(v);
+  t.same(after, [{ type: 'exit', exitCode: 0 }]);
+});
+
 t.test('OpenShellApiError from the envelope, and from a body that is not one', async (t) => {
   const e = OpenShellApiError.fromBody(404, 'Not Found', '{"error":{"code":"SANDBOX_NOT_FOUND","message":"sandbox \\"x\\" not found","details":{"name":"x"}}}');
   t.ok(e instanceof Error);

@@ -2,6 +2,7 @@ import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import http from 'node:http';
 import t from 'tap';
+import { LINE_BYTES } from '../../src/relay/exec-stream.js';
 import type { Sandbox } from '../../src/schemas/sandbox.js';
 import type { ExecResult } from '../../src/schemas/sandbox.js';
 import { execStream } from '../helpers/exec.js';
@@ -56,6 +57,19 @@ t.test('exec through the real gateway and supervisor', async (t) => {
     });
     t.equal(r.stdout.length, 1048576);
     t.equal(r.stderr.toString().split(' ')[0], sha(r.stdout));
+    // Relay frames reach 128 KiB; a line carries at most LINE_BYTES, so its
+    // base64 string stays out of V8's slow large-object space on both ends.
+    const lines = r.events.filter((e) => e.type === 'stdout') as { data: string; offset: number }[];
+    let next = 0;
+    for (const l of lines) {
+      const n = Buffer.from(l.data, 'base64').length;
+      if (n > LINE_BYTES || l.offset !== next) {
+        t.fail(`line at ${l.offset} carries ${n} bytes; expected offset ${next}, at most ${LINE_BYTES}`);
+        break;
+      }
+      next += n;
+    }
+    t.equal(next, 1048576, 'lines are contiguous and cover the output');
   });
 
   t.test('buffered JSON mode', async (t) => {
