@@ -80,6 +80,8 @@ export interface ExecRegistryOptions {
   defaultCwd: string;
   /** How long a finished exec stays queryable before it and its spool files are removed. */
   finishedRetentionMs?: number;
+  /** Output kept in memory per stream once its spool file cannot be written (default 16 MiB). */
+  spoolFailedMemoryBytes?: number;
 }
 
 const KILL_GRACE_MS = 2000;
@@ -113,6 +115,7 @@ export class ExecRegistry {
   readonly defaultCwd: string;
   readonly #baseEnv: () => Record<string, string>;
   readonly #retentionMs: number;
+  readonly #spoolFailedMemoryBytes: number | undefined;
   readonly #execs = new Map<string, ExecHandle>();
   readonly #expiry = new Set<NodeJS.Timeout>();
   #closed = false;
@@ -123,6 +126,7 @@ export class ExecRegistry {
     this.defaultCwd = opts.defaultCwd;
     this.#baseEnv = opts.baseEnv;
     this.#retentionMs = opts.finishedRetentionMs ?? 3_600_000;
+    this.#spoolFailedMemoryBytes = opts.spoolFailedMemoryBytes;
     mkdirSync(this.spoolDir, { recursive: true, mode: 0o700 });
   }
 
@@ -154,6 +158,7 @@ export class ExecRegistry {
       uid: account.switchTo?.uid,
       gid: account.switchTo?.gid,
       spoolDir: this.spoolDir,
+      spoolFailedMemoryBytes: this.#spoolFailedMemoryBytes,
       log: this.log.child({ execId: op.execId }),
       onFinished: (h) => this.#scheduleExpiry(h),
     });
@@ -202,6 +207,7 @@ interface HandleInit {
   uid: number | undefined;
   gid: number | undefined;
   spoolDir: string;
+  spoolFailedMemoryBytes: number | undefined;
   log: Logger;
   onFinished: (h: ExecHandle) => void;
 }
@@ -240,8 +246,9 @@ export class ExecHandle {
     this.#onFinished = init.onFinished;
     const mkSpool = (name: string, i: 0 | 1): Spool =>
       new Spool(join(init.spoolDir, `${op.execId}.${name}`), {
+        failedMemoryBytes: init.spoolFailedMemoryBytes,
         onFlush: () => this.#updateFlow(i),
-        onError: (err) => this.#log.error({ err, stream: name }, 'spool write failed; keeping output in memory'),
+        onError: (err) => this.#log.error({ err, stream: name }, 'spool write failed; keeping only the newest output, in memory'),
       });
     this.#out = [
       { spool: mkSpool('stdout', 0), pause: null, resume: null, paused: false, ended: false },
@@ -468,12 +475,15 @@ export class ExecHandle {
    * Pauses a stream's source when every reader is slow (none is caught up and
    * unpaused) or the spool file lags too far behind; with no reader at all the
    * output just goes to the spool. After the leader exited we always drain.
+   * Once the spool file failed (it keeps only the newest bytes in memory), any
+   * reader about to fall out of that window holds the source back instead.
    */
   #updateFlow(i: 0 | 1): void {
     const st = this.#out[i];
     if (st.ended || !st.pause) return;
     let pause: boolean;
     if (st.spool.pendingBytes > SPOOL_HIGH_WATER) pause = true;
+    else if (st.spool.failed && this.#readerLag(i) > st.spool.lagLimit) pause = true;
     else if (this.#exitStatus || this.#readers.size === 0) pause = false;
     else {
       pause = true;
@@ -488,6 +498,14 @@ export class ExecHandle {
     st.paused = pause;
     if (pause) st.pause();
     else st.resume!();
+  }
+
+  /** Bytes the slowest reader is behind on stream i. */
+  #readerLag(i: 0 | 1): number {
+    let lag = 0;
+    const end = this.#out[i].spool.end;
+    for (const r of this.#readers) lag = Math.max(lag, end - r.position(i));
+    return lag;
   }
 
   #onTimeout(): void {
@@ -601,6 +619,11 @@ class Reader implements ExecSubscription {
     if (this.#closed) return;
     this.#closed = true;
     this.#exec.readerChanged(this);
+  }
+
+  /** The next offset this reader delivers on stream i. */
+  position(i: 0 | 1): number {
+    return this.#off[i];
   }
 
   /** A chunk was just appended at `offset`. */

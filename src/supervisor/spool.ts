@@ -7,9 +7,20 @@ export interface SpoolOptions {
   onError?: (err: Error) => void;
   /** Close the file descriptor after this long without appends. */
   idleCloseMs?: number;
+  /**
+   * Once the file cannot be written: bytes kept in memory, the newest; older
+   * ones are dropped (default 16 MiB). Readers that must not lose bytes hold
+   * the writer back (see `lagLimit`).
+   */
+  failedMemoryBytes?: number;
 }
 
+/** Default for `failedMemoryBytes`. */
+export const FAILED_MEMORY_BYTES = 16 * 1024 * 1024;
+
 const EMPTY = Buffer.alloc(0);
+/** Largest single read a reader takes from the spool (the registry's replay chunk). */
+const MAX_READ = 1024 * 1024;
 const MAX_IOV = 1024;
 
 /**
@@ -20,11 +31,19 @@ const MAX_IOV = 1024;
  * (writev). Bytes not yet on disk are served from memory, so `read` returns
  * exactly the bytes at any offset. The file is created on the first append and
  * its descriptor is closed when idle, so quiet execs hold no fd.
+ *
+ * When the file cannot be written (a full disk), the spool keeps serving from
+ * memory but keeps only the newest `failedMemoryBytes`: a supervisor must not
+ * run out of memory because its disk did. Bytes that reached the file before
+ * the failure stay readable; the ones dropped after it make `read` throw.
  */
 export class Spool {
   readonly path: string;
   #end = 0;
+  /** Offset of the first byte in memory: everything before it is on disk, or dropped after a failure. */
   #flushed = 0;
+  /** Bytes [0, fileEnd) are in the file. */
+  #fileEnd = 0;
   /** Bytes [flushed, end), in order. */
   #pending: Buffer[] = [];
   #pendingBytes = 0;
@@ -51,6 +70,24 @@ export class Spool {
     return this.#failed ? 0 : this.#pendingBytes;
   }
 
+  /** Bytes held in memory (not yet written, or kept after a failure). */
+  get memoryBytes(): number {
+    return this.#pendingBytes;
+  }
+
+  /** The file could not be written: only the newest bytes are kept, in memory. */
+  get failed(): boolean {
+    return this.#failed !== null;
+  }
+
+  /**
+   * How far behind `end` a reader may fall before it would lose bytes: the
+   * memory kept after a failure, less one read's worth; unbounded otherwise.
+   */
+  get lagLimit(): number {
+    return this.#failed ? Math.max(0, this.#memLimit - MAX_READ) : Number.POSITIVE_INFINITY;
+  }
+
   /** Appends bytes; returns their offset. */
   append(buf: Buffer): number {
     const offset = this.#end;
@@ -58,7 +95,8 @@ export class Spool {
     this.#pending.push(buf);
     this.#pendingBytes += buf.length;
     this.#end += buf.length;
-    if (!this.#writing && !this.#failed) this.#writing = this.#pump();
+    if (this.#failed) this.#trim();
+    else if (!this.#writing) this.#writing = this.#pump();
     return offset;
   }
 
@@ -81,7 +119,12 @@ export class Spool {
   async read(from: number, max: number): Promise<Buffer> {
     const mem = this.readMemory(from, max);
     if (mem) return mem;
-    const len = Math.min(max, this.#flushed - from);
+    if (from >= this.#fileEnd) {
+      throw new Error(
+        `bytes ${from}..${this.#flushed} were dropped: the spool file could not be written (${this.#failed?.message ?? 'error'})`,
+      );
+    }
+    const len = Math.min(max, this.#fileEnd - from);
     const fh = await open(this.path, 'r');
     try {
       const buf = Buffer.allocUnsafe(len);
@@ -133,11 +176,14 @@ export class Spool {
         this.#pending.splice(0, batch.length);
         this.#pendingBytes -= total;
         this.#flushed += total;
+        this.#fileEnd = this.#flushed;
         this.#opts.onFlush?.();
       }
     } catch (err) {
-      // Keep serving from memory: an exec must not hang because its spool failed.
+      // Keep serving from memory, bounded: an exec must not hang, nor the
+      // supervisor run out of memory, because its spool failed.
       this.#failed = err as Error;
+      this.#trim();
       this.#opts.onError?.(err as Error);
       this.#opts.onFlush?.();
     } finally {
@@ -151,6 +197,24 @@ export class Spool {
       }, this.#opts.idleCloseMs ?? 2000);
       this.#idleTimer.unref();
     }
+  }
+
+  get #memLimit(): number {
+    return this.#opts.failedMemoryBytes ?? FAILED_MEMORY_BYTES;
+  }
+
+  /** After a failure: drop the oldest buffers beyond the memory limit. */
+  #trim(): void {
+    let drop = 0;
+    let bytes = 0;
+    while (drop < this.#pending.length - 1 && this.#pendingBytes - bytes - this.#pending[drop]!.length >= this.#memLimit) {
+      bytes += this.#pending[drop]!.length;
+      drop++;
+    }
+    if (drop === 0) return;
+    this.#pending.splice(0, drop);
+    this.#pendingBytes -= bytes;
+    this.#flushed += bytes;
   }
 
   async #closeFile(): Promise<void> {

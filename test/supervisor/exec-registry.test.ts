@@ -1,5 +1,6 @@
+import { createHash } from 'node:crypto';
 import { readdirSync, readlinkSync } from 'node:fs';
-import { readdir } from 'node:fs/promises';
+import { readdir, symlink } from 'node:fs/promises';
 import { join } from 'node:path';
 import t, { type Test } from 'tap';
 import { STREAM_STDERR, STREAM_STDOUT, type ExecStartOp, type OutputStream } from '../../src/protocol/exec.js';
@@ -161,4 +162,67 @@ t.test('close kills running groups', async (t) => {
   await registry.close();
   t.match(await exited, { signal: 'SIGKILL' });
   t.throws(() => process.kill(h.pid, 0));
+});
+
+t.test('a spool file that cannot be written: memory stays bounded and no reader loses a byte', async (t) => {
+  const limit = 2 * 1024 * 1024;
+  const { registry, spoolDir } = await setup(t);
+  const reg = new ExecRegistry({
+    log: registry.log,
+    spoolDir,
+    baseEnv: () => ({ PATH: process.env.PATH ?? '/usr/bin:/bin' }),
+    defaultCwd: spoolDir,
+    spoolFailedMemoryBytes: limit,
+  });
+  t.teardown(() => reg.close());
+  const start = op(['seq', '1', '3000000']);
+  await symlink('/dev/full', join(spoolDir, `${start.execId}.stdout`)); // every write: ENOSPC
+  const expected = createHash('sha256');
+  for (let i = 1; i <= 3_000_000; i++) expected.update(`${i}\n`);
+  const h = reg.start(start);
+  // Two readers: one always keeps up; the other pauses. With a working spool
+  // the slow one would catch up from the file; here it must hold the child back.
+  const reader = (pausing: boolean) => {
+    const hash = createHash('sha256');
+    let maxMemory = 0;
+    let maxLag = 0;
+    const done = new Promise<ExecResult>((resolve, reject) => {
+      let got = 0;
+      let nextPause = 4 * 1024 * 1024;
+      const sub = h.subscribe(
+        { stdout: 0, stderr: 0 },
+        {
+          output: (_s, offset, d) => {
+            hash.update(d);
+            got = offset + d.length;
+            maxMemory = Math.max(maxMemory, h.spool(0).memoryBytes);
+            if (pausing && got >= nextPause) {
+              nextPause += 4 * 1024 * 1024;
+              sub.pause();
+              // Give the child time to run ahead if nothing held it back.
+              setTimeout(() => {
+                maxLag = Math.max(maxLag, h.offsets.stdout - got);
+                sub.resume();
+              }, 100);
+            }
+          },
+          exit: resolve,
+          error: reject,
+        },
+      );
+    });
+    return { done, hash, stats: () => ({ maxMemory, maxLag }) };
+  };
+  const fast = reader(false);
+  const slow = reader(true);
+  t.match(await fast.done, { exitCode: 0 });
+  t.match(await slow.done, { exitCode: 0 });
+  const want = expected.digest('hex');
+  t.equal(fast.hash.digest('hex'), want, 'the reader that kept up got every byte');
+  t.equal(slow.hash.digest('hex'), want, 'the reader that paused got every byte');
+  t.ok(h.spool(0).failed, 'the spool did fail');
+  const { maxMemory, maxLag } = slow.stats();
+  t.ok(maxLag > 0 && maxLag <= limit, `the child ran at most the memory window ahead of the paused reader (${maxLag} bytes)`);
+  t.ok(maxMemory <= limit + 256 * 1024, `memory stayed near the limit (${maxMemory} bytes)`);
+  await t.rejects(h.read(STREAM_STDOUT, 0), /were dropped/, 'replay of dropped bytes says so');
 });
