@@ -247,6 +247,7 @@ export class ExecHandle {
     const mkSpool = (name: string, i: 0 | 1): Spool =>
       new Spool(join(init.spoolDir, `${op.execId}.${name}`), {
         failedMemoryBytes: init.spoolFailedMemoryBytes,
+        neededFrom: () => this.#neededFrom(i),
         onFlush: () => this.#updateFlow(i),
         onError: (err) => this.#log.error({ err, stream: name }, 'spool write failed; keeping only the newest output, in memory'),
       });
@@ -498,6 +499,13 @@ export class ExecHandle {
     st.paused = pause;
     if (pause) st.pause();
     else st.resume!();
+  }
+
+  /** The lowest offset an open reader still has to deliver on stream i. */
+  #neededFrom(i: 0 | 1): number {
+    let from = Number.POSITIVE_INFINITY;
+    for (const r of this.#readers) from = Math.min(from, r.position(i));
+    return from;
   }
 
   /** Bytes the slowest reader is behind on stream i. */

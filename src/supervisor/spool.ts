@@ -13,6 +13,8 @@ export interface SpoolOptions {
    * the writer back (see `lagLimit`).
    */
   failedMemoryBytes?: number;
+  /** The lowest offset a reader still needs: never dropped after a failure (default: none). */
+  neededFrom?: () => number;
 }
 
 /** Default for `failedMemoryBytes`. */
@@ -203,12 +205,15 @@ export class Spool {
     return this.#opts.failedMemoryBytes ?? FAILED_MEMORY_BYTES;
   }
 
-  /** After a failure: drop the oldest buffers beyond the memory limit. */
+  /** After a failure: drop the oldest buffers beyond the memory limit that no reader still needs. */
   #trim(): void {
+    const needed = this.#opts.neededFrom?.() ?? Number.POSITIVE_INFINITY;
     let drop = 0;
     let bytes = 0;
-    while (drop < this.#pending.length - 1 && this.#pendingBytes - bytes - this.#pending[drop]!.length >= this.#memLimit) {
-      bytes += this.#pending[drop]!.length;
+    while (drop < this.#pending.length - 1) {
+      const len = this.#pending[drop]!.length;
+      if (this.#pendingBytes - bytes - len < this.#memLimit || this.#flushed + bytes + len > needed) break;
+      bytes += len;
       drop++;
     }
     if (drop === 0) return;
