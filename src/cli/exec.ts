@@ -32,7 +32,7 @@ export function registerExecCommand(sandbox: Command, io: CliIo): void {
     .option('--timeout <seconds>', 'kill the command after this long (exit 124)', parseSeconds('--timeout', true))
     .option('-t, --tty', 'allocate a terminal (interactive, over a WebSocket)')
     .option('--user <user>', 'run as this user')
-    .option('--no-stdin', 'do not forward stdin (by default piped stdin is read to its end and sent)')
+    .option('--no-stdin', 'do not forward stdin (by default piped or redirected stdin is forwarded)')
     .action(async (name: string, command: string[], opts: ExecOptions, cmd: Command) => {
       const ctx = contextOf(io, cmd);
       const body: ExecBody = { command };
@@ -40,7 +40,7 @@ export function registerExecCommand(sandbox: Command, io: CliIo): void {
       if (opts.workdir) body.workdir = opts.workdir;
       if (opts.user) body.user = opts.user;
       if (opts.timeout !== undefined) body.timeoutSeconds = opts.timeout;
-      const code = opts.tty ? await execInteractive(ctx, name, command, opts) : await execStream(ctx, name, body, opts.stdin);
+      const code = opts.tty ? await execWebSocket(ctx, name, command, opts, true) : await execPlain(ctx, name, command, body, opts);
       if (code !== 0) throw new CliExit(code);
     });
 }
@@ -56,10 +56,31 @@ export function exitCodeOf(end: { exitCode?: number | null; signal?: string | nu
   return EXEC_ERROR_EXIT;
 }
 
+/** Piped stdin that ends within this long, and within STDIN_BODY_MAX, is sent in the request body. */
+export const STDIN_SETTLE_MS = 250;
+/** Larger piped stdin, or stdin still open after STDIN_SETTLE_MS, is streamed instead. */
+export const STDIN_BODY_MAX = 16 * 1024 * 1024;
+
+/**
+ * A command without a terminal. With no stdin to forward, or piped stdin that
+ * ends at once (`echo x | openshell …`, `< small-file`), it runs over the
+ * NDJSON exec API with stdin in the body, which survives a lost relay
+ * (transparent resume). Stdin that is still open after STDIN_SETTLE_MS (a
+ * producer that is slow or never ends) or is large is streamed over the
+ * WebSocket exec instead, as ssh does: the command starts at once, nothing is
+ * held in our memory, and there is no size cap.
+ */
+async function execPlain(ctx: Context, name: string, command: string[], body: ExecBody, opts: ExecOptions): Promise<number> {
+  if (!opts.stdin || !forwardable(ctx.io.stdin)) return execStream(ctx, name, body);
+  const head = await readSettled(ctx.io.stdin, STDIN_SETTLE_MS, STDIN_BODY_MAX);
+  if (!head.ended) return execWebSocket(ctx, name, command, opts, false, head.chunks);
+  const stdin = Buffer.concat(head.chunks);
+  if (stdin.length > 0) body.stdin = stdin.toString('base64');
+  return execStream(ctx, name, body);
+}
+
 /** `POST …/exec`, output streamed to our stdout/stderr as it arrives. */
-async function execStream(ctx: Context, name: string, body: ExecBody, forwardStdin: boolean): Promise<number> {
-  const stdin = forwardStdin ? await readPipedStdin(ctx.io.stdin) : undefined;
-  if (stdin && stdin.length > 0) body.stdin = stdin.toString('base64');
+async function execStream(ctx: Context, name: string, body: ExecBody): Promise<number> {
   for await (const ev of ctx.client.exec(name, body)) {
     switch (ev.type) {
       case 'stdout':
@@ -78,34 +99,75 @@ async function execStream(ctx: Context, name: string, body: ExecBody, forwardStd
 }
 
 /**
- * Our stdin when it is piped or redirected from a file: read to the end. A
- * TTY (interactive) or a character device such as /dev/null is not read.
+ * Whether our stdin is input to forward: piped or redirected from a file. A
+ * TTY (interactive), a character device such as /dev/null, or an empty file
+ * is not read.
  */
-async function readPipedStdin(stdin: Readable): Promise<Buffer | undefined> {
-  if (isTty(stdin)) return undefined;
+function forwardable(stdin: Readable): boolean {
+  if (isTty(stdin)) return false;
   const fd = (stdin as { fd?: unknown }).fd;
-  if (typeof fd === 'number') {
-    try {
-      const st = fstatSync(fd);
-      if (st.isCharacterDevice()) return undefined;
-      if (st.isFile() && st.size === 0) return undefined;
-    } catch {
-      return undefined;
-    }
+  if (typeof fd !== 'number') return true;
+  try {
+    const st = fstatSync(fd);
+    return !st.isCharacterDevice() && !(st.isFile() && st.size === 0);
+  } catch {
+    return false;
   }
-  const chunks: Buffer[] = [];
-  for await (const chunk of stdin as AsyncIterable<Buffer | string>) {
-    chunks.push(typeof chunk === 'string' ? Buffer.from(chunk) : chunk);
-  }
-  return Buffer.concat(chunks);
 }
 
 /**
- * Interactive exec over the WebSocket: channel-byte frames (0 stdin, 1
- * stdout, 2 stderr, 3 status JSON, 4 resize JSON), the local terminal in raw
- * mode, resized on SIGWINCH.
+ * Reads stdin until it ends, `ms` pass, or more than `max` bytes arrived,
+ * then pauses it; what was not read stays in the stream for the next reader.
  */
-async function execInteractive(ctx: Context, name: string, command: string[], opts: ExecOptions): Promise<number> {
+function readSettled(stdin: Readable, ms: number, max: number): Promise<{ chunks: Buffer[]; ended: boolean }> {
+  return new Promise((resolve, reject) => {
+    const chunks: Buffer[] = [];
+    let bytes = 0;
+    const done = (ended: boolean): void => {
+      clearTimeout(timer);
+      stdin.off('data', onData);
+      stdin.off('end', onEnd);
+      stdin.off('error', onError);
+      if (!ended) stdin.pause();
+      resolve({ chunks, ended });
+    };
+    const onData = (chunk: Buffer | string): void => {
+      const b = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
+      chunks.push(b);
+      bytes += b.length;
+      if (bytes > max) done(false);
+    };
+    const onEnd = (): void => done(true);
+    const onError = (err: Error): void => {
+      clearTimeout(timer);
+      reject(new CliExit(EXEC_ERROR_EXIT, `openshell: cannot read stdin: ${err.message}`));
+    };
+    const timer = setTimeout(() => done(false), ms);
+    if (stdin.readableEnded) return done(true);
+    stdin.on('data', onData);
+    stdin.once('end', onEnd);
+    stdin.once('error', onError);
+    stdin.resume();
+  });
+}
+
+/** Stdin bytes queued on the WebSocket above which we stop reading our stdin until they are sent. */
+const STDIN_HIGH_WATER = 1024 * 1024;
+
+/**
+ * Exec over the WebSocket: channel-byte frames (0 stdin, 1 stdout, 2 stderr,
+ * 3 status JSON, 4 resize JSON). With `tty`, the local terminal goes to raw
+ * mode and is resized on SIGWINCH; without, stdin is streamed (after
+ * `pending`, what was already read of it) with backpressure, then closed.
+ */
+async function execWebSocket(
+  ctx: Context,
+  name: string,
+  command: string[],
+  opts: ExecOptions,
+  tty: boolean,
+  pending: Buffer[] = [],
+): Promise<number> {
   const { stdin, stdout, stderr } = ctx.io;
   const size = () => ({
     cols: (stdout as { columns?: number }).columns ?? 80,
@@ -113,15 +175,15 @@ async function execInteractive(ctx: Context, name: string, command: string[], op
   });
   const url = ctx.client.execUrl(name, {
     command,
-    tty: true,
+    tty,
     workdir: opts.workdir,
     user: opts.user,
     env: opts.env,
     timeoutSeconds: opts.timeout,
-    ...size(),
+    ...(tty ? size() : {}),
   });
   const ws = ctx.client.openWebSocket(url);
-  const raw = isTty(stdin) && typeof (stdin as { setRawMode?: unknown }).setRawMode === 'function';
+  const raw = tty && isTty(stdin) && typeof (stdin as { setRawMode?: unknown }).setRawMode === 'function';
   const setRaw = (on: boolean) => (stdin as unknown as { setRawMode(on: boolean): void }).setRawMode(on);
   const sendResize = () => {
     const { cols, rows } = size();
@@ -130,10 +192,17 @@ async function execInteractive(ctx: Context, name: string, command: string[], op
   };
   const onStdin = (chunk: Buffer | string) => {
     const data = typeof chunk === 'string' ? Buffer.from(chunk) : chunk;
-    if (data.length > 0) sendFrame(ws, ExecChannel.stdin, data);
+    if (data.length === 0) return;
+    if (ws.bufferedAmount + data.length <= STDIN_HIGH_WATER) return sendFrame(ws, ExecChannel.stdin, data);
+    // Backpressure: a fast producer waits for the network instead of filling our memory.
+    stdin.pause();
+    sendFrame(ws, ExecChannel.stdin, data, () => {
+      if (!finished) stdin.resume();
+    });
   };
   // An empty stdin frame is end-of-input.
   const onStdinEnd = () => sendFrame(ws, ExecChannel.stdin, Buffer.alloc(0));
+  let finished = false;
   let status: number | undefined;
   let errorMessage: string | undefined;
   let onOutputError: (err: Error) => void = () => undefined;
@@ -178,12 +247,14 @@ async function execInteractive(ctx: Context, name: string, command: string[], op
     await waitOpen(ctx, ws);
     ws.on('error', () => undefined); // a lost connection shows up as 'close'
     if (raw) setRaw(true);
+    for (const chunk of pending) onStdin(chunk);
     stdin.on('data', onStdin);
     stdin.once('end', onStdinEnd);
     stdin.resume();
-    if (isTty(stdout)) process.on('SIGWINCH', sendResize);
+    if (tty && isTty(stdout)) process.on('SIGWINCH', sendResize);
     return await ended;
   } finally {
+    finished = true;
     process.off('SIGWINCH', sendResize);
     stdout.off('error', onOutputError);
     stderr.off('error', onOutputError);
@@ -195,9 +266,9 @@ async function execInteractive(ctx: Context, name: string, command: string[], op
   }
 }
 
-function sendFrame(ws: WebSocket, channel: number, payload: Buffer): void {
-  if (ws.readyState !== ws.OPEN) return;
-  ws.send(Buffer.concat([Buffer.of(channel), payload]), { binary: true });
+function sendFrame(ws: WebSocket, channel: number, payload: Buffer, sent?: () => void): void {
+  if (ws.readyState !== ws.OPEN) return sent?.();
+  ws.send(Buffer.concat([Buffer.of(channel), payload]), { binary: true }, sent);
 }
 
 /** Writes terminal output, pausing the socket while our stdout is full. */

@@ -1,4 +1,5 @@
 import { spawn } from 'node:child_process';
+import { createHash, randomBytes } from 'node:crypto';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { createServer } from 'node:http';
@@ -164,4 +165,48 @@ t.test('sandbox exec into a closed pipe (`| head`): quiet exit 141, the command 
     const left = await cli(['sandbox', 'exec', 'pipe', '--', 'sh', '-c', `for i in $(seq 50); do pgrep -f "[${marker[0]}]${marker.slice(1)}" >/dev/null || { echo none; exit; }; sleep 0.1; done; echo still running`], { env });
     t.equal(left.stdout.trim(), 'none', 'the command is gone from the sandbox');
   }
+});
+
+t.test('sandbox exec streams stdin that stays open, and stdin past the body cap, over the WebSocket', async (t) => {
+  const gw = await startGateway(t);
+  const env = { OPENSHELL_GATEWAY: gw.url };
+  t.equal((await cli(['sandbox', 'create', '--name', 'in', '--timeout', '60'], { env })).code, 0);
+  const bin = fileURLToPath(new URL('../../bin/openshell.js', import.meta.url));
+  const run = (args: string[]) => {
+    const child = spawn(process.execPath, [bin, 'sandbox', 'exec', 'in', '--', ...args], {
+      env: { ...process.env, OPENSHELL_GATEWAY: gw.url },
+      stdio: ['pipe', 'pipe', 'pipe'],
+    });
+    t.teardown(() => child.kill('SIGKILL'));
+    const out: Buffer[] = [];
+    let stderr = '';
+    child.stdout.on('data', (d: Buffer) => out.push(d));
+    child.stderr.on('data', (d: Buffer) => (stderr += d.toString()));
+    const exited = once(child, 'exit').then(([code]) => ({ code: code as number, stdout: Buffer.concat(out), stderr }));
+    return { child, out, exited };
+  };
+
+  // A producer that has not finished: the command starts at once and answers
+  // each line while stdin is still open (reading stdin to its end first would wait forever).
+  const chat = run(['sh', '-c', 'while read line; do echo "got $line"; done']);
+  for (const word of ['one', 'two']) {
+    chat.child.stdin.write(`${word}\n`);
+    const deadline = Date.now() + 15_000;
+    while (!Buffer.concat(chat.out).toString().includes(`got ${word}\n`) && Date.now() < deadline) {
+      await Promise.race([once(chat.child.stdout, 'data'), new Promise((r) => setTimeout(r, 250))]);
+    }
+    t.match(Buffer.concat(chat.out).toString(), `got ${word}\n`, `answered "${word}" with stdin still open`);
+  }
+  chat.child.stdin.end();
+  const chatEnd = await chat.exited;
+  t.equal(chatEnd.code, 0, chatEnd.stderr);
+  t.equal(chatEnd.stdout.toString(), 'got one\ngot two\n');
+
+  // More than the 64 MiB request body allows: streamed, hashed in the sandbox.
+  const big = randomBytes(72 * 1024 * 1024);
+  const hash = run(['sh', '-c', 'sha256sum | cut -d" " -f1']);
+  hash.child.stdin.end(big);
+  const hashed = await hash.exited;
+  t.equal(hashed.code, 0, hashed.stderr);
+  t.equal(hashed.stdout.toString().split('\n')[0], createHash('sha256').update(big).digest('hex'), '72 MiB of stdin arrived intact');
 });
