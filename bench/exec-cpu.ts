@@ -18,6 +18,7 @@ import { join, resolve } from 'node:path';
 import { mkdirSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import {
+  cpuOf,
   createSandbox,
   deleteAllSandboxes,
   execJson,
@@ -29,6 +30,7 @@ import {
   settle,
   startGateway,
   stopChild,
+  supervisorPids,
   waitReady,
 } from './lib.js';
 
@@ -43,33 +45,9 @@ const MB = arg('mb', 256);
 const RUNS = arg('runs', 1);
 /** `--idle N`: this many more sandboxes stay connected and idle during the measurements. */
 const IDLE = arg('idle', 0);
-const TICK_MS = 10; // USER_HZ = 100 on Linux
 /** `--cpu-prof DIR`: the gateway and the supervisors write V8 CPU profiles there (summarise with prof-summary.js). */
 const profIdx = argv.indexOf('--cpu-prof');
 const profDir = profIdx >= 0 ? resolve(argv[profIdx + 1] ?? 'bench/results/prof-exec-cpu') : '';
-
-/** utime + stime (+ reaped children's) of a process, in ms. */
-function cpuOf(pid: number): { self: number; sys: number; children: number } {
-  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
-  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
-  // fields after the comm: state(0) ... utime(11) stime(12) cutime(13) cstime(14)
-  return { self: (Number(f[11]) + Number(f[12])) * TICK_MS, sys: Number(f[12]) * TICK_MS, children: (Number(f[13]) + Number(f[14])) * TICK_MS };
-}
-
-/** Supervisors of the given sandbox ids (their process title names the id). */
-function supervisorPids(ids: string[]): number[] {
-  const out: number[] = [];
-  for (const d of readdirSync('/proc')) {
-    if (!/^\d+$/.test(d)) continue;
-    try {
-      const title = readFileSync(`/proc/${d}/cmdline`, 'utf8');
-      if (ids.some((id) => title.startsWith(`openshell-supervisor ${id}`))) out.push(Number(d));
-    } catch {
-      // gone
-    }
-  }
-  return out;
-}
 
 interface Snap {
   gw: { self: number; sys: number; children: number };

@@ -448,3 +448,28 @@ export async function settle(maxBusy = 0.08, timeoutMs = 60_000): Promise<number
   }
   return busy;
 }
+
+const TICK_MS = 10; // USER_HZ = 100 on Linux
+
+/** utime + stime (+ reaped children's) of a process, in ms. */
+export function cpuOf(pid: number): { self: number; sys: number; children: number } {
+  const stat = readFileSync(`/proc/${pid}/stat`, 'utf8');
+  const f = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+  // fields after the comm: state(0) ... utime(11) stime(12) cutime(13) cstime(14)
+  return { self: (Number(f[11]) + Number(f[12])) * TICK_MS, sys: Number(f[12]) * TICK_MS, children: (Number(f[13]) + Number(f[14])) * TICK_MS };
+}
+
+/** Supervisors of the given sandbox ids (their process title names the id). */
+export function supervisorPids(ids: string[]): number[] {
+  const out: number[] = [];
+  for (const d of readdirSync('/proc')) {
+    if (!/^\d+$/.test(d)) continue;
+    try {
+      const title = readFileSync(`/proc/${d}/cmdline`, 'utf8');
+      if (ids.some((id) => title.startsWith(`openshell-supervisor ${id}`))) out.push(Number(d));
+    } catch {
+      // gone
+    }
+  }
+  return out;
+}

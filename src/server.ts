@@ -1,6 +1,8 @@
+import { setFlagsFromString } from 'node:v8';
 import type { FastifyInstance } from 'fastify';
 import { buildApp, listenUrl } from './app.js';
 import { ConfigError, loadConfig } from './config.js';
+import { NO_INCREMENTAL_MARKING } from './paths.js';
 
 /**
  * `openshell gateway start`: loadConfig → buildApp → listen; SIGTERM/SIGINT
@@ -17,6 +19,8 @@ export async function startGateway(argv: string[], env: NodeJS.ProcessEnv): Prom
     }
     throw err;
   }
+  // Set before the gateway allocates anything; OPENSHELL_GATEWAY_INCREMENTAL_MARKING=1 keeps V8's default.
+  if (env.OPENSHELL_GATEWAY_INCREMENTAL_MARKING !== '1') setFlagsFromString(NO_INCREMENTAL_MARKING);
   const app = await buildApp(config);
   await app.listen({ host: config.host, port: config.port });
   process.stdout.write(`openshell gateway listening on ${listenUrl(app, config)}\n`);
