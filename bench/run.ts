@@ -509,8 +509,16 @@ async function benchSsh(): Promise<SectionResult> {
 // ---------------------------------------------------------------- 6. RSS with quiet open execs
 
 async function benchQuiet(): Promise<SectionResult> {
-  const gw = await mainGateway();
-  const boxes = await ensurePool(N.quietSandboxes);
+  // A gateway of its own: the main one carries garbage from earlier sections,
+  // and a full GC during this one would make the RSS delta meaningless.
+  const dir = path.join(tmpRoot, 'gw-quiet');
+  await mkdir(dir, { recursive: true });
+  const gw = await startGateway(dir, ['--port', '0']);
+  const boxes = Array.from({ length: N.quietSandboxes }, (_, i) => `quiet-${i}`);
+  await mapLimit(boxes, 10, async (b) => {
+    await createSandbox(gw.url, b);
+    await waitReady(gw.url, b, 60_000);
+  });
   for (let i = 0; i < 10; i++) await execJson(gw.url, boxes[i % boxes.length], ['true']);
   // Warm the streaming path too.
   const warm = Array.from({ length: 20 }, (_, i) => execStream(gw.url, boxes[i % boxes.length], ['sleep', '600']));
@@ -562,8 +570,8 @@ async function benchQuiet(): Promise<SectionResult> {
   } finally {
     for (const s of streams) s.abort();
     await withTimeout(Promise.all(streams.map((s) => s.done)), 30_000, 'abort quiet execs').catch(() => undefined);
-    // Give the gateway a moment to kill the process groups before the next section.
-    await delay(1000);
+    await deleteNames(gw.url, boxes).catch(() => undefined);
+    await stopChild(gw.child);
   }
 }
 
