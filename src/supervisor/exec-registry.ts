@@ -567,6 +567,13 @@ export class ExecHandle {
     this.#lingerTimer = null;
     this.#stdinClosed = true;
     if (this.#child?.stdin && !this.#child.stdin.destroyed) this.#child.stdin.destroy();
+    // A finished exec is kept for an hour (its result and spool); the process
+    // objects and their streams are not needed any more. Each fork copies the
+    // supervisor's page tables, so what finished execs hold makes every later
+    // exec start slower.
+    this.#child = null;
+    this.#pty = null;
+    for (const st of this.#out) st.pause = st.resume = null;
     this.#log.debug({ ...this.#result }, 'exec finished');
     for (const st of this.#out) st.spool.seal().catch(() => {});
     const ws = this.#waiters;

@@ -236,3 +236,20 @@ t.test('a spool file that cannot be written: memory stays bounded and no reader 
   t.ok(h.spool(0).memoryBytes <= limit + 256 * 1024, `and at the end just the window (${h.spool(0).memoryBytes} bytes)`);
   await t.rejects(h.read(STREAM_STDOUT, 0), /were dropped/, 'replay of dropped bytes says so');
 });
+
+t.test('a finished exec drops its process objects; stdin, resize and signals after the end are harmless', async (t) => {
+  const { registry } = await setup(t);
+  for (const tty of [false, true]) {
+    const h = registry.start(op(['sh', '-c', 'echo done'], { tty }));
+    const got = await drain(h);
+    t.match(got.result, { exitCode: 0 }, `tty ${tty}`);
+    t.equal(h.writeStdin(Buffer.from('late\n')), true, 'stdin after the end is dropped');
+    await new Promise<void>((resolve) => h.onceStdinDrain(resolve));
+    h.closeStdin();
+    h.resize(100, 40);
+    t.equal(h.signal('TERM'), false, 'no process group left to signal');
+    t.match(h.info(), { state: 'exited', exitCode: 0 });
+    // Still replayable from its spool.
+    t.match((await drain(h)).stdout, /done/);
+  }
+});
