@@ -123,11 +123,14 @@ function readSettled(stdin: Readable, ms: number, max: number): Promise<{ chunks
   return new Promise((resolve, reject) => {
     const chunks: Buffer[] = [];
     let bytes = 0;
-    const done = (ended: boolean): void => {
+    const stop = (): void => {
       clearTimeout(timer);
       stdin.off('data', onData);
       stdin.off('end', onEnd);
       stdin.off('error', onError);
+    };
+    const done = (ended: boolean): void => {
+      stop();
       if (!ended) stdin.pause();
       resolve({ chunks, ended });
     };
@@ -139,7 +142,7 @@ function readSettled(stdin: Readable, ms: number, max: number): Promise<{ chunks
     };
     const onEnd = (): void => done(true);
     const onError = (err: Error): void => {
-      clearTimeout(timer);
+      stop();
       reject(new CliExit(EXEC_ERROR_EXIT, `openshell: cannot read stdin: ${err.message}`));
     };
     const timer = setTimeout(() => done(false), ms);
