@@ -484,7 +484,7 @@ export class ExecHandle {
     if (st.ended || !st.pause) return;
     let pause: boolean;
     if (st.spool.pendingBytes > SPOOL_HIGH_WATER) pause = true;
-    else if (st.spool.failed && this.#readerLag(i) > st.spool.lagLimit) pause = true;
+    else if (st.spool.failed && st.spool.end - this.#neededFrom(i) > st.spool.lagLimit) pause = true;
     else if (this.#exitStatus || this.#readers.size === 0) pause = false;
     else {
       pause = true;
@@ -506,14 +506,6 @@ export class ExecHandle {
     let from = Number.POSITIVE_INFINITY;
     for (const r of this.#readers) from = Math.min(from, r.position(i));
     return from;
-  }
-
-  /** Bytes the slowest reader is behind on stream i. */
-  #readerLag(i: 0 | 1): number {
-    let lag = 0;
-    const end = this.#out[i].spool.end;
-    for (const r of this.#readers) lag = Math.max(lag, end - r.position(i));
-    return lag;
   }
 
   #onTimeout(): void {
