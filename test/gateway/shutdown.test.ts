@@ -1,5 +1,7 @@
 import { once } from 'node:events';
+import { rm } from 'node:fs/promises';
 import t from 'tap';
+import { shmRoot } from '../../src/drivers/process.js';
 import type { ExecEvent, Sandbox, SandboxList } from '../../src/schemas/sandbox.js';
 import { execStream } from '../helpers/exec.js';
 import { spawnGateway } from '../helpers/gateway-process.js';
@@ -7,10 +9,14 @@ import { api, tempDir } from '../helpers/gateway.js';
 import { supervisorsOf } from '../helpers/sandbox.js';
 
 t.test('SIGTERM with execs streaming: each stream ends with a terminal RELAY_LOST line, the gateway exits 0', async (t) => {
-  const gw = await spawnGateway(t, ['--port', '0', '--state-dir', tempDir(t)]);
+  const stateDir = tempDir(t);
+  const gw = await spawnGateway(t, ['--port', '0', '--state-dir', stateDir]);
   const s = (await api<Sandbox>(gw.url, 'POST', '/v1/sandboxes', { name: 'busy' })).body;
-  t.teardown(() => {
+  t.teardown(async () => {
+    // Supervisors outlive a gateway stopped by SIGTERM (by design); so do their spools on /dev/shm.
     for (const pid of supervisorsOf(s.id)) process.kill(-pid, 'SIGKILL');
+    const shm = shmRoot(stateDir, 0);
+    if (shm) await rm(shm, { recursive: true, force: true });
   });
   for (;;) {
     const { body } = await api<SandboxList>(gw.url, 'GET', '/v1/sandboxes');
