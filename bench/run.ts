@@ -336,7 +336,8 @@ async function benchBulk(): Promise<SectionResult> {
   const [sup] = supervisorPids([id]);
   const cpu = (): number[] => {
     const u = process.cpuUsage();
-    return [cpuOf(gw.pid).self, sup ? cpuOf(sup).self : NaN, sup ? cpuOf(sup).children : NaN, (u.user + u.system) / 1000];
+    const s = sup ? cpuOf(sup) : { self: NaN, children: NaN };
+    return [cpuOf(gw.pid).self, s.self, s.children, (u.user + u.system) / 1000];
   };
   const cpuNotes: string[] = [];
   for (let i = 0; i < (quick ? 1 : 3); i++) {

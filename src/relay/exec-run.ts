@@ -1,3 +1,4 @@
+import { setTimeout as delay } from 'node:timers/promises';
 import type { RawData, WebSocket } from 'ws';
 import { closeWebSocket } from './heartbeat.js';
 import { decodeOutput, type ExecEv, type ExecOp, type ExecStartOp } from '../protocol/exec.js';
@@ -312,7 +313,8 @@ export class ExecRun implements AsyncIterable<RunEvent> {
           ws = await resume.reattach(controller.signal);
         } catch {
           if (controller.signal.aborted) break;
-          await new Promise<void>((r) => setTimeout(r, REATTACH_RETRY_MS).unref());
+          // Abortable: a resume given up (window over, shutdown) leaves no timer behind.
+          await delay(REATTACH_RETRY_MS, undefined, { signal: controller.signal }).catch(() => undefined);
           continue;
         }
         if (controller.signal.aborted && !this.#aborted) {
@@ -345,7 +347,7 @@ export class ExecRun implements AsyncIterable<RunEvent> {
     if (this.#aborted) {
       // The caller left during the outage: finish what abort() began, kill the group.
       ws.send(JSON.stringify({ op: 'signal', signal: 'SIGKILL' }));
-      ws.close(1000, 'aborted');
+      closeWebSocket(ws, 1000, 'aborted');
       return;
     }
     ws.on('message', this.#onMessage);

@@ -11,7 +11,7 @@ import {
   type OutputStream,
 } from '../protocol/exec.js';
 import { spawnPty, type PtyProcess } from './pty.js';
-import { Spool } from './spool.js';
+import { REPLAY_CHUNK, Spool } from './spool.js';
 import { currentUser, isRoot, lookupUser, type PasswdEntry } from './users.js';
 
 /** An error with an exec protocol code (sent as `{ev:'error',code,message}`). */
@@ -89,8 +89,6 @@ const KILL_GRACE_MS = 2000;
 const LINGER_MS = 2000;
 /** Unwritten spool bytes above which the child's stream is paused. */
 const SPOOL_HIGH_WATER = 16 * 1024 * 1024;
-/** Largest chunk a catching-up reader gets at once. */
-const REPLAY_CHUNK = 1024 * 1024;
 const EXEC_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
 
 const streamIndex = (s: OutputStream): 0 | 1 => (s === STREAM_STDOUT ? 0 : 1);

@@ -21,8 +21,8 @@ export interface SpoolOptions {
 export const FAILED_MEMORY_BYTES = 16 * 1024 * 1024;
 
 const EMPTY = Buffer.alloc(0);
-/** Largest single read a reader takes from the spool (the registry's replay chunk). */
-const MAX_READ = 1024 * 1024;
+/** Largest single read a reader takes from the spool at once (the exec registry's replay chunk). */
+export const REPLAY_CHUNK = 1024 * 1024;
 const MAX_IOV = 1024;
 
 /**
@@ -87,7 +87,7 @@ export class Spool {
    * memory kept after a failure, less one read's worth; unbounded otherwise.
    */
   get lagLimit(): number {
-    return this.#failed ? Math.max(0, this.#memLimit - MAX_READ) : Number.POSITIVE_INFINITY;
+    return this.#failed ? Math.max(0, this.#memLimit - REPLAY_CHUNK) : Number.POSITIVE_INFINITY;
   }
 
   /** Appends bytes; returns their offset. */
