@@ -2,6 +2,7 @@ import net, { type Socket } from 'node:net';
 import { STATUS_CODES } from 'node:http';
 import { lookup } from 'node:dns/promises';
 import { DeadlineSweep, type Deadline } from './deadlines.js';
+import { leanAccept } from './accept.js';
 import type { Logger } from '../log.js';
 import { internalReason, normalizeHost, parseIp, type HostName, type IpAddr } from './ip.js';
 import {
@@ -72,6 +73,7 @@ const HEAD_LIMIT = 64 * 1024;
 const LINGER_MS = 2000;
 // Larger socket buffers than Node's 16 KiB default: fewer pause/drain round trips on bulk transfers.
 const SOCKET_HWM = 256 * 1024;
+
 // Upstream reads (net `onread`): start at READ_BUF_MIN, grow while reads fill the buffer.
 const READ_BUF_MIN = 64 * 1024;
 const READ_BUF_MAX = 256 * 1024;
@@ -274,7 +276,8 @@ function parseAbsoluteTarget(target: string): AbsoluteTarget | string {
   let path = m[3]!;
   if (path === '') path = '/';
   else if (path.startsWith('?')) path = '/' + path;
-  return { ...t, authority, path };
+  // Not `{ ...t, authority, path }`: a spread copy given more keys gets a new hidden class each time (accept.ts).
+  return { host: t.host, key: t.key, port: t.port, authority, path };
 }
 
 function stripQuery(target: string): string {
@@ -407,6 +410,9 @@ class EgressServer implements EgressProxy {
       });
     });
     this.#server.on('error', (err) => this.#log.error({ err }, 'egress listener error'));
+    if (!leanAccept(this.#server, { allowHalfOpen: true, highWaterMark: SOCKET_HWM })) {
+      this.#log.warn({ node: process.version }, 'net.Server internals not as expected: accepting through Node (more GC per connection)');
+    }
     this.#port = (this.#server.address() as net.AddressInfo).port;
     this.#log.info({ url: this.url, policyVersion: this.#version }, 'egress proxy listening');
   }
@@ -634,6 +640,11 @@ class EgressServer implements EgressProxy {
             noDelay: true,
             highWaterMark: SOCKET_HWM,
             onread: feed.onread,
+            // Set to what net.Socket sets anyway, so its copy of these
+            // options gets no new keys (and no new hidden class): accept.ts.
+            emitClose: false,
+            autoDestroy: true,
+            decodeStrings: false,
           } as net.NetConnectOpts)
         : this.#opts.connect!(addr.text, port);
       this.#track(s);

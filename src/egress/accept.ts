@@ -1,0 +1,79 @@
+/**
+ * Accepting connections without a fresh hidden class per socket.
+ *
+ * Node 20's `net.Socket` constructor copies its options (`{ ...options }`)
+ * and then adds `emitClose`, `autoDestroy` and `decodeStrings` to the copy.
+ * V8 11 gives each key added to such a copy a new map (the copy's map is
+ * detached from the transition tree, so the transition is never cached):
+ * three maps and descriptor arrays in old space for every socket, plus young
+ * objects that then survive scavenges. On a proxy that opens thousands of
+ * short connections, that made every scavenge copy about 1 MB (2–4 ms
+ * pauses), filled old space every few thousand connections, and each full GC
+ * threw away the optimised code built on those maps: the p99 of a new
+ * connection was 2–3 times squid's.
+ *
+ * Sockets we build ourselves pass those three keys already set (with the
+ * values the constructor sets), so it only overwrites them. Accepted sockets are built inside
+ * net.Server, so `leanAccept` replaces the listening handle's `onconnection`
+ * with one that does what Node's does, with the complete options. It relies
+ * on net.Server internals (`_handle`, `_connections`) and checks for them:
+ * where they are missing it leaves Node's own path in place and says so.
+ */
+import net, { type Socket } from 'node:net';
+import diagnostics from 'node:diagnostics_channel';
+
+type OnConnection = (this: object, err: number, clientHandle: object | undefined) => void;
+
+interface ServerInternals {
+  _handle?: { onconnection?: OnConnection } | null;
+  _connections?: number;
+  maxConnections?: number;
+}
+
+interface SocketInternals {
+  server: net.Server | null;
+  _server: net.Server | null;
+}
+
+const serverSocketChannel = diagnostics.channel('net.server.socket');
+
+/**
+ * Replace `server`'s accept callback (after it is listening) with one that
+ * builds each socket from the complete options. `allowHalfOpen` and
+ * `highWaterMark` must be what the server was created with. Returns false
+ * (and changes nothing) when this Node's net.Server does not look as expected.
+ */
+export function leanAccept(server: net.Server, opts: { allowHalfOpen: boolean; highWaterMark?: number }): boolean {
+  const internals = server as unknown as ServerInternals;
+  const handle = internals._handle;
+  const original = handle?.onconnection;
+  if (!handle || typeof original !== 'function' || typeof internals._connections !== 'number') return false;
+  const { allowHalfOpen, highWaterMark } = opts;
+  handle.onconnection = function (this: object, err: number, clientHandle: object | undefined): void {
+    // Errors and the maxConnections drop stay with Node's own code.
+    if (err || !clientHandle || (internals.maxConnections && (internals._connections ?? 0) >= internals.maxConnections)) {
+      original.call(this, err, clientHandle);
+      return;
+    }
+    // Written out, not spread: a literal's hidden class is shared, a spread copy's is not.
+    const socket = new net.Socket({
+      handle: clientHandle,
+      allowHalfOpen,
+      pauseOnCreate: false,
+      readable: true,
+      writable: true,
+      readableHighWaterMark: highWaterMark,
+      writableHighWaterMark: highWaterMark,
+      emitClose: false,
+      autoDestroy: true,
+      decodeStrings: false,
+    } as net.SocketConstructorOpts);
+    internals._connections = (internals._connections ?? 0) + 1;
+    const si = socket as unknown as SocketInternals;
+    si.server = server;
+    si._server = server;
+    server.emit('connection', socket);
+    if (serverSocketChannel.hasSubscribers) serverSocketChannel.publish({ socket } satisfies { socket: Socket });
+  };
+  return true;
+}
