@@ -24,10 +24,17 @@ import diagnostics from 'node:diagnostics_channel';
 
 type OnConnection = (this: object, err: number, clientHandle: object | undefined) => void;
 
+/** The net.Server fields Node's own accept callback reads (Node 20). */
 interface ServerInternals {
   _handle?: { onconnection?: OnConnection } | null;
   _connections?: number;
   maxConnections?: number;
+  allowHalfOpen?: boolean;
+  pauseOnConnect?: boolean;
+  highWaterMark?: number;
+  noDelay?: boolean;
+  keepAlive?: boolean;
+  keepAliveInitialDelay?: number;
 }
 
 interface SocketInternals {
@@ -38,17 +45,26 @@ interface SocketInternals {
 const serverSocketChannel = diagnostics.channel('net.server.socket');
 
 /**
- * Replace `server`'s accept callback (after it is listening) with one that
- * builds each socket from the complete options. `allowHalfOpen` and
- * `highWaterMark` must be what the server was created with. Returns false
- * (and changes nothing) when this Node's net.Server does not look as expected.
+ * Replace `server`'s accept callback (once it is listening) with one that
+ * builds each socket from the complete options, taken from the server as
+ * Node's own callback takes them. Returns false, changing nothing, when this
+ * Node's net.Server does not look as expected.
  */
-export function leanAccept(server: net.Server, opts: { allowHalfOpen: boolean; highWaterMark?: number }): boolean {
+export function leanAccept(server: net.Server): boolean {
   const internals = server as unknown as ServerInternals;
   const handle = internals._handle;
   const original = handle?.onconnection;
-  if (!handle || typeof original !== 'function' || typeof internals._connections !== 'number') return false;
-  const { allowHalfOpen, highWaterMark } = opts;
+  const { allowHalfOpen, pauseOnConnect, highWaterMark, noDelay, keepAlive, keepAliveInitialDelay } = internals;
+  if (
+    !handle ||
+    typeof original !== 'function' ||
+    typeof internals._connections !== 'number' ||
+    typeof allowHalfOpen !== 'boolean' ||
+    typeof pauseOnConnect !== 'boolean' ||
+    (highWaterMark !== undefined && typeof highWaterMark !== 'number')
+  ) {
+    return false;
+  }
   handle.onconnection = function (this: object, err: number, clientHandle: object | undefined): void {
     // Errors and the maxConnections drop stay with Node's own code.
     if (err || !clientHandle || (internals.maxConnections && (internals._connections ?? 0) >= internals.maxConnections)) {
@@ -59,7 +75,7 @@ export function leanAccept(server: net.Server, opts: { allowHalfOpen: boolean; h
     const socket = new net.Socket({
       handle: clientHandle,
       allowHalfOpen,
-      pauseOnCreate: false,
+      pauseOnCreate: pauseOnConnect,
       readable: true,
       writable: true,
       readableHighWaterMark: highWaterMark,
@@ -68,6 +84,8 @@ export function leanAccept(server: net.Server, opts: { allowHalfOpen: boolean; h
       autoDestroy: true,
       decodeStrings: false,
     } as net.SocketConstructorOpts);
+    if (noDelay) socket.setNoDelay(true);
+    if (keepAlive) socket.setKeepAlive(true, (keepAliveInitialDelay ?? 0) * 1000); // the server keeps seconds
     internals._connections = (internals._connections ?? 0) + 1;
     const si = socket as unknown as SocketInternals;
     si.server = server;

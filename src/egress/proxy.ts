@@ -410,7 +410,7 @@ class EgressServer implements EgressProxy {
       });
     });
     this.#server.on('error', (err) => this.#log.error({ err }, 'egress listener error'));
-    if (!leanAccept(this.#server, { allowHalfOpen: true, highWaterMark: SOCKET_HWM })) {
+    if (!leanAccept(this.#server)) {
       this.#log.warn({ node: process.version }, 'net.Server internals not as expected: accepting through Node (more GC per connection)');
     }
     this.#port = (this.#server.address() as net.AddressInfo).port;

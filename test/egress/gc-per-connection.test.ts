@@ -1,5 +1,6 @@
 import t, { type Test } from 'tap';
 import net from 'node:net';
+import http from 'node:http';
 import path from 'node:path';
 import { fork } from 'node:child_process';
 import { once } from 'node:events';
@@ -95,7 +96,7 @@ t.test('leanAccept: accepted sockets behave as with Node’s own accept', async 
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
   t.teardown(() => server.close());
-  t.equal(leanAccept(server, { allowHalfOpen: true, highWaterMark: hwm }), true, 'installed on this Node');
+  t.equal(leanAccept(server), true, 'installed on this Node');
 
   await within(10_000, (async () => {
     const c = net.connect({ host: '127.0.0.1', port: portOf(server) });
@@ -121,7 +122,32 @@ t.test('leanAccept: accepted sockets behave as with Node’s own accept', async 
   })(), 'half-open exchange');
 });
 
+t.test('leanAccept: an http.Server keeps its options (noDelay, keep-alive requests)', async (t) => {
+  const server = http.createServer((req, res) => res.end(`${req.url} via ${(req.socket as net.Socket & { server?: net.Server }).server === server ? 'server' : '?'}`));
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.teardown(() => server.close());
+  t.equal(leanAccept(server), true);
+  const agent = new http.Agent({ keepAlive: true, maxSockets: 1 });
+  t.teardown(() => agent.destroy());
+  const get = (p: string): Promise<string> =>
+    new Promise((resolve, reject) => {
+      http
+        .get({ host: '127.0.0.1', port: portOf(server), path: p, agent }, (res) => {
+          let body = '';
+          res.setEncoding('utf8');
+          res.on('data', (d: string) => (body += d));
+          res.on('end', () => resolve(body));
+        })
+        .on('error', reject);
+    });
+  await within(10_000, (async () => {
+    t.equal(await get('/a'), '/a via server');
+    t.equal(await get('/b'), '/b via server', 'second request on the kept-alive socket');
+  })());
+});
+
 t.test('leanAccept: a server that is not listening is left alone', async (t) => {
   const server = net.createServer();
-  t.equal(leanAccept(server, { allowHalfOpen: false }), false);
+  t.equal(leanAccept(server), false);
 });
