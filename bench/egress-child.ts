@@ -10,6 +10,7 @@ import { once } from 'node:events';
 import { WebSocketServer } from 'ws';
 import { silentLogger } from '../src/log.js';
 import { startEgressProxy, type Policy } from '../src/egress/index.js';
+import { leanAccept } from '../src/egress/accept.js';
 
 const CHUNK = Buffer.alloc(1 << 20, 0x62);
 
@@ -42,11 +43,21 @@ async function servers(): Promise<void> {
   wss.on('connection', (ws) => ws.on('message', (d, bin) => ws.send(d, { binary: bin })));
   server.listen(0, '127.0.0.1');
   await once(server, 'listening');
+  // The target is shared by every peer: keep its GC pauses (one new socket per
+  // request) out of whichever peer happens to be measured (src/egress/accept.ts).
+  leanAccept(server);
   process.send!({ httpPort: (server.address() as AddressInfo).port });
 }
 
 async function proxy(policyJson: string): Promise<void> {
   const p = await startEgressProxy({ policy: JSON.parse(policyJson) as Policy, log: silentLogger });
+  // Tests ask for a full GC (run with --expose-gc) to check what the proxy does after one.
+  process.on('message', (m) => {
+    if (m === 'gc' && typeof globalThis.gc === 'function') {
+      globalThis.gc();
+      process.send!('gc');
+    }
+  });
   process.send!({ port: p.port });
 }
 

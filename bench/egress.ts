@@ -167,6 +167,17 @@ async function startOurs(kind: 'ours-L4' | 'ours-L7', httpPort: number): Promise
 
 // ------------------------------------------------------------ raw client
 
+/**
+ * A client socket built without constructor options: Node 20 gives each
+ * socket built with options new hidden classes (src/egress/accept.ts), and
+ * this client's GC pauses would land on whichever peer is being measured.
+ */
+function dial(port: number): net.Socket {
+  const s = new net.Socket();
+  s.connect(port, '127.0.0.1');
+  return s;
+}
+
 /** A minimal keep-alive HTTP/1.1 client over one socket: heads + Content-Length bodies only. */
 class RawConn {
   readonly sock: net.Socket;
@@ -227,7 +238,7 @@ class RawConn {
   }
 
   static async open(port: number): Promise<RawConn> {
-    const s = net.connect({ host: '127.0.0.1', port });
+    const s = dial(port);
     await once(s, 'connect');
     return new RawConn(s);
   }
@@ -325,10 +336,10 @@ async function latency(peer: Peer, ctx: Ctx, mode: 'tunnel' | 'new-connect' | 'f
 async function wsEcho(peer: Peer, ctx: Ctx, n: number): Promise<number[]> {
   let sock: net.Socket;
   if (peer.port === null) {
-    sock = net.connect({ host: '127.0.0.1', port: ctx.httpPort });
+    sock = dial(ctx.httpPort);
     await once(sock, 'connect');
   } else {
-    sock = net.connect({ host: '127.0.0.1', port: peer.port });
+    sock = dial(peer.port);
     await once(sock, 'connect');
     sock.write(`CONNECT 127.0.0.1:${ctx.httpPort} HTTP/1.1\r\nHost: 127.0.0.1:${ctx.httpPort}\r\n\r\n`);
     let acc = '';
@@ -406,10 +417,17 @@ export async function runEgressBench(opts: { quick?: boolean } = {}): Promise<{ 
     if (squid) peers.push(squid);
     if (tiny) peers.push(tiny);
 
-    // Warm every peer (JIT, connection paths) before measuring anything.
+    // Warm every peer alike before measuring anything: each path, sequential
+    // and concurrent, long enough for our proxy's JIT to settle (a sandbox's
+    // proxy serves for minutes to hours; its first few thousand connections
+    // run partly unoptimised code).
+    const warmMs = ctx.quick ? 200 : 1000;
     for (const p of peers) {
-      await safely(() => latency(p, ctx, 'new-connect', 4, 400));
-      await safely(() => latency(p, ctx, 'forward', 4, 400));
+      await safely(() => latency(p, ctx, 'new-connect', 1, warmMs));
+      await safely(() => latency(p, ctx, 'new-connect', 4, warmMs / 2));
+      await safely(() => latency(p, ctx, 'forward', 4, warmMs / 2));
+      await safely(() => latency(p, ctx, 'tunnel', 4, warmMs / 4));
+      await safely(() => latency(p, ctx, 'new-connect', 1, warmMs));
     }
 
     // Every metric runs all peers in interleaved rounds: latency samples are pooled, throughput is the median round.

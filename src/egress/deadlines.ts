@@ -1,17 +1,23 @@
+import { LinkedSet, type Link } from './linked-set.js';
+
 /** One pending deadline; `fire` runs at most once, some time after `at` (ms since the epoch). */
-export interface Deadline {
+export interface DeadlineEntry {
   readonly at: number;
   readonly fire: () => void;
 }
+
+/** A pending deadline, as `add` returns it: the handle to `delete`. */
+export type Deadline = Link<DeadlineEntry>;
 
 /**
  * Coarse deadlines for many short waits (upstream connects, a client's first
  * request head): one unref'd timer per tick while any is pending, instead of
  * a timer set and cleared per connection. A deadline fires up to one tick late.
+ * Pending deadlines are a LinkedSet, not a Set: see linked-set.ts.
  */
 export class DeadlineSweep {
   readonly #tickMs: number;
-  readonly #pending = new Set<Deadline>();
+  readonly #pending = new LinkedSet<DeadlineEntry>();
   #timer: NodeJS.Timeout | null = null;
 
   constructor(tickMs: number) {
@@ -19,8 +25,7 @@ export class DeadlineSweep {
   }
 
   add(at: number, fire: () => void): Deadline {
-    const d: Deadline = { at, fire };
-    this.#pending.add(d);
+    const d = this.#pending.add({ at, fire });
     if (this.#timer === null) this.#schedule();
     return d;
   }
@@ -43,11 +48,11 @@ export class DeadlineSweep {
   #sweep = (): void => {
     this.#timer = null;
     const now = Date.now();
-    for (const d of this.#pending) {
-      if (d.at > now) continue;
-      this.#pending.delete(d);
+    this.#pending.forEach((d, link) => {
+      if (d.at > now) return;
+      this.#pending.delete(link);
       d.fire();
-    }
+    });
     if (this.#pending.size > 0 && this.#timer === null) this.#schedule();
   };
 }

@@ -3,6 +3,7 @@ import { STATUS_CODES } from 'node:http';
 import { lookup } from 'node:dns/promises';
 import { DeadlineSweep, type Deadline } from './deadlines.js';
 import { leanAccept } from './accept.js';
+import { LinkedSet, type Link } from './linked-set.js';
 import type { Logger } from '../log.js';
 import { internalReason, normalizeHost, parseIp, type HostName, type IpAddr } from './ip.js';
 import {
@@ -79,6 +80,14 @@ const READ_BUF_MIN = 64 * 1024;
 const READ_BUF_MAX = 256 * 1024;
 const CONNECT_OK = Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n', 'latin1');
 const noop = (): void => {};
+
+/** An open socket's entry in the proxy's list; `linger`: set while `#finish` waits for the peer to close. */
+interface Tracked {
+  readonly sock: Socket;
+  linger: Deadline | null;
+}
+const TRACKED = Symbol('egress.tracked');
+type TrackedSocket = Socket & { [TRACKED]?: Link<Tracked> };
 
 type Outcome = 'keep' | 'close' | 'handed-off';
 
@@ -342,12 +351,11 @@ class EgressServer implements EgressProxy {
   readonly #resolve: (host: string) => Promise<string[]>;
   readonly #connectTimeoutMs: number;
   readonly #idleTimeoutMs: number;
-  readonly #sockets = new Set<Socket>();
-  /** Clients being closed by `#finish`, with the deadline that destroys them if the peer lingers. */
-  readonly #finishing = new Map<Socket, Deadline>();
+  /** Every open socket (a LinkedSet, not a Set: see linked-set.ts). */
+  readonly #sockets = new LinkedSet<Tracked>();
   readonly #deadlines: DeadlineSweep;
   /** 'close' listener of every tracked socket (`this` is the socket): one function, not a closure each. */
-  readonly #untrack: (this: Socket) => void;
+  readonly #untrack: (this: TrackedSocket) => void;
   #policy: CompiledPolicy | null;
   #version: number;
   #port = 0;
@@ -366,14 +374,12 @@ class EgressServer implements EgressProxy {
     const deadlines = new DeadlineSweep(Math.max(5, Math.min(250, Math.floor(shortest / 8))));
     this.#deadlines = deadlines;
     const sockets = this.#sockets;
-    const finishing = this.#finishing;
-    this.#untrack = function (this: Socket) {
-      sockets.delete(this);
-      const linger = finishing.get(this);
-      if (linger) {
-        finishing.delete(this);
-        deadlines.delete(linger);
-      }
+    this.#untrack = function (this: TrackedSocket) {
+      const link = this[TRACKED];
+      if (!link) return;
+      sockets.delete(link);
+      if (link.value.linger) deadlines.delete(link.value.linger);
+      link.value.linger = null;
     };
     // allowHalfOpen: a tunnel forwards a FIN one way while the other keeps flowing.
     this.#server = net.createServer({ allowHalfOpen: true, highWaterMark: SOCKET_HWM }, (s) =>
@@ -420,7 +426,7 @@ class EgressServer implements EgressProxy {
   close(): Promise<void> {
     if (!this.#closed) {
       this.#closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
-      for (const s of this.#sockets) s.destroy();
+      this.#sockets.forEach((t) => t.sock.destroy());
       this.#deadlines.close();
     }
     return this.#closed;
@@ -429,7 +435,7 @@ class EgressServer implements EgressProxy {
   #track(s: Socket): void {
     s.setNoDelay(true);
     s.on('error', noop); // errors surface through readers and pipelines; never crash the process
-    this.#sockets.add(s);
+    (s as TrackedSocket)[TRACKED] = this.#sockets.add({ sock: s, linger: null });
     s.once('close', this.#untrack);
   }
 
@@ -481,8 +487,10 @@ class EgressServer implements EgressProxy {
 
   /** Write a final response, half-close, and give the peer a moment to read it before destroying. */
   #finish(client: Socket, cr: SocketReader | null, response?: Buffer): void {
-    if (client.destroyed || this.#finishing.has(client)) return;
-    this.#finishing.set(client, this.#deadlines.add(Date.now() + LINGER_MS, () => client.destroy()));
+    const tracked = (client as TrackedSocket)[TRACKED]?.value;
+    if (client.destroyed || tracked?.linger) return;
+    const linger = this.#deadlines.add(Date.now() + LINGER_MS, () => client.destroy());
+    if (tracked) tracked.linger = linger;
     cr?.detach();
     if (client.timeout) client.setTimeout(0);
     client.on('data', noop);
