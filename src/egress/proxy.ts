@@ -4,6 +4,7 @@ import { lookup } from 'node:dns/promises';
 import { DeadlineSweep, type Deadline } from './deadlines.js';
 import { leanAccept } from './accept.js';
 import { LinkedSet, type Link } from './linked-set.js';
+import { Exemplars } from './exemplars.js';
 import type { Logger } from '../log.js';
 import { internalReason, normalizeHost, parseIp, type HostName, type IpAddr } from './ip.js';
 import {
@@ -353,6 +354,8 @@ class EgressServer implements EgressProxy {
   readonly #idleTimeoutMs: number;
   /** Every open socket (a LinkedSet, not a Set: see linked-set.ts). */
   readonly #sockets = new LinkedSet<Tracked>();
+  /** A few closed sockets, so a full GC between connections keeps their hidden classes: exemplars.ts. */
+  readonly #exemplars = new Exemplars<Socket>(6, 60_000);
   readonly #deadlines: DeadlineSweep;
   /** 'close' listener of every tracked socket (`this` is the socket): one function, not a closure each. */
   readonly #untrack: (this: TrackedSocket) => void;
@@ -374,12 +377,15 @@ class EgressServer implements EgressProxy {
     const deadlines = new DeadlineSweep(Math.max(5, Math.min(250, Math.floor(shortest / 8))));
     this.#deadlines = deadlines;
     const sockets = this.#sockets;
+    const exemplars = this.#exemplars;
     this.#untrack = function (this: TrackedSocket) {
       const link = this[TRACKED];
       if (!link) return;
       sockets.delete(link);
       if (link.value.linger) deadlines.delete(link.value.linger);
       link.value.linger = null;
+      // Nothing buffered: a kept socket holds no payload.
+      if (this.readableLength === 0 && this.writableLength === 0) exemplars.offer(this);
     };
     // allowHalfOpen: a tunnel forwards a FIN one way while the other keeps flowing.
     this.#server = net.createServer({ allowHalfOpen: true, highWaterMark: SOCKET_HWM }, (s) =>
@@ -428,6 +434,7 @@ class EgressServer implements EgressProxy {
       this.#closed = new Promise<void>((resolve) => this.#server.close(() => resolve()));
       this.#sockets.forEach((t) => t.sock.destroy());
       this.#deadlines.close();
+      this.#exemplars.clear();
     }
     return this.#closed;
   }
