@@ -47,10 +47,13 @@ const serverSocketChannel = diagnostics.channel('net.server.socket');
 /**
  * Replace `server`'s accept callback (once it is listening) with one that
  * builds each socket from the complete options, taken from the server as
- * Node's own callback takes them. Returns false, changing nothing, when this
- * Node's net.Server does not look as expected.
+ * Node's own callback takes them. `hooks.onread`, called for each socket just
+ * before its 'connection' event: its net `onread` (reads into the caller's
+ * buffer). Returns false, changing nothing, when this Node's net.Server does
+ * not look as expected.
  */
-export function leanAccept(server: net.Server): boolean {
+export function leanAccept(server: net.Server, hooks: { onread?: () => net.OnReadOpts } = {}): boolean {
+  const { onread } = hooks;
   const internals = server as unknown as ServerInternals;
   const handle = internals._handle;
   const original = handle?.onconnection;
@@ -83,6 +86,7 @@ export function leanAccept(server: net.Server): boolean {
       emitClose: false,
       autoDestroy: true,
       decodeStrings: false,
+      onread: onread ? onread() : undefined,
     } as net.SocketConstructorOpts);
     if (noDelay) socket.setNoDelay(true);
     if (keepAlive) socket.setKeepAlive(true, (keepAliveInitialDelay ?? 0) * 1000); // the server keeps seconds

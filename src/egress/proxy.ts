@@ -81,10 +81,17 @@ const READ_BUF_MIN = 64 * 1024;
 const READ_BUF_MAX = 256 * 1024;
 const CONNECT_OK = Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n', 'latin1');
 const noop = (): void => {};
+/** A feed sink that drops what it reads (a client being closed). */
+const discard = (): boolean => true;
 
-/** An open socket's entry in the proxy's list; `linger`: set while `#finish` waits for the peer to close. */
+/**
+ * An open socket's entry in the proxy's list. `feed`: its reads, for a client
+ * accepted with one (otherwise 'data' events). `linger`: set while `#finish`
+ * waits for the peer to close.
+ */
 interface Tracked {
   readonly sock: Socket;
+  feed: UpstreamFeed | null;
   linger: Deadline | null;
 }
 const TRACKED = Symbol('egress.tracked');
@@ -104,14 +111,15 @@ interface Upstream {
 }
 
 /**
- * Reads of an upstream socket we dial, through net's `onread`: each read lands
+ * Reads of a socket through net's `onread` (an upstream we dial, or a client
+ * accepted by leanAccept): each read lands
  * in one reused buffer and goes straight to the current sink, without the
  * Readable machinery and one allocation per chunk of the default path. A sink
  * that holds on to the chunk past its call (queued, or a write that did not
  * complete synchronously) sets `kept` and the next read gets a fresh buffer.
  * A sink returns false to stop reading until the socket is resumed.
  */
-/** Read buffers of closed upstream sockets, for the next ones (fewer large allocations, less GC). */
+/** Read buffers of closed sockets, for the next ones (fewer large allocations, less GC). */
 const spareBuffers: Buffer[] = [];
 const SPARE_MAX = 64;
 
@@ -363,6 +371,8 @@ class EgressServer implements EgressProxy {
   #version: number;
   #port = 0;
   #closed: Promise<void> | null = null;
+  /** The feed of the socket being accepted, between leanAccept's onread hook and #onConnection. */
+  #acceptedFeed: UpstreamFeed | null = null;
 
   constructor(opts: EgressProxyOptions) {
     this.#opts = opts;
@@ -422,7 +432,15 @@ class EgressServer implements EgressProxy {
       });
     });
     this.#server.on('error', (err) => this.#log.error({ err }, 'egress listener error'));
-    if (!leanAccept(this.#server)) {
+    // Clients read like upstreams: into a reused buffer (UpstreamFeed), no 'data' events.
+    const accepted = leanAccept(this.#server, {
+      onread: () => {
+        const feed = new UpstreamFeed();
+        this.#acceptedFeed = feed;
+        return feed.onread;
+      },
+    });
+    if (!accepted) {
       this.#log.warn({ node: process.version }, 'net.Server internals not as expected: accepting through Node (more GC per connection)');
     }
     this.#port = (this.#server.address() as net.AddressInfo).port;
@@ -442,17 +460,24 @@ class EgressServer implements EgressProxy {
   #track(s: Socket): void {
     s.setNoDelay(true);
     s.on('error', noop); // errors surface through readers and pipelines; never crash the process
-    (s as TrackedSocket)[TRACKED] = this.#sockets.add({ sock: s, linger: null });
+    (s as TrackedSocket)[TRACKED] = this.#sockets.add({ sock: s, feed: null, linger: null });
     s.once('close', this.#untrack);
   }
 
   #onConnection(client: Socket): void {
+    const feed = this.#acceptedFeed;
+    this.#acceptedFeed = null;
     this.#track(client);
+    if (feed) {
+      (client as TrackedSocket)[TRACKED]!.value.feed = feed;
+      client.once('close', feed.release);
+    }
     if (this.#closed) {
       client.destroy();
       return;
     }
-    const cr = new SocketReader(client);
+    const cr = new SocketReader(client, feed);
+    feed?.attach(feed.readerSink(cr));
     // Until its first head the connection is idle: one shared sweep, not a timer per connection.
     const idle = this.#idleTimeoutMs > 0 ? this.#deadlines.add(Date.now() + this.#idleTimeoutMs, () => client.destroy()) : null;
     const onBytes = (): void => this.#firstHead(client, cr, idle, onBytes);
@@ -499,6 +524,7 @@ class EgressServer implements EgressProxy {
     const linger = this.#deadlines.add(Date.now() + LINGER_MS, () => client.destroy());
     if (tracked) tracked.linger = linger;
     cr?.detach();
+    tracked?.feed?.attach(discard);
     if (client.timeout) client.setTimeout(0);
     client.on('data', noop);
     client.resume();
@@ -972,6 +998,8 @@ class EgressServer implements EgressProxy {
   #splice(client: Socket, cr: SocketReader, upSock: Socket, feed: UpstreamFeed | null, ur: SocketReader | null): void {
     // `relay` below takes over both sockets' reads in this tick.
     const fromClient = cr.detach(false);
+    const clientFeed = (client as TrackedSocket)[TRACKED]?.value.feed ?? null;
+    clientFeed?.attach(null);
     const fromUp = ur ? ur.detach(false) : [];
     feed?.attach(null);
     if (client.timeout) client.setTimeout(0);
@@ -983,7 +1011,7 @@ class EgressServer implements EgressProxy {
     }
     for (const b of fromUp) client.write(b);
     for (const b of fromClient) upSock.write(b);
-    relay(client, upSock, null);
+    relay(client, upSock, clientFeed);
     relay(upSock, client, feed);
   }
 }
