@@ -75,8 +75,7 @@ const HEAD_LIMIT = 64 * 1024;
 const LINGER_MS = 2000;
 // Larger socket buffers than Node's 16 KiB default: fewer pause/drain round trips on bulk transfers.
 const SOCKET_HWM = 256 * 1024;
-
-// Upstream reads (net `onread`): start at READ_BUF_MIN, grow while reads fill the buffer.
+// Socket reads (net `onread`, UpstreamFeed): start at READ_BUF_MIN, grow while reads fill the buffer.
 const READ_BUF_MIN = 64 * 1024;
 const READ_BUF_MAX = 256 * 1024;
 const CONNECT_OK = Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n', 'latin1');
