@@ -2,7 +2,7 @@ import t, { type Test } from 'tap';
 import net from 'node:net';
 import http from 'node:http';
 import path from 'node:path';
-import { fork } from 'node:child_process';
+import { fork, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { leanAccept } from '../../src/egress/accept.js';
@@ -56,12 +56,18 @@ function oneTunnel(proxyPort: number, target: string): Promise<void> {
   });
 }
 
-t.test('a proxied connection promotes almost nothing to the old generation', async (t) => {
+/**
+ * Our proxy in a child process (the bench's) with extra V8 flags, to the
+ * target; `trace()`: what V8 printed so far; `fullGc()`: a full GC there.
+ */
+async function startTracedProxy(
+  t: Test,
+  v8Flags: string[],
+): Promise<{ child: ChildProcess; dest: string; port: number; trace: () => string; fullGc: () => Promise<void> }> {
   const target = await startTarget(t);
   const policy = onePolicy({ host: '127.0.0.1', port: portOf(target) });
-  // A 1 MiB young generation: a scavenge every few dozen connections, each traced.
   const child = fork(PROXY_CHILD, ['proxy', JSON.stringify(policy)], {
-    execArgv: [...SUPERVISOR_NODE_FLAGS, '--trace-gc-nvp', '--max-semi-space-size=1', '--expose-gc'],
+    execArgv: [...SUPERVISOR_NODE_FLAGS, ...v8Flags, '--expose-gc'],
     stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
   });
   t.teardown(() => {
@@ -70,14 +76,23 @@ t.test('a proxied connection promotes almost nothing to the old generation', asy
   let trace = '';
   child.stdout!.on('data', (d: Buffer) => (trace += d.toString()));
   const [msg] = (await within(20_000, once(child, 'message'), 'proxy start')) as [{ port: number }];
-  const dest = `127.0.0.1:${portOf(target)}`;
-  const scavenges = (): string[] => trace.split('\n').filter((l) => l.includes('gc=s '));
+  const fullGc = async (): Promise<void> => {
+    child.send('gc');
+    await once(child, 'message');
+  };
+  return { child, dest: `127.0.0.1:${portOf(target)}`, port: msg.port, trace: () => trace, fullGc };
+}
+
+t.test('a proxied connection promotes almost nothing to the old generation', async (t) => {
+  // A 1 MiB young generation: a scavenge every few dozen connections, each traced.
+  const p = await startTracedProxy(t, ['--trace-gc-nvp', '--max-semi-space-size=1']);
+  const scavenges = (): string[] => p.trace().split('\n').filter((l) => l.includes('gc=s '));
   await within(120_000, (async () => {
-    for (let i = 0; i < 2000; i++) await oneTunnel(msg.port, dest); // warm: JIT, heap sizing
+    for (let i = 0; i < 2000; i++) await oneTunnel(p.port, p.dest); // warm: JIT, heap sizing
     const promotedPerConnection = async (): Promise<number> => {
       const before = scavenges().length;
       const n = 2000;
-      for (let i = 0; i < n; i++) await oneTunnel(msg.port, dest);
+      for (let i = 0; i < n; i++) await oneTunnel(p.port, p.dest);
       const measured = scavenges().slice(before);
       t.ok(measured.length >= 10, `scavenges while measuring: ${measured.length}`);
       return measured.reduce((sum, l) => sum + Number(/promoted=(\d+)/.exec(l)?.[1] ?? 0), 0) / n;
@@ -86,40 +101,26 @@ t.test('a proxied connection promotes almost nothing to the old generation', asy
     const fresh = await promotedPerConnection();
     t.ok(fresh < 100, `promoted ${Math.round(fresh)} B per connection`);
     // After a full GC: 500 B per connection with the open sockets and the
-    // pending deadlines in Sets, 100 with the sockets alone, about 30 now.
-    child.send('gc');
-    await once(child, 'message');
+    // pending deadlines in Sets, 100 with the sockets alone, 10-30 now.
+    await p.fullGc();
     const afterFullGc = await promotedPerConnection();
     t.ok(afterFullGc < 64, `after a full GC: promoted ${Math.round(afterFullGc)} B per connection`);
   })(), 'tunnels');
 });
 
 t.test('a full GC between connections keeps the connection path optimised', async (t) => {
-  const target = await startTarget(t);
-  const policy = onePolicy({ host: '127.0.0.1', port: portOf(target) });
-  const child = fork(PROXY_CHILD, ['proxy', JSON.stringify(policy)], {
-    execArgv: [...SUPERVISOR_NODE_FLAGS, '--trace-deopt', '--expose-gc'],
-    stdio: ['ignore', 'pipe', 'inherit', 'ipc'],
-  });
-  t.teardown(() => {
-    child.kill('SIGKILL');
-  });
-  let trace = '';
-  child.stdout!.on('data', (d: Buffer) => (trace += d.toString()));
-  const [msg] = (await within(20_000, once(child, 'message'), 'proxy start')) as [{ port: number }];
-  const dest = `127.0.0.1:${portOf(target)}`;
+  const p = await startTracedProxy(t, ['--trace-deopt']);
   await within(60_000, (async () => {
-    for (let i = 0; i < 3000; i++) await oneTunnel(msg.port, dest);
-    child.send('gc'); // between connections: none is open
-    await once(child, 'message');
-    for (let i = 0; i < 500; i++) await oneTunnel(msg.port, dest);
-    const ended = once(child.stdout!, 'end'); // every trace line is in once the child is gone
-    child.kill();
+    for (let i = 0; i < 3000; i++) await oneTunnel(p.port, p.dest);
+    await p.fullGc(); // between connections: none is open
+    for (let i = 0; i < 500; i++) await oneTunnel(p.port, p.dest);
+    const ended = once(p.child.stdout!, 'end'); // every trace line is in once the child is gone
+    p.child.kill();
     await ended;
   })(), 'tunnels');
   // V8 throws away optimised code whose hidden classes a full GC freed. With
-  // no socket kept, some 65 functions of the connection path went; now ~10.
-  const dropped = trace.split('\n').filter((l) => l.includes('reason: weak objects')).length;
+  // no socket kept, some 65 functions of the connection path went; now ~17.
+  const dropped = p.trace().split('\n').filter((l) => l.includes('reason: weak objects')).length;
   t.ok(dropped < 30, `optimised functions dropped by full GCs: ${dropped}`);
 });
 
