@@ -19,7 +19,7 @@
  * on net.Server internals (`_handle`, `_connections`) and checks for them:
  * where they are missing it leaves Node's own path in place and says so.
  */
-import net, { type Socket } from 'node:net';
+import net from 'node:net';
 import diagnostics from 'node:diagnostics_channel';
 
 type OnConnection = (this: object, err: number, clientHandle: object | undefined) => void;
@@ -95,7 +95,7 @@ export function leanAccept(server: net.Server, hooks: { onread?: () => net.OnRea
     si.server = server;
     si._server = server;
     server.emit('connection', socket);
-    if (serverSocketChannel.hasSubscribers) serverSocketChannel.publish({ socket } satisfies { socket: Socket });
+    if (serverSocketChannel.hasSubscribers) serverSocketChannel.publish({ socket });
   };
   return true;
 }

@@ -75,7 +75,7 @@ const HEAD_LIMIT = 64 * 1024;
 const LINGER_MS = 2000;
 // Larger socket buffers than Node's 16 KiB default: fewer pause/drain round trips on bulk transfers.
 const SOCKET_HWM = 256 * 1024;
-// Socket reads (net `onread`, UpstreamFeed): start at READ_BUF_MIN, grow while reads fill the buffer.
+// Socket reads (net `onread`, ReadFeed): start at READ_BUF_MIN, grow while reads fill the buffer.
 const READ_BUF_MIN = 64 * 1024;
 const READ_BUF_MAX = 256 * 1024;
 const CONNECT_OK = Buffer.from('HTTP/1.1 200 Connection Established\r\n\r\n', 'latin1');
@@ -90,7 +90,7 @@ const discard = (): boolean => true;
  */
 interface Tracked {
   readonly sock: Socket;
-  feed: UpstreamFeed | null;
+  feed: ReadFeed | null;
   linger: Deadline | null;
 }
 const TRACKED = Symbol('egress.tracked');
@@ -106,7 +106,7 @@ interface Upstream {
   sock: Socket;
   reader: SocketReader;
   /** null for a socket from the `connect` test seam: read through 'data' events. */
-  feed: UpstreamFeed | null;
+  feed: ReadFeed | null;
 }
 
 /**
@@ -122,7 +122,7 @@ interface Upstream {
 const spareBuffers: Buffer[] = [];
 const SPARE_MAX = 64;
 
-class UpstreamFeed {
+class ReadFeed {
   #buf: Buffer | null = null;
   #grow = false;
   kept = false;
@@ -193,7 +193,7 @@ class UpstreamFeed {
  * backpressure (pause `src` while `dst` is full), `src`'s end ends `dst`, and
  * an abnormal close (error, reset, close before end) of either destroys the other.
  */
-function relay(src: Socket, dst: Socket, feed: UpstreamFeed | null): void {
+function relay(src: Socket, dst: Socket, feed: ReadFeed | null): void {
   src.once('close', () => {
     if (!src.readableEnded || !src.writableFinished) dst.destroy();
   });
@@ -343,7 +343,7 @@ type Checked = { addrs: IpAddr[] } | { deny: string } | { error: string };
 interface Dialed {
   addr: IpAddr;
   sock: Socket;
-  feed: UpstreamFeed | null;
+  feed: ReadFeed | null;
 }
 
 type DialFailure = { status: number; reason: string };
@@ -371,7 +371,7 @@ class EgressServer implements EgressProxy {
   #port = 0;
   #closed: Promise<void> | null = null;
   /** The feed of the socket being accepted, between leanAccept's onread hook and #onConnection. */
-  #acceptedFeed: UpstreamFeed | null = null;
+  #acceptedFeed: ReadFeed | null = null;
 
   constructor(opts: EgressProxyOptions) {
     this.#opts = opts;
@@ -431,10 +431,10 @@ class EgressServer implements EgressProxy {
       });
     });
     this.#server.on('error', (err) => this.#log.error({ err }, 'egress listener error'));
-    // Clients read like upstreams: into a reused buffer (UpstreamFeed), no 'data' events.
+    // Clients read like upstreams: into a reused buffer (ReadFeed), no 'data' events.
     const accepted = leanAccept(this.#server, {
       onread: () => {
-        const feed = new UpstreamFeed();
+        const feed = new ReadFeed();
         this.#acceptedFeed = feed;
         return feed.onread;
       },
@@ -456,21 +456,18 @@ class EgressServer implements EgressProxy {
     return this.#closed;
   }
 
-  #track(s: Socket): void {
+  #track(s: Socket, feed: ReadFeed | null): void {
     s.setNoDelay(true);
     s.on('error', noop); // errors surface through readers and pipelines; never crash the process
-    (s as TrackedSocket)[TRACKED] = this.#sockets.add({ sock: s, feed: null, linger: null });
+    (s as TrackedSocket)[TRACKED] = this.#sockets.add({ sock: s, feed, linger: null });
     s.once('close', this.#untrack);
+    if (feed) s.once('close', feed.release);
   }
 
   #onConnection(client: Socket): void {
     const feed = this.#acceptedFeed;
     this.#acceptedFeed = null;
-    this.#track(client);
-    if (feed) {
-      (client as TrackedSocket)[TRACKED]!.value.feed = feed;
-      client.once('close', feed.release);
-    }
+    this.#track(client, feed);
     if (this.#closed) {
       client.destroy();
       return;
@@ -671,7 +668,7 @@ class EgressServer implements EgressProxy {
         });
       }
       const addr = addrs[i++]!;
-      const feed = this.#opts.connect ? null : new UpstreamFeed();
+      const feed = this.#opts.connect ? null : new ReadFeed();
       const s = feed
         ? net.connect({
             host: addr.text,
@@ -687,8 +684,7 @@ class EgressServer implements EgressProxy {
             decodeStrings: false,
           } as net.NetConnectOpts)
         : this.#opts.connect!(addr.text, port);
-      this.#track(s);
-      if (feed) s.once('close', feed.release);
+      this.#track(s, feed);
       const onError = (err: Error): void => {
         this.#deadlines.delete(timer);
         s.off('connect', onConnect);
@@ -994,7 +990,7 @@ class EgressServer implements EgressProxy {
    * bytes both ways, no idle timeout. Bytes already read past the last head
    * go first.
    */
-  #splice(client: Socket, cr: SocketReader, upSock: Socket, feed: UpstreamFeed | null, ur: SocketReader | null): void {
+  #splice(client: Socket, cr: SocketReader, upSock: Socket, feed: ReadFeed | null, ur: SocketReader | null): void {
     // `relay` below takes over both sockets' reads in this tick.
     const fromClient = cr.detach(false);
     const clientFeed = (client as TrackedSocket)[TRACKED]?.value.feed ?? null;

@@ -7,7 +7,7 @@ import { once } from 'node:events';
 import { fileURLToPath } from 'node:url';
 import { leanAccept } from '../../src/egress/accept.js';
 import { SUPERVISOR_NODE_FLAGS } from '../../src/paths.js';
-import { onePolicy, portOf, within } from './fixtures/helpers.js';
+import { onePolicy, portOf, startTcp, within } from './fixtures/helpers.js';
 
 /*
  * A new connection through the proxy must leave (almost) nothing for the old
@@ -22,15 +22,9 @@ import { onePolicy, portOf, within } from './fixtures/helpers.js';
 const here = path.dirname(fileURLToPath(import.meta.url));
 const PROXY_CHILD = path.join(here, '..', '..', 'dist', 'bench', 'egress-child.js');
 
-async function startTarget(t: Test): Promise<net.Server> {
-  const server = net.createServer((s) => {
-    s.on('error', () => {});
-    s.once('data', () => s.end('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok'));
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  t.teardown(() => server.close());
-  return server;
+/** Answers one request per connection, then closes. */
+function startTarget(t: Test): Promise<net.Server> {
+  return startTcp(t, (s) => s.once('data', () => s.end('HTTP/1.1 200 OK\r\nContent-Length: 2\r\nConnection: close\r\n\r\nok')));
 }
 
 /** One CONNECT through the proxy, one request inside, then close. */

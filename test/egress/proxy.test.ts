@@ -12,6 +12,7 @@ import {
   portOf,
   startHttp,
   startProxy,
+  startTcp,
   within,
 } from './fixtures/helpers.js';
 
@@ -247,13 +248,9 @@ t.test('100 Continue is forwarded and the body follows', async (t) => {
 });
 
 t.test('unsolicited 101 is a protocol error: 502 and close', async (t) => {
-  const evil = net.createServer((s) => {
-    s.on('error', () => {});
-    s.once('data', () => s.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nRAWBYTES'));
-  });
-  evil.listen(0, '127.0.0.1');
-  await once(evil, 'listening');
-  t.teardown(() => evil.close());
+  const evil = await startTcp(t, (s) =>
+    s.once('data', () => s.write('HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\nRAWBYTES')),
+  );
   for (const rest of [false, true]) {
     const { proxy } = await startProxy(t, onePolicy(rest ? { host: API, port: portOf(evil), protocol: 'rest', access: 'full' } : { host: API, port: portOf(evil) }));
     await within(5000, (async () => {

@@ -3,7 +3,7 @@ import net from 'node:net';
 import http from 'node:http';
 import { once } from 'node:events';
 import { createHash, randomBytes } from 'node:crypto';
-import { connectVia, onePolicy, portOf, startHttp, startProxy, within } from './fixtures/helpers.js';
+import { connectVia, onePolicy, portOf, startHttp, startProxy, startTcp, within } from './fixtures/helpers.js';
 import { slowCollect } from '../helpers/streams.js';
 
 /*
@@ -13,25 +13,6 @@ import { slowCollect } from '../helpers/streams.js';
  */
 
 const sha = (b: Buffer): string => createHash('sha256').update(b).digest('hex');
-
-async function startTcp(t: Test, onConn: (s: net.Socket) => void): Promise<net.Server> {
-  const server = net.createServer({ allowHalfOpen: true }, (s) => {
-    s.on('error', () => {});
-    onConn(s);
-  });
-  server.listen(0, '127.0.0.1');
-  await once(server, 'listening');
-  const open = new Set<net.Socket>();
-  server.on('connection', (s) => {
-    open.add(s);
-    s.on('close', () => open.delete(s));
-  });
-  t.teardown(() => {
-    for (const s of open) s.destroy();
-    server.close();
-  });
-  return server;
-}
 
 t.test('L4 tunnel: 24 MiB each way intact under backpressure, FIN forwarded one way at a time', async (t) => {
   const down = randomBytes(24 << 20);
