@@ -1,4 +1,5 @@
 import type { Socket } from 'node:net';
+import { send, SENT, HELD, FULL, type SendResult } from './raw-write.js';
 
 /*
  * A small incremental HTTP/1.1 reader: it only parses heads and finds body
@@ -213,7 +214,7 @@ export class SocketReader {
    */
   pipeBody(dst: Socket, framing: Framing, head: Buffer | null = null): Promise<void> | null {
     if (framing.kind === 'none' || (head !== null && this.#queue.length === 0)) {
-      if (head !== null) dst.write(head);
+      if (head !== null) send(dst, head);
       if (framing.kind === 'none') return null;
       head = null;
     }
@@ -274,15 +275,15 @@ export class SocketReader {
         }
       } else this.unshift(rest);
     }
-    let ok = true;
+    let r: SendResult = SENT;
     if (p.head !== null) {
-      ok = writeJoined(dst, p.head, body);
+      r = writeJoined(dst, p.head, body);
       p.head = null;
-    } else if (body.length > 0) ok = dst.write(body);
+    } else if (body.length > 0) r = send(dst, body);
     // Not flushed synchronously: the socket holds a reference to the read buffer.
-    if (this.#owner !== null && dst.writableLength > 0) this.#owner.kept = true;
+    if (this.#owner !== null && r !== SENT) this.#owner.kept = true;
     if (end >= 0) return this.#pumpFinish(p, null);
-    if (!ok) {
+    if (r === FULL) {
       p.waiting = true;
       this.sock.pause();
       dst.on('drain', p.onDrain);
@@ -626,16 +627,16 @@ export class BodyError extends Error {}
 const JOIN_COPY_MAX = 16 * 1024;
 
 /** Write `head` and `chunk` with one syscall. */
-function writeJoined(dst: Socket, head: Buffer, chunk: Buffer): boolean {
-  if (chunk.length === 0) return dst.write(head);
+function writeJoined(dst: Socket, head: Buffer, chunk: Buffer): SendResult {
+  if (chunk.length === 0) return send(dst, head);
   // Usually both are views of the one chunk the head was read from: write it as is.
   if (head.buffer === chunk.buffer && head.byteOffset + head.length === chunk.byteOffset) {
-    return dst.write(Buffer.from(head.buffer, head.byteOffset, head.length + chunk.length));
+    return send(dst, Buffer.from(head.buffer, head.byteOffset, head.length + chunk.length));
   }
-  if (chunk.length <= JOIN_COPY_MAX) return dst.write(Buffer.concat([head, chunk], head.length + chunk.length));
+  if (chunk.length <= JOIN_COPY_MAX) return send(dst, Buffer.concat([head, chunk], head.length + chunk.length));
   dst.cork();
   dst.write(head);
   const ok = dst.write(chunk);
   dst.uncork();
-  return ok;
+  return ok ? HELD : FULL;
 }

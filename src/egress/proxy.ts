@@ -5,6 +5,7 @@ import { DeadlineSweep, type Deadline } from './deadlines.js';
 import { leanAccept } from './accept.js';
 import { LinkedSet, type Link } from './linked-set.js';
 import { Exemplars } from './exemplars.js';
+import { send, SENT, FULL } from './raw-write.js';
 import type { Logger } from '../log.js';
 import { internalReason, normalizeHost, parseIp, type HostName, type IpAddr } from './ip.js';
 import {
@@ -177,13 +178,12 @@ class ReadFeed {
     return (c) => r.push(c);
   }
 
-  /** Sink writing raw bytes to `dst` with backpressure. */
+  /** Sink writing raw bytes to `dst` with backpressure (false: wait for 'drain'). */
   writeSink(dst: Socket): (chunk: Buffer) => boolean {
     return (c) => {
-      const ok = dst.write(c);
-      // Not flushed synchronously: the socket holds a reference to the read buffer.
-      if (dst.writableLength > 0) this.kept = true;
-      return ok;
+      const r = send(dst, c);
+      if (r !== SENT) this.kept = true;
+      return r !== FULL;
     };
   }
 }
