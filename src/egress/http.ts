@@ -367,48 +367,75 @@ export class SocketReader {
   }
 }
 
-interface ParsedHead {
-  lines: string[]; // header lines as sent
-  fields: Map<string, string[]>;
-  connection: Set<string>;
+/** What the proxy needs from a head's header fields. */
+interface HeadFields {
+  /** Header lines as sent (the start line excluded). */
+  lines: string[];
+  transferEncoding: string[] | null;
+  contentLength: string[] | null;
+  upgrade: boolean;
+  /** Connection tokens (lower-case) the proxy acts on. */
+  close: boolean;
+  keepAlive: boolean;
+  connUpgrade: boolean;
 }
 
-function parseFields(lines: string[], from: number): ParsedHead | string {
-  const fields = new Map<string, string[]>();
-  const out: string[] = [];
-  for (let i = from; i < lines.length; i++) {
-    const line = lines[i]!;
+// Every field line well formed (RFC 9112 5: token ":" value, no CR, LF or NUL), as one native match.
+const FIELD_LINES = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\0]*(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\0]*)*$/;
+
+/**
+ * The fields of `text` (a head without its final CRLF CRLF) from `from`,
+ * the first field line, or the reason the head is malformed. Only the fields
+ * the proxy acts on are decoded; every line is checked.
+ */
+function headFields(text: string, from: number): HeadFields | string {
+  const f: HeadFields = { lines: [], transferEncoding: null, contentLength: null, upgrade: false, close: false, keepAlive: false, connUpgrade: false };
+  if (from >= text.length) return f;
+  const section = text.slice(from);
+  if (!FIELD_LINES.test(section)) return fieldProblem(section);
+  const lines = section.split('\r\n');
+  f.lines = lines;
+  for (const line of lines) {
     const colon = line.indexOf(':');
-    if (colon <= 0) return 'malformed header line';
-    const name = line.slice(0, colon);
-    if (!TOKEN.test(name)) return 'invalid header name';
-    const value = line.slice(colon + 1).trim();
-    // CR and LF cannot occur here: `splitHead` rejected them.
-    if (value.includes('\0')) return 'invalid header value';
-    const key = name.toLowerCase();
-    const list = fields.get(key);
-    if (list) list.push(value);
-    else fields.set(key, [value]);
-    out.push(line);
-  }
-  const connection = new Set<string>();
-  for (const v of fields.get('connection') ?? []) {
-    for (const t of v.split(',')) {
-      const tok = t.trim().toLowerCase();
-      if (tok) connection.add(tok);
+    // Only names of these lengths can be fields the proxy acts on.
+    if (colon !== 7 && colon !== 10 && colon !== 14 && colon !== 17) continue;
+    const name = line.slice(0, colon).toLowerCase();
+    if (name === 'content-length') (f.contentLength ??= []).push(line.slice(colon + 1).trim());
+    else if (name === 'transfer-encoding') (f.transferEncoding ??= []).push(line.slice(colon + 1).trim());
+    else if (name === 'upgrade') f.upgrade = true;
+    else if (name === 'connection') {
+      for (const t of line.slice(colon + 1).split(',')) {
+        const tok = t.trim().toLowerCase();
+        if (tok === 'close') f.close = true;
+        else if (tok === 'keep-alive') f.keepAlive = true;
+        else if (tok === 'upgrade') f.connUpgrade = true;
+      }
     }
   }
-  return { lines: out, fields, connection };
+  return f;
 }
 
-function splitHead(raw: Buffer): string[] | null {
+/** Why field lines failed FIELD_LINES (the first problem, line by line). */
+function fieldProblem(section: string): string {
+  for (const line of section.split('\r\n')) {
+    if (line.includes('\n') || line.includes('\r')) return 'bare CR or LF in head';
+    const colon = line.indexOf(':');
+    if (colon <= 0) return 'malformed header line';
+    if (!TOKEN.test(line.slice(0, colon))) return 'invalid header name';
+    if (line.includes('\0')) return 'invalid header value';
+  }
+  return 'malformed header line';
+}
+
+/** A head's text without its final CRLF CRLF, and where its first field line starts. */
+function startLine(raw: Buffer): { text: string; line: string; from: number } {
   const text = raw.toString('latin1', 0, raw.length - 4);
-  const lines = text.split('\r\n');
-  for (const l of lines) if (l.includes('\n') || l.includes('\r')) return null;
-  return lines;
+  const eol = text.indexOf('\r\n');
+  return eol < 0 ? { text, line: text, from: text.length } : { text, line: text.slice(0, eol), from: eol + 2 };
 }
 
 export type Framing = { kind: 'none' } | { kind: 'length'; length: number } | { kind: 'chunked' } | { kind: 'close' };
+const FRAMING_NONE: Framing = { kind: 'none' };
 
 export interface RequestHead {
   raw: Buffer;
@@ -416,7 +443,6 @@ export interface RequestHead {
   target: string;
   version: '1.0' | '1.1';
   lines: string[];
-  fields: Map<string, string[]>;
   framing: Framing;
   keepAlive: boolean;
   upgrade: boolean;
@@ -425,7 +451,8 @@ export interface RequestHead {
 export interface ResponseHead {
   raw: Buffer;
   status: number;
-  fields: Map<string, string[]>;
+  transferEncoding: string[] | null;
+  contentLength: string[] | null;
   keepAlive: boolean;
 }
 
@@ -448,16 +475,16 @@ function contentLength(values: string[]): number | null | 'bad' {
 }
 
 export function parseRequestHead(raw: Buffer): RequestHead | string {
-  const lines = splitHead(raw);
-  if (!lines) return 'bare CR or LF in head';
-  const m = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\s]+) HTTP\/1\.([01])$/.exec(lines[0]!);
-  if (!m) return 'malformed request line';
-  const f = parseFields(lines, 1);
+  const { text, line, from } = startLine(raw);
+  // `$` without the m flag, and no \s in the target: a bare CR or LF fails the match.
+  const m = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\s]+) HTTP\/1\.([01])$/.exec(line);
+  if (!m) return line.includes('\n') || line.includes('\r') ? 'bare CR or LF in head' : 'malformed request line';
+  const f = headFields(text, from);
   if (typeof f === 'string') return f;
   const version = m[3] === '1' ? '1.1' : '1.0';
-  const te = f.fields.get('transfer-encoding');
-  const cl = f.fields.get('content-length');
-  let framing: Framing = { kind: 'none' };
+  const te = f.transferEncoding;
+  const cl = f.contentLength;
+  let framing: Framing = FRAMING_NONE;
   if (te) {
     // RFC 9112 6.1: both is a smuggling vector; a request body must end chunked.
     if (cl) return 'both Transfer-Encoding and Content-Length';
@@ -468,38 +495,39 @@ export function parseRequestHead(raw: Buffer): RequestHead | string {
     if (n === 'bad') return 'invalid Content-Length';
     if (n) framing = { kind: 'length', length: n };
   }
-  const keepAlive = version === '1.1' ? !f.connection.has('close') : f.connection.has('keep-alive');
-  const upgrade = f.fields.has('upgrade') && f.connection.has('upgrade');
   return {
     raw,
     method: m[1]!,
     target: m[2]!,
     version,
     lines: f.lines,
-    fields: f.fields,
     framing,
-    keepAlive,
-    upgrade,
+    keepAlive: version === '1.1' ? !f.close : f.keepAlive,
+    upgrade: f.upgrade && f.connUpgrade,
   };
 }
 
 export function parseResponseHead(raw: Buffer): ResponseHead | string {
-  const lines = splitHead(raw);
-  if (!lines) return 'bare CR or LF in head';
-  const m = /^HTTP\/1\.([01]) (\d{3})(?: .*)?$/.exec(lines[0]!);
-  if (!m) return 'malformed status line';
-  const f = parseFields(lines, 1);
+  const { text, line, from } = startLine(raw);
+  const m = /^HTTP\/1\.([01]) (\d{3})(?: .*)?$/.exec(line);
+  if (!m) return line.includes('\n') || line.includes('\r') ? 'bare CR or LF in head' : 'malformed status line';
+  const f = headFields(text, from);
   if (typeof f === 'string') return f;
-  const keepAlive = m[1] === '1' ? !f.connection.has('close') : f.connection.has('keep-alive');
-  return { raw, status: Number(m[2]), fields: f.fields, keepAlive };
+  return {
+    raw,
+    status: Number(m[2]),
+    transferEncoding: f.transferEncoding,
+    contentLength: f.contentLength,
+    keepAlive: m[1] === '1' ? !f.close : f.keepAlive,
+  };
 }
 
 /** RFC 9112 6.3: how the response body is delimited. */
 export function responseFraming(method: string, res: ResponseHead): Framing | string {
   if (method === 'HEAD' || res.status < 200 || res.status === 204 || res.status === 304) return { kind: 'none' };
-  const te = res.fields.get('transfer-encoding');
+  const te = res.transferEncoding;
   if (te) return chunkedLast(te) ? { kind: 'chunked' } : { kind: 'close' };
-  const cl = res.fields.get('content-length');
+  const cl = res.contentLength;
   if (cl) {
     const n = contentLength(cl);
     if (n === 'bad') return 'invalid Content-Length';
