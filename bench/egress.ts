@@ -11,7 +11,7 @@ import path from 'node:path';
 import { fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, mkdir, writeFile, rm, chmod } from 'node:fs/promises';
-import { existsSync } from 'node:fs';
+import { existsSync, readdirSync, readFileSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { setTimeout as delay } from 'node:timers/promises';
 import WebSocket from 'ws';
@@ -24,7 +24,27 @@ type Kind = 'direct' | 'ours-L4' | 'ours-L7' | 'squid' | 'tinyproxy';
 interface Peer {
   kind: Kind;
   port: number | null; // null = direct
+  /** The proxy's process, for its CPU time (null: direct). */
+  pid: number | null;
   stop(): Promise<void>;
+}
+
+/**
+ * CPU time of a process, all its threads, in ns (Linux `schedstat`; null
+ * elsewhere). Threads that exit meanwhile are not counted: the peers here
+ * keep theirs.
+ */
+function cpuNs(pid: number | null): number | null {
+  if (pid === null) return null;
+  try {
+    let ns = 0;
+    for (const task of readdirSync(`/proc/${pid}/task`)) {
+      ns += Number(readFileSync(`/proc/${pid}/task/${task}/schedstat`, 'latin1').split(' ')[0]);
+    }
+    return ns;
+  } catch {
+    return null;
+  }
 }
 
 const children: ChildProcess[] = [];
@@ -129,7 +149,7 @@ async function startSquid(dir: string): Promise<Peer | null> {
     await stopChild(child);
     return null;
   }
-  return { kind: 'squid', port, stop: () => stopChild(child) };
+  return { kind: 'squid', port, pid: child.pid ?? null, stop: () => stopChild(child) };
 }
 
 async function startTinyproxy(dir: string): Promise<Peer | null> {
@@ -151,7 +171,7 @@ async function startTinyproxy(dir: string): Promise<Peer | null> {
     await stopChild(child);
     return null;
   }
-  return { kind: 'tinyproxy', port, stop: () => stopChild(child) };
+  return { kind: 'tinyproxy', port, pid: child.pid ?? null, stop: () => stopChild(child) };
 }
 
 async function startOurs(kind: 'ours-L4' | 'ours-L7', httpPort: number): Promise<Peer> {
@@ -162,7 +182,7 @@ async function startOurs(kind: 'ours-L4' | 'ours-L7', httpPort: number): Promise
   const policy = { version: 1, network_policies: { bench: { endpoints: [endpoint] } } };
   // The proxy runs inside the supervisor in production: same Node flags here.
   const { child, msg } = await forkChild(['proxy', JSON.stringify(policy)], SUPERVISOR_NODE_FLAGS);
-  return { kind, port: msg.port!, stop: () => stopChild(child) };
+  return { kind, port: msg.port!, pid: child.pid ?? null, stop: () => stopChild(child) };
 }
 
 // ------------------------------------------------------------ raw client
@@ -405,7 +425,7 @@ export async function runEgressBench(opts: { quick?: boolean } = {}): Promise<{ 
   try {
     const servers = await forkChild(['servers']);
     const ctx: Ctx = { ...ctx0, httpPort: servers.msg.httpPort! };
-    peers.push({ kind: 'direct', port: null, stop: async () => {} });
+    peers.push({ kind: 'direct', port: null, pid: null, stop: async () => {} });
     peers.push(await startOurs('ours-L4', ctx.httpPort));
     peers.push(await startOurs('ours-L7', ctx.httpPort));
     const squid = await safely(() => startSquid(dir));
@@ -435,7 +455,7 @@ export async function runEgressBench(opts: { quick?: boolean } = {}): Promise<{ 
 
     // Every metric runs all peers in interleaved rounds: latency samples are pooled, throughput is the median round.
     const live = kinds.map((k) => byKind.get(k)).filter((p): p is Peer => !!p);
-    const rounds = ctx.quick ? 2 : 5;
+    const rounds = ctx.quick ? 2 : 10;
     type Metric = { name: string; better: 'higher' | 'lower'; run: () => Promise<Map<Kind, number>> };
     const memo = <T>(f: () => Promise<T>): (() => Promise<T>) => {
       let p: Promise<T> | null = null;
@@ -446,34 +466,45 @@ export async function runEgressBench(opts: { quick?: boolean } = {}): Promise<{ 
       const r = await interleaved(live, ctx.quick ? 2 : 3, (p) => bulk(p, ctx, mode, size));
       return new Map([...r].map(([k, v]) => [k, median(v)]));
     };
-    const pooled = (run: (p: Peer) => Promise<number[]>) =>
+    // Latency samples pooled over the rounds, and the proxy's CPU time per request over the same runs.
+    type Pooled = Map<Kind, { p50: number; p99: number; cpuUs: number | null } | null>;
+    const pooled = (run: (p: Peer) => Promise<number[]>): (() => Promise<Pooled>) =>
       memo(async () => {
-        const r = await interleaved(live, rounds, run);
+        const r = await interleaved(live, rounds, async (p) => {
+          const c0 = cpuNs(p.pid);
+          const samples = await run(p);
+          const c1 = cpuNs(p.pid);
+          return { samples, cpuNs: c0 !== null && c1 !== null ? c1 - c0 : null };
+        });
         return new Map(
           [...r].map(([k, v]) => {
-            const all = v.flat().sort((a, b) => a - b);
-            return [k, all.length ? { p50: pct(all, 50), p99: pct(all, 99) } : null] as const;
+            const all = v.flatMap((x) => x.samples).sort((a, b) => a - b);
+            const cpu = v.every((x) => x.cpuNs !== null) ? v.reduce((a, x) => a + x.cpuNs!, 0) : null;
+            const stats = all.length ? { p50: pct(all, 50), p99: pct(all, 99), cpuUs: cpu === null ? null : cpu / 1000 / all.length } : null;
+            return [k, stats] as const;
           }),
         );
       });
-    const pick = (f: () => Promise<Map<Kind, { p50: number; p99: number } | null>>, q: 'p50' | 'p99') => async (): Promise<Map<Kind, number>> =>
-      new Map([...(await f())].map(([k, v]) => [k, v ? v[q] : NaN]));
+    const pick = (f: () => Promise<Pooled>, q: 'p50' | 'p99' | 'cpuUs') => async (): Promise<Map<Kind, number>> =>
+      new Map([...(await f())].map(([k, v]) => [k, v?.[q] ?? NaN]));
     const metrics: Metric[] = [
       { name: 'CONNECT bulk MB/s', better: 'higher', run: throughput('connect') },
       { name: 'forward bulk MB/s', better: 'higher', run: throughput('forward') },
     ];
     for (const conc of [1, 32]) {
       for (const mode of ['tunnel', 'new-connect', 'forward'] as const) {
-        const ms = (ctx.quick ? 400 : 1500) / rounds;
+        const ms = (ctx.quick ? 400 : 3000) / rounds;
         const get = pooled((p) => latency(p, ctx, mode, conc, ms));
         const label = mode === 'tunnel' ? 'reused tunnel' : mode === 'new-connect' ? 'new CONNECT/req' : 'forward keep-alive';
         metrics.push({ name: `${label} c=${conc} p50 ms`, better: 'lower', run: pick(get, 'p50') });
         metrics.push({ name: `${label} c=${conc} p99 ms`, better: 'lower', run: pick(get, 'p99') });
+        if (conc === 32) metrics.push({ name: `${label} c=${conc} proxy CPU µs/req`, better: 'lower', run: pick(get, 'cpuUs') });
       }
     }
-    const ws = pooled((p) => wsEcho(p, ctx, (ctx.quick ? 500 : 3000) / rounds));
+    const ws = pooled((p) => wsEcho(p, ctx, (ctx.quick ? 500 : 6000) / rounds));
     metrics.push({ name: 'WebSocket echo RTT p50 µs', better: 'lower', run: pick(ws, 'p50') });
     metrics.push({ name: 'WebSocket echo RTT p99 µs', better: 'lower', run: pick(ws, 'p99') });
+    metrics.push({ name: 'WebSocket echo proxy CPU µs/msg', better: 'lower', run: pick(ws, 'cpuUs') });
 
     const rows: Row[] = [];
     for (const m of metrics) {

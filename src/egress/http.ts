@@ -35,19 +35,15 @@ class BodyPump {
   error: Error | null = null;
   resolve: (() => void) | null = null;
   reject: ((err: Error) => void) | null = null;
-  readonly onDrain: () => void;
+  /** The drain listener, made the first time the pump waits (most bodies never do). */
+  onDrain: (() => void) | null = null;
 
-  constructor(dst: Socket, framing: Framing, head: Buffer | null, onDrain: (p: BodyPump) => void) {
+  constructor(dst: Socket, framing: Framing, head: Buffer | null) {
     this.dst = dst;
     this.close = framing.kind === 'close';
     this.remaining = framing.kind === 'length' ? framing.length : 0;
     this.scanner = framing.kind === 'chunked' ? new ChunkedScanner() : null;
     this.head = head;
-    this.onDrain = () => {
-      dst.off('drain', this.onDrain);
-      dst.off('close', this.onDrain);
-      onDrain(this);
-    };
   }
 }
 
@@ -218,7 +214,7 @@ export class SocketReader {
       if (framing.kind === 'none') return null;
       head = null;
     }
-    const p = new BodyPump(dst, framing, head, this.#onPumpDrain);
+    const p = new BodyPump(dst, framing, head);
     this.#pump = p;
     this.#pumpRun(p);
     if (p.done) return p.error ? Promise.reject(p.error) : null;
@@ -240,12 +236,12 @@ export class SocketReader {
     else if (!this.#paused && !this.#detached) this.sock.resume();
   }
 
-  #onPumpDrain = (p: BodyPump): void => {
+  #onPumpDrain(p: BodyPump): void {
     if (this.#pump !== p) return;
     p.waiting = false;
     if (p.dst.destroyed) return this.#pumpFinish(p, new BodyError('peer closed'));
     this.#pumpRun(p);
-  };
+  }
 
   #pumpChunk(p: BodyPump, c: Buffer): void {
     let end = -1;
@@ -286,8 +282,13 @@ export class SocketReader {
     if (r === FULL) {
       p.waiting = true;
       this.sock.pause();
-      dst.on('drain', p.onDrain);
-      dst.on('close', p.onDrain);
+      const onDrain = (p.onDrain ??= (): void => {
+        dst.off('drain', onDrain);
+        dst.off('close', onDrain);
+        this.#onPumpDrain(p);
+      });
+      dst.on('drain', onDrain);
+      dst.on('close', onDrain);
     }
   }
 
@@ -310,7 +311,7 @@ export class SocketReader {
     p.done = true;
     p.error = err;
     if (this.#pump === p) this.#pump = null;
-    if (p.waiting) {
+    if (p.waiting && p.onDrain !== null) {
       p.dst.off('drain', p.onDrain);
       p.dst.off('close', p.onDrain);
     }
@@ -357,62 +358,74 @@ export class SocketReader {
     return this.#eof || this.#err ? 'truncated' : undefined;
   }
 
-  /** `takeHead`, waiting for bytes as needed. */
-  async readHead(limit: number, connectLimit = limit): Promise<Buffer | 'too-large' | 'truncated' | null> {
-    for (;;) {
-      const h = this.takeHead(limit, connectLimit);
-      if (h !== undefined) return h;
-      await new Promise<void>((r) => (this.#wake = r));
-    }
-  }
-}
+  /** `takeHead`, waiting for bytes as needed (not async: one promise, no async frame, per head). */
+  readHead(limit: number, connectLimit = limit): Promise<Buffer | 'too-large' | 'truncated' | null> {
+    const h = this.takeHead(limit, connectLimit);
+    if (h !== undefined) return Promise.resolve(h);
+    return new Promise((resolve) => {
+      const retry = (): void => {
+        const next = this.takeHead(limit, connectLimit);
+        if (next === undefined) this.#wake = retry;
+        else resolve(next);
+      };
+      this.#wake = retry;
+    });
+  }}
 
 /** What the proxy needs from a head's header fields. */
 interface HeadFields {
-  /** Header lines as sent (the start line excluded). */
-  lines: string[];
   transferEncoding: string[] | null;
   contentLength: string[] | null;
   upgrade: boolean;
-  /** Connection tokens (lower-case) the proxy acts on. */
+  /** Connection tokens the proxy acts on. */
   close: boolean;
   keepAlive: boolean;
   connUpgrade: boolean;
 }
 
-// Every field line well formed (RFC 9112 5: token ":" value, no CR, LF or NUL), as one native match.
-const FIELD_LINES = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\0]*(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\0]*)*$/;
+// Every field line well formed (RFC 9112 5: token ":" value, no CR, LF or NUL), as one native match from lastIndex.
+const FIELD_LINES = /[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\0]*(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\0]*)*$/y;
 
 /**
  * The fields of `text` (a head without its final CRLF CRLF) from `from`,
- * the first field line, or the reason the head is malformed. Only the fields
- * the proxy acts on are decoded; every line is checked.
+ * the first field line, or the reason the head is malformed. Every line is
+ * checked; only the fields the proxy acts on are decoded, without splitting
+ * the head into lines.
  */
 function headFields(text: string, from: number): HeadFields | string {
-  const f: HeadFields = { lines: [], transferEncoding: null, contentLength: null, upgrade: false, close: false, keepAlive: false, connUpgrade: false };
-  if (from >= text.length) return f;
-  const section = text.slice(from);
-  if (!FIELD_LINES.test(section)) return fieldProblem(section);
-  const lines = section.split('\r\n');
-  f.lines = lines;
-  for (const line of lines) {
-    const colon = line.indexOf(':');
+  const f: HeadFields = { transferEncoding: null, contentLength: null, upgrade: false, close: false, keepAlive: false, connUpgrade: false };
+  const end = text.length;
+  if (from >= end) return f;
+  FIELD_LINES.lastIndex = from;
+  if (!FIELD_LINES.test(text)) return fieldProblem(text.slice(from));
+  for (let pos = from; pos < end; ) {
+    let eol = text.indexOf('\r\n', pos);
+    if (eol < 0) eol = end;
+    const colon = text.indexOf(':', pos);
+    const n = colon - pos;
     // Only names of these lengths can be fields the proxy acts on.
-    if (colon !== 7 && colon !== 10 && colon !== 14 && colon !== 17) continue;
-    const name = line.slice(0, colon).toLowerCase();
-    if (name === 'content-length') (f.contentLength ??= []).push(line.slice(colon + 1).trim());
-    else if (name === 'transfer-encoding') (f.transferEncoding ??= []).push(line.slice(colon + 1).trim());
-    else if (name === 'upgrade') f.upgrade = true;
-    else if (name === 'connection') {
-      for (const t of line.slice(colon + 1).split(',')) {
-        const tok = t.trim().toLowerCase();
-        if (tok === 'close') f.close = true;
-        else if (tok === 'keep-alive') f.keepAlive = true;
-        else if (tok === 'upgrade') f.connUpgrade = true;
+    if (n === 7 || n === 10 || n === 14 || n === 17) {
+      const name = text.slice(pos, colon).toLowerCase();
+      if (name === 'content-length') (f.contentLength ??= []).push(text.slice(colon + 1, eol).trim());
+      else if (name === 'transfer-encoding') (f.transferEncoding ??= []).push(text.slice(colon + 1, eol).trim());
+      else if (name === 'upgrade') f.upgrade = true;
+      else if (name === 'connection') {
+        for (const t of text.slice(colon + 1, eol).split(',')) {
+          const tok = t.trim().toLowerCase();
+          if (tok === 'close') f.close = true;
+          else if (tok === 'keep-alive') f.keepAlive = true;
+          else if (tok === 'upgrade') f.connUpgrade = true;
+        }
       }
     }
+    pos = eol + 2;
   }
   return f;
+}
+
+/** A request's header lines as sent (the request line excluded). */
+export function headerLines(req: RequestHead): string[] {
+  return req.fieldsFrom >= req.text.length ? [] : req.text.slice(req.fieldsFrom).split('\r\n');
 }
 
 /** Why field lines failed FIELD_LINES (the first problem, line by line). */
@@ -442,7 +455,9 @@ export interface RequestHead {
   method: string;
   target: string;
   version: '1.0' | '1.1';
-  lines: string[];
+  /** The head as text without its final CRLF CRLF; its field lines start at `fieldsFrom` (see `headerLines`). */
+  text: string;
+  fieldsFrom: number;
   framing: Framing;
   keepAlive: boolean;
   upgrade: boolean;
@@ -500,7 +515,8 @@ export function parseRequestHead(raw: Buffer): RequestHead | string {
     method: m[1]!,
     target: m[2]!,
     version,
-    lines: f.lines,
+    text,
+    fieldsFrom: from,
     framing,
     keepAlive: version === '1.1' ? !f.close : f.keepAlive,
     upgrade: f.upgrade && f.connUpgrade,

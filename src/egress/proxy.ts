@@ -19,6 +19,7 @@ import {
 } from './policy.js';
 import {
   SocketReader,
+  headerLines,
   parseRequestHead,
   parseResponseHead,
   responseFraming,
@@ -323,10 +324,16 @@ function jsonResponse(status: number, body: object): Buffer {
   );
 }
 
+/** A failed exchange: a 502 unless the client already has (part of) a response or the request body failed. */
+function badGateway(client: Socket, quiet: boolean, reason: string): 'close' {
+  if (!quiet) client.write(jsonResponse(502, { error: 'Bad Gateway', reason }));
+  return 'close';
+}
+
 function forwardHead(req: RequestHead, path: string, authority: string): Buffer {
   let s = `${req.method} ${path} HTTP/${req.version}\r\n`;
   let hasHost = false;
-  for (const line of req.lines) {
+  for (const line of headerLines(req)) {
     const name = line.slice(0, line.indexOf(':')).toLowerCase();
     // Hop-by-hop headers meant for us, not the origin.
     if (name === 'proxy-connection' || name === 'proxy-authorization') continue;
@@ -940,26 +947,15 @@ class EgressServer implements EgressProxy {
       );
     }
     let started = false;
-    const fail = (reason: string): Outcome => {
-      if (!started && !bodyFailed) {
-        client.write(jsonResponse(502, { error: 'Bad Gateway', reason }));
-      }
-      return 'close';
-    };
     for (;;) {
-      let raw: Awaited<ReturnType<SocketReader['readHead']>>;
-      try {
-        raw = await up.reader.readHead(HEAD_LIMIT);
-      } catch {
-        raw = null;
-      }
-      if (raw === null || raw === 'truncated') return fail('upstream closed without a response');
-      if (raw === 'too-large') return fail('upstream response head too large');
+      const raw = await up.reader.readHead(HEAD_LIMIT);
+      if (raw === null || raw === 'truncated') return badGateway(client, started || bodyFailed, 'upstream closed without a response');
+      if (raw === 'too-large') return badGateway(client, started || bodyFailed, 'upstream response head too large');
       const res = parseResponseHead(raw);
-      if (typeof res === 'string') return fail(`invalid upstream response: ${res}`);
+      if (typeof res === 'string') return badGateway(client, started || bodyFailed, `invalid upstream response: ${res}`);
+      // Only a requested upgrade may switch protocols; anything else is a protocol error.
+      if (res.status === 101 && !req.upgrade) return badGateway(client, started || bodyFailed, 'unsolicited 101 Switching Protocols');
       if (res.status === 101) {
-        // Only a requested upgrade may switch protocols; anything else is a protocol error.
-        if (!req.upgrade) return fail('unsolicited 101 Switching Protocols');
         client.write(raw);
         this.#splice(client, cr, up.sock, up.feed, up.reader);
         return 'handed-off';
@@ -970,7 +966,7 @@ class EgressServer implements EgressProxy {
         continue;
       }
       const framing = responseFraming(req.method, res);
-      if (typeof framing === 'string') return fail(framing);
+      if (typeof framing === 'string') return badGateway(client, started || bodyFailed, framing);
       started = true;
       const done = up.reader.pipeBody(client, framing, raw);
       if (done !== null) {
