@@ -24,7 +24,11 @@ type Kind = 'direct' | 'ours-L4' | 'ours-L7' | 'squid' | 'tinyproxy';
 interface Peer {
   kind: Kind;
   port: number | null; // null = direct
-  /** The proxy's process, for its CPU time (null: direct). */
+  /**
+   * The proxy's process, for its CPU time. Null for direct, and for
+   * tinyproxy: it runs a thread per connection, and schedstat loses the time
+   * of threads that have exited.
+   */
   pid: number | null;
   stop(): Promise<void>;
 }
@@ -171,7 +175,7 @@ async function startTinyproxy(dir: string): Promise<Peer | null> {
     await stopChild(child);
     return null;
   }
-  return { kind: 'tinyproxy', port, pid: child.pid ?? null, stop: () => stopChild(child) };
+  return { kind: 'tinyproxy', port, pid: null, stop: () => stopChild(child) };
 }
 
 async function startOurs(kind: 'ours-L4' | 'ours-L7', httpPort: number): Promise<Peer> {

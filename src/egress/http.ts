@@ -33,8 +33,8 @@ class BodyPump {
   waiting = false;
   done = false;
   error: Error | null = null;
-  resolve: (() => void) | null = null;
-  reject: ((err: Error) => void) | null = null;
+  /** Called once at the end (null: through; else why not), unless it ended inside `pipeBodyThen`. */
+  then: ((err: Error | null) => void) | null = null;
   /** The drain listener, made the first time the pump waits (most bodies never do). */
   onDrain: (() => void) | null = null;
 
@@ -209,6 +209,21 @@ export class SocketReader {
    * the socket's error) when it cannot be completed.
    */
   pipeBody(dst: Socket, framing: Framing, head: Buffer | null = null): Promise<void> | null {
+    let settle: ((err: Error | null) => void) | null = null;
+    const r = this.pipeBodyThen(dst, framing, head, (err) => settle!(err));
+    if (r === null) return null;
+    if (r !== undefined) return Promise.reject(r);
+    return new Promise<void>((resolve, reject) => {
+      settle = (err) => (err ? reject(err) : resolve());
+    });
+  }
+
+  /**
+   * `pipeBody` with a callback: null when the body is through already, the
+   * error when it failed already, else undefined, and `then` is called once
+   * at its end (with null, or the error).
+   */
+  pipeBodyThen(dst: Socket, framing: Framing, head: Buffer | null, then: (err: Error | null) => void): Error | null | undefined {
     if (framing.kind === 'none' || (head !== null && this.#queue.length === 0)) {
       if (head !== null) send(dst, head);
       if (framing.kind === 'none') return null;
@@ -217,11 +232,9 @@ export class SocketReader {
     const p = new BodyPump(dst, framing, head);
     this.#pump = p;
     this.#pumpRun(p);
-    if (p.done) return p.error ? Promise.reject(p.error) : null;
-    return new Promise<void>((resolve, reject) => {
-      p.resolve = resolve;
-      p.reject = reject;
-    });
+    if (p.done) return p.error;
+    p.then = then;
+    return undefined;
   }
 
   /** Feed queued bytes to the pump; then end it at EOF, or keep the socket reading. */
@@ -315,8 +328,7 @@ export class SocketReader {
       p.dst.off('drain', p.onDrain);
       p.dst.off('close', p.onDrain);
     }
-    if (err) p.reject?.(err);
-    else p.resolve?.();
+    p.then?.(err);
   }
 
   /** Call `cb` once, when bytes arrive or the stream ends (replaces a previous waiter). */
@@ -358,19 +370,28 @@ export class SocketReader {
     return this.#eof || this.#err ? 'truncated' : undefined;
   }
 
-  /** `takeHead`, waiting for bytes as needed (not async: one promise, no async frame, per head). */
-  readHead(limit: number, connectLimit = limit): Promise<Buffer | 'too-large' | 'truncated' | null> {
+  /** `takeHead`, waiting for bytes as needed. */
+  readHead(limit: number, connectLimit = limit): Promise<Head> {
     const h = this.takeHead(limit, connectLimit);
     if (h !== undefined) return Promise.resolve(h);
-    return new Promise((resolve) => {
-      const retry = (): void => {
-        const next = this.takeHead(limit, connectLimit);
-        if (next === undefined) this.#wake = retry;
-        else resolve(next);
-      };
-      this.#wake = retry;
-    });
-  }}
+    return new Promise((resolve) => this.onHead(limit, connectLimit, resolve));
+  }
+
+  /** `takeHead`, waiting for bytes as needed: `cb` gets the head, at once when it is read already. */
+  onHead(limit: number, connectLimit: number, cb: (h: Head) => void): void {
+    const h = this.takeHead(limit, connectLimit);
+    if (h !== undefined) return cb(h);
+    const retry = (): void => {
+      const next = this.takeHead(limit, connectLimit);
+      if (next === undefined) this.#wake = retry;
+      else cb(next);
+    };
+    this.#wake = retry;
+  }
+}
+
+/** A message head read by `readHead`/`onHead`, or why there is none (see `takeHead`). */
+export type Head = Buffer | 'too-large' | 'truncated' | null;
 
 /** What the proxy needs from a head's header fields. */
 interface HeadFields {

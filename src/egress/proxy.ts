@@ -23,6 +23,7 @@ import {
   parseRequestHead,
   parseResponseHead,
   responseFraming,
+  type Head,
   type RequestHead,
 } from './http.js';
 
@@ -99,6 +100,31 @@ const TRACKED = Symbol('egress.tracked');
 type TrackedSocket = Socket & { [TRACKED]?: Link<Tracked> };
 
 type Outcome = 'keep' | 'close' | 'handed-off';
+
+/** One request/response exchange in progress (see `#exchange`). */
+interface Exchange {
+  readonly client: Socket;
+  readonly cr: SocketReader;
+  readonly up: Upstream;
+  readonly req: RequestHead;
+  /** The client has (part of) a response: a failure can no longer answer 502. */
+  started: boolean;
+  bodyDone: boolean;
+  bodyFailed: boolean;
+  readonly done: (outcome: Outcome) => void;
+}
+
+/** A CONNECT tunnel to a `rest` endpoint, its requests checked one by one (see `#restNext`). */
+interface RestTunnel {
+  readonly client: Socket;
+  readonly cr: SocketReader;
+  readonly up: Upstream;
+  readonly t: Target;
+  running: boolean;
+  again: boolean;
+  readonly onHead: (head: Head) => void;
+  readonly onOutcome: (outcome: Outcome) => void;
+}
 
 interface Upstream {
   key: string;
@@ -818,7 +844,7 @@ class EgressServer implements EgressProxy {
       }
       up = o;
     }
-    const outcome = await this.#exchange(client, cr, up, req, forwardHead(req, t.path, t.authority));
+    const outcome = await this.#exchangeAsync(client, cr, up, req, forwardHead(req, t.path, t.authority));
     return { outcome, up: outcome === 'handed-off' ? null : up };
   }
 
@@ -871,113 +897,162 @@ class EgressServer implements EgressProxy {
     client.write(CONNECT_OK);
     if (!endpoint.rest) return this.#splice(client, cr, d.sock, d.feed, null);
     const up = this.#upstream(`${t.key}:${t.port}`, d);
-    this.#restTunnel(client, cr, up, t).catch((err: unknown) => this.#failed(client, err));
+    this.#restTunnel(client, cr, up, t).catch((err: unknown) => {
+      this.#failed(client, err);
+      up.sock.destroy();
+    });
   }
 
   /** Plain HTTP inside a CONNECT tunnel to a `protocol: rest` endpoint: check every request. */
   async #restTunnel(client: Socket, cr: SocketReader, up: Upstream, t: Target): Promise<void> {
-    let handedOff = false;
-    try {
-      const first = await cr.peek();
-      if (!first) return;
-      if (first[0] === 0x16) {
-        // TLS ClientHello: we cannot see requests; pass it at L4 and say so.
-        const ep = this.#policy?.match(t.key, t.port);
-        this.#log.warn({ host: t.key, port: t.port }, 'TLS inside a rest tunnel: L7 rules not enforced');
-        this.#emit({
-          time: isoNow(),
-          action: 'allow',
-          host: t.key,
-          port: t.port,
-          ...(ep ? { policy: ep.policy, endpoint: ep.label } : {}),
-          reason: 'TLS inside a rest tunnel: passed through at L4, L7 rules not enforced',
-          layer: 'L4',
-        });
-        handedOff = true;
-        return this.#splice(client, cr, up.sock, up.feed, up.reader);
-      }
-      for (;;) {
-        const head = await cr.readHead(HEAD_LIMIT);
-        if (head === null || head === 'truncated') return;
-        if (head === 'too-large') return this.#reject(client, cr, 431, 'request head too large');
-        const req = parseRequestHead(head);
-        if (typeof req === 'string') return this.#reject(client, cr, 400, req);
-        const policy = this.#policy;
-        const ep = policy?.match(t.key, t.port) ?? null;
-        const target = tunnelPath(req.target);
-        const path = stripQuery(target);
-        const v = this.#check(ep, policy !== null, req.method, target);
-        if (!v.ok) return this.#deny(client, cr, v.status, t, ep, v.layer, v.reason, req.method, path);
-        if (up.internal && !endpointCoversIp(ep!, up.addr)) {
-          return this.#deny(client, cr, 403, t, ep, 'L4', `internal address ${up.addr.text} no longer allowed`, req.method, path);
-        }
-        this.#emitAllowed(v, t, ep!, req.method, path);
-        const outcome = await this.#exchange(client, cr, up, req, req.raw);
-        if (outcome === 'handed-off') {
-          handedOff = true;
-          return;
-        }
-        if (outcome === 'close' || up.reader.ended) return;
-      }
-    } finally {
-      if (!handedOff) {
-        up.sock.destroy();
-        this.#finish(client, cr);
-      }
+    const first = await cr.peek();
+    if (first && first[0] === 0x16) {
+      // TLS ClientHello: we cannot see requests; pass it at L4 and say so.
+      const ep = this.#policy?.match(t.key, t.port);
+      this.#log.warn({ host: t.key, port: t.port }, 'TLS inside a rest tunnel: L7 rules not enforced');
+      this.#emit({
+        time: isoNow(),
+        action: 'allow',
+        host: t.key,
+        port: t.port,
+        ...(ep ? { policy: ep.policy, endpoint: ep.label } : {}),
+        reason: 'TLS inside a rest tunnel: passed through at L4, L7 rules not enforced',
+        layer: 'L4',
+      });
+      return this.#splice(client, cr, up.sock, up.feed, up.reader);
     }
+    const s: RestTunnel = {
+      client,
+      cr,
+      up,
+      t,
+      running: false,
+      again: false,
+      onHead: (head) => this.#restRequest(s, head),
+      onOutcome: (o) => {
+        if (o === 'handed-off') return;
+        if (o === 'close' || up.reader.ended) return this.#restEnd(s);
+        this.#restNext(s);
+      },
+    };
+    this.#restNext(s);
   }
 
   /**
-   * One request/response exchange. The request body streams upstream while
-   * responses are read, so `Expect: 100-continue` and early responses work.
+   * Read the tunnel's next request. Callbacks, no promise per request; a
+   * request whose whole exchange completes at once (pipelined requests and
+   * responses already read) loops here instead of recursing.
    */
-  async #exchange(client: Socket, cr: SocketReader, up: Upstream, req: RequestHead, head: Buffer): Promise<Outcome> {
-    let bodyDone = true;
-    let bodyFailed = false;
-    // Writes `head` before it first waits.
-    const body = cr.pipeBody(up.sock, req.framing, head);
-    if (body !== null) {
-      bodyDone = false;
-      body.then(
-        () => (bodyDone = true),
-        () => {
-          bodyFailed = true;
-          up.sock.destroy();
-        },
-      );
+  #restNext(s: RestTunnel): void {
+    if (s.running) {
+      s.again = true;
+      return;
     }
-    let started = false;
-    for (;;) {
-      const raw = await up.reader.readHead(HEAD_LIMIT);
-      if (raw === null || raw === 'truncated') return badGateway(client, started || bodyFailed, 'upstream closed without a response');
-      if (raw === 'too-large') return badGateway(client, started || bodyFailed, 'upstream response head too large');
+    s.running = true;
+    do {
+      s.again = false;
+      s.cr.onHead(HEAD_LIMIT, HEAD_LIMIT, s.onHead);
+    } while (s.again);
+    s.running = false;
+  }
+
+  /** The tunnel is done without a hand-off: close both sides. */
+  #restEnd(s: RestTunnel): void {
+    s.up.sock.destroy();
+    this.#finish(s.client, s.cr);
+  }
+
+  #restRequest(s: RestTunnel, head: Head): void {
+    const { client, cr, up, t } = s;
+    try {
+      if (head === null || head === 'truncated') return this.#restEnd(s);
+      if (head === 'too-large') {
+        this.#reject(client, cr, 431, 'request head too large');
+        return this.#restEnd(s);
+      }
+      const req = parseRequestHead(head);
+      if (typeof req === 'string') {
+        this.#reject(client, cr, 400, req);
+        return this.#restEnd(s);
+      }
+      const policy = this.#policy;
+      const ep = policy?.match(t.key, t.port) ?? null;
+      const target = tunnelPath(req.target);
+      const path = stripQuery(target);
+      const v = this.#check(ep, policy !== null, req.method, target);
+      if (!v.ok) {
+        this.#deny(client, cr, v.status, t, ep, v.layer, v.reason, req.method, path);
+        return this.#restEnd(s);
+      }
+      if (up.internal && !endpointCoversIp(ep!, up.addr)) {
+        this.#deny(client, cr, 403, t, ep, 'L4', `internal address ${up.addr.text} no longer allowed`, req.method, path);
+        return this.#restEnd(s);
+      }
+      this.#emitAllowed(v, t, ep!, req.method, path);
+      this.#exchange({ client, cr, up, req, started: false, bodyDone: true, bodyFailed: false, done: s.onOutcome }, req.raw);
+    } catch (err) {
+      this.#failed(client, err);
+      this.#restEnd(s);
+    }
+  }
+
+  /** `#exchange` as a promise (the forward front door). */
+  #exchangeAsync(client: Socket, cr: SocketReader, up: Upstream, req: RequestHead, head: Buffer): Promise<Outcome> {
+    return new Promise((done) => this.#exchange({ client, cr, up, req, started: false, bodyDone: true, bodyFailed: false, done }, head));
+  }
+
+  /**
+   * One request/response exchange, driven by callbacks; `x.done` gets the
+   * outcome once. The request body streams upstream while responses are
+   * read, so `Expect: 100-continue` and early responses work.
+   */
+  #exchange(x: Exchange, head: Buffer): void {
+    if (x.req.framing.kind === 'none') send(x.up.sock, head);
+    else {
+      const r = x.cr.pipeBodyThen(x.up.sock, x.req.framing, head, (err) => this.#requestBodyEnd(x, err));
+      if (r === undefined) x.bodyDone = false;
+      else if (r !== null) this.#requestBodyEnd(x, r);
+    }
+    x.up.reader.onHead(HEAD_LIMIT, HEAD_LIMIT, (raw) => this.#response(x, raw));
+  }
+
+  #requestBodyEnd(x: Exchange, err: Error | null): void {
+    if (err === null) x.bodyDone = true;
+    else {
+      x.bodyFailed = true;
+      x.up.sock.destroy();
+    }
+  }
+
+  /** A response head from upstream (or why there is none). */
+  #response(x: Exchange, raw: Head): void {
+    try {
+      const quiet = x.started || x.bodyFailed;
+      if (raw === null || raw === 'truncated') return x.done(badGateway(x.client, quiet, 'upstream closed without a response'));
+      if (raw === 'too-large') return x.done(badGateway(x.client, quiet, 'upstream response head too large'));
       const res = parseResponseHead(raw);
-      if (typeof res === 'string') return badGateway(client, started || bodyFailed, `invalid upstream response: ${res}`);
-      // Only a requested upgrade may switch protocols; anything else is a protocol error.
-      if (res.status === 101 && !req.upgrade) return badGateway(client, started || bodyFailed, 'unsolicited 101 Switching Protocols');
+      if (typeof res === 'string') return x.done(badGateway(x.client, quiet, `invalid upstream response: ${res}`));
       if (res.status === 101) {
-        client.write(raw);
-        this.#splice(client, cr, up.sock, up.feed, up.reader);
-        return 'handed-off';
+        // Only a requested upgrade may switch protocols; anything else is a protocol error.
+        if (!x.req.upgrade) return x.done(badGateway(x.client, quiet, 'unsolicited 101 Switching Protocols'));
+        x.client.write(raw);
+        this.#splice(x.client, x.cr, x.up.sock, x.up.feed, x.up.reader);
+        return x.done('handed-off');
       }
       if (res.status < 200) {
-        client.write(raw); // 100 Continue, 103 Early Hints: forward and keep reading
-        started = true;
-        continue;
+        x.client.write(raw); // 100 Continue, 103 Early Hints: forward and keep reading
+        x.started = true;
+        return x.up.reader.onHead(HEAD_LIMIT, HEAD_LIMIT, (next) => this.#response(x, next));
       }
-      const framing = responseFraming(req.method, res);
-      if (typeof framing === 'string') return badGateway(client, started || bodyFailed, framing);
-      started = true;
-      const done = up.reader.pipeBody(client, framing, raw);
-      if (done !== null) {
-        try {
-          await done;
-        } catch {
-          return 'close';
-        }
-      }
-      if (framing.kind === 'close' || !bodyDone) return 'close';
-      return req.keepAlive && res.keepAlive ? 'keep' : 'close';
+      const framing = responseFraming(x.req.method, res);
+      if (typeof framing === 'string') return x.done(badGateway(x.client, quiet, framing));
+      x.started = true;
+      const keep = framing.kind !== 'close' && x.req.keepAlive && res.keepAlive;
+      const r = x.up.reader.pipeBodyThen(x.client, framing, raw, (err) => x.done(err === null && keep && x.bodyDone ? 'keep' : 'close'));
+      if (r !== undefined) x.done(r === null && keep && x.bodyDone ? 'keep' : 'close');
+    } catch (err) {
+      this.#failed(x.client, err);
+      x.done('close');
     }
   }
 
