@@ -66,17 +66,24 @@ function loadBinding(): StreamWrapBinding | null {
   }
 }
 
-const binding = loadBinding();
+/**
+ * Looked up at the first write, not at import: a warm supervisor imports
+ * this before it is given its sandbox's environment.
+ */
+let binding: StreamWrapBinding | null | undefined;
 
 /** Whether `send` writes straight to handles in this process. */
-export const rawWriteAvailable = binding !== null;
+export function rawWriteAvailable(): boolean {
+  binding ??= loadBinding();
+  return binding !== null;
+}
 
 /**
  * The request object for the next write. A write that completes at once
  * leaves it untouched (the native side wraps it only to queue a rest), so it
  * serves the next one; a queued write keeps it and a new one is made.
  */
-let spareReq: WriteReq | null = binding ? new binding.WriteWrap() : null;
+let spareReq: WriteReq | null = null;
 
 function writeError(status: number): NodeJS.ErrnoException {
   let code = 'EIO';
@@ -106,6 +113,7 @@ export type SendResult = typeof SENT | typeof HELD | typeof FULL;
  * untouched (a read buffer must not be reused for the next read).
  */
 export function send(dst: Socket, chunk: Buffer): SendResult {
+  if (binding === undefined) binding = loadBinding();
   if (binding !== null && dst.writableLength === 0 && dst.writableCorked === 0 && !dst.writableEnded && !dst.destroyed && !dst.connecting) {
     const handle = (dst as unknown as { _handle: StreamHandle | null })._handle;
     if (handle) {

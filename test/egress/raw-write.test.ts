@@ -59,7 +59,7 @@ function fillUntilFull(t: Test, dst: net.Socket): Buffer[] {
 const sha = (bufs: Buffer[]): string => createHash('sha256').update(Buffer.concat(bufs)).digest('hex');
 
 t.test('send writes straight to the handle on this Node: a small chunk goes out at once and is counted', async (t) => {
-  t.ok(rawWriteAvailable, 'the stream_wrap binding is usable (else every write goes through the Writable)');
+  t.ok(rawWriteAvailable(), 'the stream_wrap binding is usable (else every write goes through the Writable)');
   const { dst, peer } = await pair(t);
   const got = drainAll(peer);
   t.equal(send(dst, Buffer.from('hello ')), SENT);
@@ -126,15 +126,16 @@ t.test('a corked socket takes the chunk through its Writable', async (t) => {
   t.equal((await within(5000, got)).n, 6);
 });
 
-t.test('OPENSHELL_EGRESS_RAW_WRITE=0 and --pending-deprecation turn it off, without a warning', async (t) => {
+t.test('OPENSHELL_EGRESS_RAW_WRITE=0 (also when set after import, as in a warm supervisor) and --pending-deprecation turn it off, without a warning', async (t) => {
   const run = promisify(execFile);
   const mod = path.join(ROOT, 'dist/src/egress/raw-write.js');
-  const probe = `import(${JSON.stringify(mod)}).then((m) => console.log(m.rawWriteAvailable))`;
-  const on = await run(process.execPath, ['-e', probe], { timeout: 10_000 });
+  const probe = (before: string): string =>
+    `import(${JSON.stringify(mod)}).then((m) => { ${before}; console.log(m.rawWriteAvailable()); })`;
+  const on = await run(process.execPath, ['-e', probe('')], { timeout: 10_000 });
   t.equal(on.stdout.trim(), 'true');
-  const off = await run(process.execPath, ['-e', probe], { timeout: 10_000, env: { ...process.env, OPENSHELL_EGRESS_RAW_WRITE: '0' } });
-  t.equal(off.stdout.trim(), 'false');
-  const pending = await run(process.execPath, ['--pending-deprecation', '--trace-deprecation', '-e', probe], { timeout: 10_000 });
+  const off = await run(process.execPath, ['-e', probe("process.env.OPENSHELL_EGRESS_RAW_WRITE = '0'")], { timeout: 10_000 });
+  t.equal(off.stdout.trim(), 'false', 'the environment is read at the first write, not at import');
+  const pending = await run(process.execPath, ['--pending-deprecation', '--trace-deprecation', '-e', probe('')], { timeout: 10_000 });
   t.equal(pending.stdout.trim(), 'false');
   // tap's own spawn hook, injected into every child, may warn; ours must not.
   t.notMatch(pending.stderr, /raw-write/, 'no deprecation warning from raw-write');
