@@ -423,25 +423,49 @@ function headFields(text: string, from: number): HeadFields | string {
     let eol = text.indexOf('\r\n', pos);
     if (eol < 0) eol = end;
     const colon = text.indexOf(':', pos);
-    const n = colon - pos;
-    // Only names of these lengths can be fields the proxy acts on.
-    if (n === 7 || n === 10 || n === 14 || n === 17) {
-      const name = text.slice(pos, colon).toLowerCase();
-      if (name === 'content-length') (f.contentLength ??= []).push(text.slice(colon + 1, eol).trim());
-      else if (name === 'transfer-encoding') (f.transferEncoding ??= []).push(text.slice(colon + 1, eol).trim());
-      else if (name === 'upgrade') f.upgrade = true;
-      else if (name === 'connection') {
-        for (const t of text.slice(colon + 1, eol).split(',')) {
-          const tok = t.trim().toLowerCase();
-          if (tok === 'close') f.close = true;
-          else if (tok === 'keep-alive') f.keepAlive = true;
-          else if (tok === 'upgrade') f.connUpgrade = true;
-        }
-      }
+    // Only names of these lengths can be fields the proxy acts on; compared in place, no copies.
+    switch (colon - pos) {
+      case 14:
+        if (nameIs(text, pos, 'content-length')) (f.contentLength ??= []).push(text.slice(colon + 1, eol).trim());
+        break;
+      case 17:
+        if (nameIs(text, pos, 'transfer-encoding')) (f.transferEncoding ??= []).push(text.slice(colon + 1, eol).trim());
+        break;
+      case 7:
+        if (nameIs(text, pos, 'upgrade')) f.upgrade = true;
+        break;
+      case 10:
+        if (nameIs(text, pos, 'connection')) connectionTokens(f, text, colon + 1, eol);
+        break;
     }
     pos = eol + 2;
   }
   return f;
+}
+
+/** Whether `text` at `pos` spells `lower` (lower-case letters and '-'), in any case. */
+function nameIs(text: string, pos: number, lower: string): boolean {
+  for (let i = 0; i < lower.length; i++) {
+    if ((text.charCodeAt(pos + i) | 0x20) !== lower.charCodeAt(i)) return false;
+  }
+  return true;
+}
+
+/** The Connection tokens the proxy acts on, in `text[from, end)` (a comma list; OWS is space and tab). */
+function connectionTokens(f: HeadFields, text: string, from: number, end: number): void {
+  for (let i = from; i < end; ) {
+    let j = text.indexOf(',', i);
+    if (j < 0 || j > end) j = end;
+    let a = i;
+    let b = j;
+    while (a < b && (text.charCodeAt(a) === 32 || text.charCodeAt(a) === 9)) a++;
+    while (b > a && (text.charCodeAt(b - 1) === 32 || text.charCodeAt(b - 1) === 9)) b--;
+    const n = b - a;
+    if (n === 5 && nameIs(text, a, 'close')) f.close = true;
+    else if (n === 10 && nameIs(text, a, 'keep-alive')) f.keepAlive = true;
+    else if (n === 7 && nameIs(text, a, 'upgrade')) f.connUpgrade = true;
+    i = j + 1;
+  }
 }
 
 /** A request's header lines as sent (the request line excluded). */
@@ -461,12 +485,21 @@ function fieldProblem(section: string): string {
   return 'malformed header line';
 }
 
-/** A head's text without its final CRLF CRLF, and where its first field line starts. */
-function startLine(raw: Buffer): { text: string; line: string; from: number } {
-  const text = raw.toString('latin1', 0, raw.length - 4);
-  const eol = text.indexOf('\r\n');
-  return eol < 0 ? { text, line: text, from: text.length } : { text, line: text.slice(0, eol), from: eol + 2 };
+/** A head's text without its final CRLF CRLF. */
+function headText(raw: Buffer): string {
+  return raw.toString('latin1', 0, raw.length - 4);
 }
+
+/** Why a start line failed its pattern. */
+function startLineProblem(text: string, what: string): string {
+  const eol = text.indexOf('\r\n');
+  const line = eol < 0 ? text : text.slice(0, eol);
+  return line.includes('\n') || line.includes('\r') ? 'bare CR or LF in head' : `malformed ${what} line`;
+}
+
+// Start lines, matched at the start of the head through their CRLF (or the end): no bare CR or LF inside.
+const REQUEST_LINE = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\s]+) HTTP\/1\.([01])(?:\r\n|$)/;
+const STATUS_LINE = /^HTTP\/1\.[01] \d{3}(?: [^\r\n]*)?(?:\r\n|$)/;
 
 export type Framing = { kind: 'none' } | { kind: 'length'; length: number } | { kind: 'chunked' } | { kind: 'close' };
 const FRAMING_NONE: Framing = { kind: 'none' };
@@ -511,10 +544,10 @@ function contentLength(values: string[]): number | null | 'bad' {
 }
 
 export function parseRequestHead(raw: Buffer): RequestHead | string {
-  const { text, line, from } = startLine(raw);
-  // `$` without the m flag, and no \s in the target: a bare CR or LF fails the match.
-  const m = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\s]+) HTTP\/1\.([01])$/.exec(line);
-  if (!m) return line.includes('\n') || line.includes('\r') ? 'bare CR or LF in head' : 'malformed request line';
+  const text = headText(raw);
+  const m = REQUEST_LINE.exec(text);
+  if (!m) return startLineProblem(text, 'request');
+  const from = m[0].length;
   const f = headFields(text, from);
   if (typeof f === 'string') return f;
   const version = m[3] === '1' ? '1.1' : '1.0';
@@ -545,17 +578,19 @@ export function parseRequestHead(raw: Buffer): RequestHead | string {
 }
 
 export function parseResponseHead(raw: Buffer): ResponseHead | string {
-  const { text, line, from } = startLine(raw);
-  const m = /^HTTP\/1\.([01]) (\d{3})(?: .*)?$/.exec(line);
-  if (!m) return line.includes('\n') || line.includes('\r') ? 'bare CR or LF in head' : 'malformed status line';
-  const f = headFields(text, from);
+  const text = headText(raw);
+  const m = STATUS_LINE.exec(text);
+  if (!m) return startLineProblem(text, 'status');
+  const f = headFields(text, m[0].length);
   if (typeof f === 'string') return f;
+  // "HTTP/1.x NNN": the version digit at 7, the status at 9-11 (checked by STATUS_LINE).
+  const status = (text.charCodeAt(9) - 48) * 100 + (text.charCodeAt(10) - 48) * 10 + (text.charCodeAt(11) - 48);
   return {
     raw,
-    status: Number(m[2]),
+    status,
     transferEncoding: f.transferEncoding,
     contentLength: f.contentLength,
-    keepAlive: m[1] === '1' ? !f.close : f.keepAlive,
+    keepAlive: text.charCodeAt(7) === 0x31 ? !f.close : f.keepAlive,
   };
 }
 

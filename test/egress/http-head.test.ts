@@ -47,6 +47,10 @@ t.test('request framing, keep-alive and upgrade come from the fields, names in a
   t.same(req('POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked').framing, { kind: 'chunked' });
   t.same(req('GET / HTTP/1.1').framing, { kind: 'none' }, 'no fields at all');
   t.notOk(req('GET / HTTP/1.1\r\nConnection: Close').keepAlive);
+  t.notOk(req('GET / HTTP/1.1\r\nConnection: foo,\tclose ,bar').keepAlive, 'tokens with tabs and spaces around');
+  t.ok(req('GET / HTTP/1.1\r\nConnection: closed, enclose').keepAlive, 'close only as a whole token');
+  t.ok(req('GET / HTTP/1.1\r\nX-Connection: close\r\nConnectionX: close').keepAlive, 'other names that contain it');
+  t.notOk(req('GET / HTTP/1.1\r\nConnection: keep-alive\r\nConnection: close').keepAlive, 'any of several Connection fields');
   t.notOk(req('GET / HTTP/1.0').keepAlive, 'HTTP/1.0 closes by default');
   t.ok(req('GET / HTTP/1.0\r\nConnection: keep-alive').keepAlive);
   t.ok(req('GET / HTTP/1.1\r\nConnection: keep-alive, Upgrade\r\nUpgrade: websocket').upgrade);
