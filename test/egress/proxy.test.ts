@@ -354,3 +354,36 @@ t.test('decision log lines never carry header values', async (t) => {
   t.ok(lines.some((l) => l.includes('egress decision')));
   t.notOk(lines.some((l) => l.includes('topsecret') || l.includes('querysecret')), 'no header values or query strings logged');
 });
+
+t.test('L7 tunnel: thousands of pipelined requests meeting responses already read are each checked, in order, without deep recursion', async (t) => {
+  // An upstream that sends all its responses at once on connect: every
+  // exchange after the first finds its response already read, so each one
+  // completes inside the previous one's callback (the tunnel's trampoline).
+  const N = 3000;
+  const RESPONSE = 'HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n';
+  let received = '';
+  const upstream = await startTcp(t, (s) => {
+    s.on('data', (c: Buffer) => (received += c.toString('latin1')));
+    s.write(RESPONSE.repeat(N));
+  });
+  const port = portOf(upstream);
+  const { proxy, decisions } = await startProxy(t, onePolicy({ host: API, port, protocol: 'rest', rules: [{ allow: { method: 'GET', path: '/ok/**' } }] }));
+  await within(20_000, (async () => {
+    const tun = await connectVia(t, proxy, `${API}:${port}`);
+    t.equal(tun.status, 200);
+    let burst = '';
+    for (let i = 0; i < N; i++) burst += `GET /ok/${i} HTTP/1.1\r\nHost: ${API}\r\n\r\n`;
+    tun.sock.write(burst);
+    let statuses = 0;
+    for (let i = 0; i < N; i++) if ((await tun.bytes.response()).status === 200) statuses++;
+    t.equal(statuses, N, 'every request answered');
+    // Then one that is denied: refused, and the tunnel ends.
+    tun.sock.write(`GET /other HTTP/1.1\r\nHost: ${API}\r\n\r\n`);
+    t.equal((await tun.bytes.response()).status, 403);
+    await tun.bytes.closed();
+  })());
+  const forwarded = received.split('\r\n\r\n').filter(Boolean);
+  t.equal(forwarded.length, N, 'the upstream saw each allowed request and not the denied one');
+  t.equal(forwarded[N - 1], `GET /ok/${N - 1} HTTP/1.1\r\nHost: ${API}`, 'in order');
+  t.equal(decisions.filter((d) => d.action === 'allow' && d.layer === 'L7').length, N);
+});
