@@ -350,6 +350,12 @@ function jsonResponse(status: number, body: object): Buffer {
   );
 }
 
+/** End an exchange with `outcome`; false, for `#response`'s loop. */
+function settle(x: Exchange, outcome: Outcome): false {
+  x.done(outcome);
+  return false;
+}
+
 /** A failed exchange: a 502 unless the client already has (part of) a response or the request body failed. */
 function badGateway(client: Socket, quiet: boolean, reason: string): 'close' {
   if (!quiet) client.write(jsonResponse(502, { error: 'Bad Gateway', reason }));
@@ -1025,35 +1031,51 @@ class EgressServer implements EgressProxy {
   }
 
   /** A response head from upstream (or why there is none). */
-  #response(x: Exchange, raw: Head): void {
+  #response(x: Exchange, head: Head): void {
+    let raw = head;
     try {
-      const quiet = x.started || x.bodyFailed;
-      if (raw === null || raw === 'truncated') return x.done(badGateway(x.client, quiet, 'upstream closed without a response'));
-      if (raw === 'too-large') return x.done(badGateway(x.client, quiet, 'upstream response head too large'));
-      const res = parseResponseHead(raw);
-      if (typeof res === 'string') return x.done(badGateway(x.client, quiet, `invalid upstream response: ${res}`));
-      if (res.status === 101) {
-        // Only a requested upgrade may switch protocols; anything else is a protocol error.
-        if (!x.req.upgrade) return x.done(badGateway(x.client, quiet, 'unsolicited 101 Switching Protocols'));
-        x.client.write(raw);
-        this.#splice(x.client, x.cr, x.up.sock, x.up.feed, x.up.reader);
-        return x.done('handed-off');
+      // Interim responses already read are taken in this loop, not by recursion.
+      while (this.#responseHead(x, raw)) {
+        const next = x.up.reader.takeHead(HEAD_LIMIT);
+        if (next === undefined) return x.up.reader.onHead(HEAD_LIMIT, HEAD_LIMIT, (h) => this.#response(x, h));
+        raw = next;
       }
-      if (res.status < 200) {
-        x.client.write(raw); // 100 Continue, 103 Early Hints: forward and keep reading
-        x.started = true;
-        return x.up.reader.onHead(HEAD_LIMIT, HEAD_LIMIT, (next) => this.#response(x, next));
-      }
-      const framing = responseFraming(x.req.method, res);
-      if (typeof framing === 'string') return x.done(badGateway(x.client, quiet, framing));
-      x.started = true;
-      const keep = framing.kind !== 'close' && x.req.keepAlive && res.keepAlive;
-      const r = x.up.reader.pipeBodyThen(x.client, framing, raw, (err) => x.done(err === null && keep && x.bodyDone ? 'keep' : 'close'));
-      if (r !== undefined) x.done(r === null && keep && x.bodyDone ? 'keep' : 'close');
     } catch (err) {
       this.#failed(x.client, err);
       x.done('close');
     }
+  }
+
+  /**
+   * One response head: true when it was an interim (1xx) response, now
+   * forwarded, and the final one is still to come; false once the exchange
+   * is settled (`x.done` called) or its body is piping.
+   */
+  #responseHead(x: Exchange, raw: Head): boolean {
+    const quiet = x.started || x.bodyFailed;
+    if (raw === null || raw === 'truncated') return settle(x, badGateway(x.client, quiet, 'upstream closed without a response'));
+    if (raw === 'too-large') return settle(x, badGateway(x.client, quiet, 'upstream response head too large'));
+    const res = parseResponseHead(raw);
+    if (typeof res === 'string') return settle(x, badGateway(x.client, quiet, `invalid upstream response: ${res}`));
+    if (res.status === 101) {
+      // Only a requested upgrade may switch protocols; anything else is a protocol error.
+      if (!x.req.upgrade) return settle(x, badGateway(x.client, quiet, 'unsolicited 101 Switching Protocols'));
+      x.client.write(raw);
+      this.#splice(x.client, x.cr, x.up.sock, x.up.feed, x.up.reader);
+      return settle(x, 'handed-off');
+    }
+    if (res.status < 200) {
+      x.client.write(raw); // 100 Continue, 103 Early Hints: forward and keep reading
+      x.started = true;
+      return true;
+    }
+    const framing = responseFraming(x.req.method, res);
+    if (typeof framing === 'string') return settle(x, badGateway(x.client, quiet, framing));
+    x.started = true;
+    const keep = framing.kind !== 'close' && x.req.keepAlive && res.keepAlive;
+    const r = x.up.reader.pipeBodyThen(x.client, framing, raw, (err) => x.done(err === null && keep && x.bodyDone ? 'keep' : 'close'));
+    if (r !== undefined) x.done(r === null && keep && x.bodyDone ? 'keep' : 'close');
+    return false;
   }
 
   /**

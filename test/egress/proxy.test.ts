@@ -387,3 +387,19 @@ t.test('L7 tunnel: thousands of pipelined requests meeting responses already rea
   t.equal(forwarded[N - 1], `GET /ok/${N - 1} HTTP/1.1\r\nHost: ${API}`, 'in order');
   t.equal(decisions.filter((d) => d.action === 'allow' && d.layer === 'L7').length, N);
 });
+
+t.test('a flood of interim (1xx) responses already read is forwarded in a loop, then the final response', async (t) => {
+  const N = 5000;
+  const upstream = await startTcp(t, (s) => {
+    s.once('data', () => s.write('HTTP/1.1 100 Continue\r\n\r\n'.repeat(N) + 'HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'));
+  });
+  const port = portOf(upstream);
+  const { proxy } = await startProxy(t, onePolicy({ host: API, port, protocol: 'rest', access: 'full' }));
+  await within(20_000, (async () => {
+    const tun = await connectVia(t, proxy, `${API}:${port}`);
+    tun.sock.write(`POST /u HTTP/1.1\r\nHost: ${API}\r\nContent-Length: 2\r\n\r\nhi`);
+    const all = await tun.bytes.until('\r\n\r\nok');
+    t.equal(all.split('HTTP/1.1 100 Continue\r\n\r\n').length - 1, N, 'every 100 Continue forwarded');
+    t.ok(all.endsWith('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'), 'then the final response');
+  })());
+});
