@@ -11,12 +11,13 @@ import path from 'node:path';
 import { fork, spawn, spawnSync, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { mkdtemp, mkdir, writeFile, rm, chmod } from 'node:fs/promises';
-import { existsSync, readdirSync, readFileSync } from 'node:fs';
+import { existsSync } from 'node:fs';
 import { fileURLToPath, pathToFileURL } from 'node:url';
 import { setTimeout as delay } from 'node:timers/promises';
 import WebSocket from 'ws';
 import { SUPERVISOR_NODE_FLAGS } from '../src/paths.js';
 import { freePort } from './ports.js';
+import { cpuNs } from './lib.js';
 
 type Row = Record<string, string | number>;
 type Kind = 'direct' | 'ours-L4' | 'ours-L7' | 'squid' | 'tinyproxy';
@@ -31,24 +32,6 @@ interface Peer {
    */
   pid: number | null;
   stop(): Promise<void>;
-}
-
-/**
- * CPU time of a process, all its threads, in ns (Linux `schedstat`; null
- * elsewhere). Threads that exit meanwhile are not counted: the peers here
- * keep theirs.
- */
-function cpuNs(pid: number | null): number | null {
-  if (pid === null) return null;
-  try {
-    let ns = 0;
-    for (const task of readdirSync(`/proc/${pid}/task`)) {
-      ns += Number(readFileSync(`/proc/${pid}/task/${task}/schedstat`, 'latin1').split(' ')[0]);
-    }
-    return ns;
-  } catch {
-    return null;
-  }
 }
 
 const children: ChildProcess[] = [];

@@ -205,23 +205,9 @@ export class SocketReader {
    * A 'close'-delimited body ends `dst` when the socket ends. `head` (the
    * message head) goes first: together with the first body bytes when they
    * are already read, otherwise at once. Returns null when the body is
-   * already through, else a promise of its end; rejects with BodyError (or
-   * the socket's error) when it cannot be completed.
-   */
-  pipeBody(dst: Socket, framing: Framing, head: Buffer | null = null): Promise<void> | null {
-    let settle: ((err: Error | null) => void) | null = null;
-    const r = this.pipeBodyThen(dst, framing, head, (err) => settle!(err));
-    if (r === null) return null;
-    if (r !== undefined) return Promise.reject(r);
-    return new Promise<void>((resolve, reject) => {
-      settle = (err) => (err ? reject(err) : resolve());
-    });
-  }
-
-  /**
-   * `pipeBody` with a callback: null when the body is through already, the
-   * error when it failed already, else undefined, and `then` is called once
-   * at its end (with null, or the error).
+   * already through, the error (BodyError, or the socket's) when it failed
+   * already, else undefined, and `then` is called once at its end (with
+   * null, or the error).
    */
   pipeBodyThen(dst: Socket, framing: Framing, head: Buffer | null, then: (err: Error | null) => void): Error | null | undefined {
     if (framing.kind === 'none' || (head !== null && this.#queue.length === 0)) {
@@ -370,10 +356,8 @@ export class SocketReader {
     return this.#eof || this.#err ? 'truncated' : undefined;
   }
 
-  /** `takeHead`, waiting for bytes as needed. */
+  /** `onHead` as a promise. */
   readHead(limit: number, connectLimit = limit): Promise<Head> {
-    const h = this.takeHead(limit, connectLimit);
-    if (h !== undefined) return Promise.resolve(h);
     return new Promise((resolve) => this.onHead(limit, connectLimit, resolve));
   }
 

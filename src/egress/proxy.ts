@@ -137,19 +137,19 @@ interface Upstream {
   feed: ReadFeed | null;
 }
 
-/**
- * Reads of a socket through net's `onread` (an upstream we dial, or a client
- * accepted by leanAccept): each read lands
- * in one reused buffer and goes straight to the current sink, without the
- * Readable machinery and one allocation per chunk of the default path. A sink
- * that holds on to the chunk past its call (queued, or a write that did not
- * complete synchronously) sets `kept` and the next read gets a fresh buffer.
- * A sink returns false to stop reading until the socket is resumed.
- */
 /** Read buffers of closed sockets, for the next ones (fewer large allocations, less GC). */
 const spareBuffers: Buffer[] = [];
 const SPARE_MAX = 64;
 
+/**
+ * Reads of a socket through net's `onread` (an upstream we dial, or a client
+ * accepted by leanAccept): each read lands in one reused buffer and goes
+ * straight to the current sink, without the Readable machinery and one
+ * allocation per chunk of the default path. A sink that holds on to the
+ * chunk past its call (queued, or a write that did not complete
+ * synchronously) sets `kept` and the next read gets a fresh buffer. A sink
+ * returns false to stop reading until the socket is resumed.
+ */
 class ReadFeed {
   #buf: Buffer | null = null;
   #grow = false;
@@ -348,6 +348,10 @@ function jsonResponse(status: number, body: object): Buffer {
       json,
     'utf8',
   );
+}
+
+function newExchange(client: Socket, cr: SocketReader, up: Upstream, req: RequestHead, done: (outcome: Outcome) => void): Exchange {
+  return { client, cr, up, req, started: false, bodyDone: true, bodyFailed: false, done };
 }
 
 /** End an exchange with `outcome`; false, for `#response`'s loop. */
@@ -995,7 +999,7 @@ class EgressServer implements EgressProxy {
         return this.#restEnd(s);
       }
       this.#emitAllowed(v, t, ep!, req.method, path);
-      this.#exchange({ client, cr, up, req, started: false, bodyDone: true, bodyFailed: false, done: s.onOutcome }, req.raw);
+      this.#exchange(newExchange(client, cr, up, req, s.onOutcome), req.raw);
     } catch (err) {
       this.#failed(client, err);
       this.#restEnd(s);
@@ -1004,7 +1008,7 @@ class EgressServer implements EgressProxy {
 
   /** `#exchange` as a promise (the forward front door). */
   #exchangeAsync(client: Socket, cr: SocketReader, up: Upstream, req: RequestHead, head: Buffer): Promise<Outcome> {
-    return new Promise((done) => this.#exchange({ client, cr, up, req, started: false, bodyDone: true, bodyFailed: false, done }, head));
+    return new Promise((done) => this.#exchange(newExchange(client, cr, up, req, done), head));
   }
 
   /**
@@ -1073,8 +1077,9 @@ class EgressServer implements EgressProxy {
     if (typeof framing === 'string') return settle(x, badGateway(x.client, quiet, framing));
     x.started = true;
     const keep = framing.kind !== 'close' && x.req.keepAlive && res.keepAlive;
-    const r = x.up.reader.pipeBodyThen(x.client, framing, raw, (err) => x.done(err === null && keep && x.bodyDone ? 'keep' : 'close'));
-    if (r !== undefined) x.done(r === null && keep && x.bodyDone ? 'keep' : 'close');
+    const end = (err: Error | null): void => x.done(err === null && keep && x.bodyDone ? 'keep' : 'close');
+    const r = x.up.reader.pipeBodyThen(x.client, framing, raw, end);
+    if (r !== undefined) end(r);
     return false;
   }
 

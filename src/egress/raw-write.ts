@@ -113,7 +113,7 @@ export type SendResult = typeof SENT | typeof HELD | typeof FULL;
  * untouched (a read buffer must not be reused for the next read).
  */
 export function send(dst: Socket, chunk: Buffer): SendResult {
-  if (binding === undefined) binding = loadBinding();
+  binding ??= loadBinding();
   if (binding !== null && dst.writableLength === 0 && dst.writableCorked === 0 && !dst.writableEnded && !dst.destroyed && !dst.connecting) {
     const handle = (dst as unknown as { _handle: StreamHandle | null })._handle;
     if (handle) {
