@@ -388,66 +388,74 @@ interface HeadFields {
   connUpgrade: boolean;
 }
 
-// Every field line well formed (RFC 9112 5: token ":" value, no CR, LF or NUL), as one native match from lastIndex.
-const FIELD_LINES = /[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\0]*(?:\r\n[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\0]*)*$/y;
+// tchar (RFC 9110 5.6.2) by byte value: the characters of a field name.
+const TCHAR = new Uint8Array(256);
+for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz") TCHAR[c.charCodeAt(0)] = 1;
 
 /**
- * The fields of `text` (a head without its final CRLF CRLF) from `from`,
- * the first field line, or the reason the head is malformed. Every line is
- * checked; only the fields the proxy acts on are decoded, without splitting
- * the head into lines.
+ * The fields of `raw[from, end)` (`from`: the first field line; `end`: the
+ * head's final CRLF CRLF), or null when a line is malformed (`fieldProblem`
+ * tells why). One pass over the bytes checks every line (RFC 9112 5: token
+ * ":" value, no CR, LF or NUL in the value, lines joined by CRLF); only the
+ * fields the proxy acts on are decoded, with no text made of the others.
  */
-function headFields(text: string, from: number): HeadFields | string {
+function headFields(raw: Buffer, from: number, end: number): HeadFields | null {
   const f: HeadFields = { transferEncoding: null, contentLength: null, upgrade: false, close: false, keepAlive: false, connUpgrade: false };
-  const end = text.length;
   if (from >= end) return f;
-  FIELD_LINES.lastIndex = from;
-  if (!FIELD_LINES.test(text)) return fieldProblem(text.slice(from));
-  for (let pos = from; pos < end; ) {
-    let eol = text.indexOf('\r\n', pos);
-    if (eol < 0) eol = end;
-    const colon = text.indexOf(':', pos);
-    // Only names of these lengths can be fields the proxy acts on; compared in place, no copies.
+  for (let pos = from; ; ) {
+    let i = pos;
+    while (i < end && TCHAR[raw[i]!] === 1) i++;
+    if (i === pos || i === end || raw[i] !== 0x3a) return null;
+    const colon = i;
+    for (i++; i < end; i++) {
+      const c = raw[i]!;
+      if (c === 0x0d) break;
+      if (c === 0x0a || c === 0) return null;
+    }
+    const eol = i;
+    // Only names of these lengths can be fields the proxy acts on; compared in place.
     switch (colon - pos) {
       case 14:
-        if (nameIs(text, pos, 'content-length')) (f.contentLength ??= []).push(text.slice(colon + 1, eol).trim());
+        if (nameIs(raw, pos, 'content-length')) (f.contentLength ??= []).push(raw.toString('latin1', colon + 1, eol).trim());
         break;
       case 17:
-        if (nameIs(text, pos, 'transfer-encoding')) (f.transferEncoding ??= []).push(text.slice(colon + 1, eol).trim());
+        if (nameIs(raw, pos, 'transfer-encoding')) (f.transferEncoding ??= []).push(raw.toString('latin1', colon + 1, eol).trim());
         break;
       case 7:
-        if (nameIs(text, pos, 'upgrade')) f.upgrade = true;
+        if (nameIs(raw, pos, 'upgrade')) f.upgrade = true;
         break;
       case 10:
-        if (nameIs(text, pos, 'connection')) connectionTokens(f, text, colon + 1, eol);
+        if (nameIs(raw, pos, 'connection')) connectionTokens(f, raw, colon + 1, eol);
         break;
     }
+    if (eol === end) return f;
+    // A CR ends a line only with its LF, and another field line must follow.
+    if (raw[eol + 1] !== 0x0a) return null;
     pos = eol + 2;
   }
-  return f;
 }
 
-/** Whether `text` at `pos` spells `lower` (lower-case letters and '-'), in any case. */
-function nameIs(text: string, pos: number, lower: string): boolean {
+/** Whether `raw` at `pos` spells `lower` (lower-case letters and '-'), in any case. */
+function nameIs(raw: Buffer, pos: number, lower: string): boolean {
   for (let i = 0; i < lower.length; i++) {
-    if ((text.charCodeAt(pos + i) | 0x20) !== lower.charCodeAt(i)) return false;
+    if ((raw[pos + i]! | 0x20) !== lower.charCodeAt(i)) return false;
   }
   return true;
 }
 
-/** The Connection tokens the proxy acts on, in `text[from, end)` (a comma list; OWS is space and tab). */
-function connectionTokens(f: HeadFields, text: string, from: number, end: number): void {
+/** The Connection tokens the proxy acts on, in `raw[from, end)` (a comma list; OWS is space and tab). */
+function connectionTokens(f: HeadFields, raw: Buffer, from: number, end: number): void {
   for (let i = from; i < end; ) {
-    let j = text.indexOf(',', i);
-    if (j < 0 || j > end) j = end;
+    let j = i;
+    while (j < end && raw[j] !== 0x2c) j++;
     let a = i;
     let b = j;
-    while (a < b && (text.charCodeAt(a) === 32 || text.charCodeAt(a) === 9)) a++;
-    while (b > a && (text.charCodeAt(b - 1) === 32 || text.charCodeAt(b - 1) === 9)) b--;
+    while (a < b && (raw[a] === 0x20 || raw[a] === 0x09)) a++;
+    while (b > a && (raw[b - 1] === 0x20 || raw[b - 1] === 0x09)) b--;
     const n = b - a;
-    if (n === 5 && nameIs(text, a, 'close')) f.close = true;
-    else if (n === 10 && nameIs(text, a, 'keep-alive')) f.keepAlive = true;
-    else if (n === 7 && nameIs(text, a, 'upgrade')) f.connUpgrade = true;
+    if (n === 5 && nameIs(raw, a, 'close')) f.close = true;
+    else if (n === 10 && nameIs(raw, a, 'keep-alive')) f.keepAlive = true;
+    else if (n === 7 && nameIs(raw, a, 'upgrade')) f.connUpgrade = true;
     i = j + 1;
   }
 }
@@ -457,7 +465,7 @@ export function headerLines(req: RequestHead): string[] {
   return req.fieldsFrom >= req.text.length ? [] : req.text.slice(req.fieldsFrom).split('\r\n');
 }
 
-/** Why field lines failed FIELD_LINES (the first problem, line by line). */
+/** Why field lines failed `headFields` (the first problem, line by line). */
 function fieldProblem(section: string): string {
   for (const line of section.split('\r\n')) {
     if (line.includes('\n') || line.includes('\r')) return 'bare CR or LF in head';
@@ -481,9 +489,8 @@ function startLineProblem(text: string, what: string): string {
   return line.includes('\n') || line.includes('\r') ? 'bare CR or LF in head' : `malformed ${what} line`;
 }
 
-// Start lines, matched at the start of the head through their CRLF (or the end): no bare CR or LF inside.
+// The request line, matched at the start of the head through its CRLF (or the end): no bare CR or LF inside.
 const REQUEST_LINE = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\s]+) HTTP\/1\.([01])(?:\r\n|$)/;
-const STATUS_LINE = /^HTTP\/1\.[01] \d{3}(?: [^\r\n]*)?(?:\r\n|$)/;
 
 export type Framing = { kind: 'none' } | { kind: 'length'; length: number } | { kind: 'chunked' } | { kind: 'close' };
 const FRAMING_NONE: Framing = { kind: 'none' };
@@ -532,8 +539,8 @@ export function parseRequestHead(raw: Buffer): RequestHead | string {
   const m = REQUEST_LINE.exec(text);
   if (!m) return startLineProblem(text, 'request');
   const from = m[0].length;
-  const f = headFields(text, from);
-  if (typeof f === 'string') return f;
+  const f = headFields(raw, from, text.length);
+  if (f === null) return fieldProblem(text.slice(from));
   const version = m[3] === '1' ? '1.1' : '1.0';
   const te = f.transferEncoding;
   const cl = f.contentLength;
@@ -562,20 +569,49 @@ export function parseRequestHead(raw: Buffer): RequestHead | string {
 }
 
 export function parseResponseHead(raw: Buffer): ResponseHead | string {
-  const text = headText(raw);
-  const m = STATUS_LINE.exec(text);
-  if (!m) return startLineProblem(text, 'status');
-  const f = headFields(text, m[0].length);
-  if (typeof f === 'string') return f;
-  // "HTTP/1.x NNN": the version digit at 7, the status at 9-11 (checked by STATUS_LINE).
-  const status = (text.charCodeAt(9) - 48) * 100 + (text.charCodeAt(10) - 48) * 10 + (text.charCodeAt(11) - 48);
+  const end = raw.length - 4;
+  const from = statusLineEnd(raw, end);
+  if (from < 0) return startLineProblem(headText(raw), 'status');
+  const f = headFields(raw, from, end);
+  if (f === null) return fieldProblem(headText(raw).slice(from));
   return {
     raw,
-    status,
+    status: (raw[9]! - 48) * 100 + (raw[10]! - 48) * 10 + (raw[11]! - 48),
     transferEncoding: f.transferEncoding,
     contentLength: f.contentLength,
-    keepAlive: text.charCodeAt(7) === 0x31 ? !f.close : f.keepAlive,
+    keepAlive: raw[7] === 0x31 ? !f.close : f.keepAlive,
   };
+}
+
+/**
+ * Where the fields start after a well-formed status line in `raw[0, end)`
+ * (`end` when it is the only line), or -1. The line is
+ * `HTTP/1.[01] DDD[ reason]` with no CR or LF in the reason, read byte by
+ * byte with no text made.
+ */
+function statusLineEnd(raw: Buffer, end: number): number {
+  if (end < 12) return -1;
+  for (let k = 0; k < 7; k++) if (raw[k] !== HTTP_1_[k]) return -1;
+  const v = raw[7]!;
+  if ((v !== 0x30 && v !== 0x31) || raw[8] !== 0x20 || !isDigit(raw[9]!) || !isDigit(raw[10]!) || !isDigit(raw[11]!)) return -1;
+  let i = 12;
+  if (i === end) return end;
+  if (raw[i] === 0x20) {
+    for (i++; i < end; i++) {
+      const c = raw[i]!;
+      if (c === 0x0d) break;
+      if (c === 0x0a) return -1;
+    }
+    if (i === end) return end;
+  }
+  // CRLF ends the status line; the fields follow it.
+  return raw[i] === 0x0d && raw[i + 1] === 0x0a ? i + 2 : -1;
+}
+
+const HTTP_1_ = Buffer.from('HTTP/1.', 'latin1');
+
+function isDigit(c: number): boolean {
+  return c >= 0x30 && c <= 0x39;
 }
 
 /** RFC 9112 6.3: how the response body is delimited. */

@@ -83,3 +83,152 @@ t.test('response heads: status, framing, keep-alive, and refusals', async (t) =>
   t.equal(parseResponseHead(head('HTTP/1.1 2000 OK')), 'malformed status line');
   t.equal(parseResponseHead(head('HTTP/1.1 200 OK\r\nBad Name: v')), 'invalid header name');
 });
+
+/*
+ * Differential check of the byte-level head scanner against a plain oracle:
+ * split the field section into lines, match each against the RFC 9112 field
+ * grammar, decode by lower-cased name. Heads are realistic ones mutated at
+ * random (seeded) with the bytes that matter: CR, LF, NUL, OWS, ':', ',',
+ * non-token and high bytes, extra fields.
+ */
+const FIELD = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\0]*$/;
+const NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
+
+function oracleFields(section: string): { cl: string[] | null; te: string[] | null; upgrade: boolean; conn: Set<string> } | string {
+  const out = { cl: null as string[] | null, te: null as string[] | null, upgrade: false, conn: new Set<string>() };
+  if (section === '') return out;
+  const lines = section.split('\r\n');
+  for (const line of lines) {
+    if (FIELD.test(line)) continue;
+    if (line.includes('\n') || line.includes('\r')) return 'bare CR or LF in head';
+    const colon = line.indexOf(':');
+    if (colon <= 0) return 'malformed header line';
+    if (!NAME.test(line.slice(0, colon))) return 'invalid header name';
+    if (line.includes('\0')) return 'invalid header value';
+    return 'malformed header line';
+  }
+  for (const line of lines) {
+    const colon = line.indexOf(':');
+    const name = line.slice(0, colon).toLowerCase();
+    const value = line.slice(colon + 1);
+    if (name === 'content-length') (out.cl ??= []).push(value.trim());
+    if (name === 'transfer-encoding') (out.te ??= []).push(value.trim());
+    if (name === 'upgrade') out.upgrade = true;
+    if (name === 'connection') for (const tok of value.split(',')) out.conn.add(tok.replace(/^[ \t]+|[ \t]+$/g, '').toLowerCase());
+  }
+  return out;
+}
+
+function startProblem(text: string, what: string): string {
+  const eol = text.indexOf('\r\n');
+  const line = eol < 0 ? text : text.slice(0, eol);
+  return line.includes('\n') || line.includes('\r') ? 'bare CR or LF in head' : `malformed ${what} line`;
+}
+
+function oracleResponse(raw: Buffer): unknown {
+  const text = raw.toString('latin1', 0, raw.length - 4);
+  const m = /^HTTP\/1\.([01]) (\d{3})(?: [^\r\n]*)?(?:\r\n|$)/.exec(text);
+  if (!m) return startProblem(text, 'status');
+  const f = oracleFields(text.slice(m[0].length));
+  if (typeof f === 'string') return f;
+  return { status: Number(m[2]), te: f.te, cl: f.cl, keepAlive: m[1] === '1' ? !f.conn.has('close') : f.conn.has('keep-alive') };
+}
+
+/** RFC 9112 6: a request's body framing from its fields, or why it is refused. */
+function oracleFraming(cl: string[] | null, te: string[] | null): unknown {
+  if (te) {
+    if (cl) return 'both Transfer-Encoding and Content-Length';
+    const codings = te.join(',').split(',').map((c) => c.trim().toLowerCase()).filter(Boolean);
+    return codings[codings.length - 1] === 'chunked' ? { kind: 'chunked' } : 'unsupported Transfer-Encoding';
+  }
+  if (!cl) return { kind: 'none' };
+  const values = cl.join(',').split(',').map((v) => v.trim());
+  if (!values.every((v) => /^\d{1,15}$/.test(v)) || new Set(values.map(Number)).size !== 1) return 'invalid Content-Length';
+  const n = Number(values[0]);
+  return n ? { kind: 'length', length: n } : { kind: 'none' };
+}
+
+function oracleRequest(raw: Buffer): unknown {
+  const text = raw.toString('latin1', 0, raw.length - 4);
+  const m = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\s]+) HTTP\/1\.([01])(?:\r\n|$)/.exec(text);
+  if (!m) return startProblem(text, 'request');
+  const f = oracleFields(text.slice(m[0].length));
+  if (typeof f === 'string') return f;
+  const framing = oracleFraming(f.cl, f.te);
+  if (typeof framing === 'string') return framing;
+  const v11 = m[3] === '1';
+  return {
+    method: m[1],
+    target: m[2],
+    framing,
+    keepAlive: v11 ? !f.conn.has('close') : f.conn.has('keep-alive'),
+    upgrade: f.upgrade && f.conn.has('upgrade'),
+  };
+}
+
+/** The parsers' results in the oracle's terms. */
+function viewResponse(raw: Buffer): unknown {
+  const r = parseResponseHead(raw);
+  return typeof r === 'string' ? r : { status: r.status, te: r.transferEncoding, cl: r.contentLength, keepAlive: r.keepAlive };
+}
+
+function viewRequest(raw: Buffer): unknown {
+  const r = parseRequestHead(raw);
+  return typeof r === 'string' ? r : { method: r.method, target: r.target, framing: r.framing, keepAlive: r.keepAlive, upgrade: r.upgrade };
+}
+
+t.test('the byte-level head scanner agrees with a line-by-line oracle on mutated heads', async (t) => {
+  let seed = 0x9e3779b9;
+  const rnd = (n: number): number => {
+    seed ^= seed << 13;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    return (seed >>> 0) % n;
+  };
+  const bits = ['\r', '\n', '\0', ' ', '\t', ':', ',', '\x7f', '\xff', '(', 'a', 'Z', '0', '\r\n', '\r\n ', '\r\nX-A: b',
+    '\r\nContent-Length: 5', '\r\ncontent-length: 5, 5', '\r\nTransfer-Encoding: chunked', '\r\nConnection: close, Upgrade',
+    '\r\nconnection:keep-alive', '\r\nUpgrade: websocket', ' close', ', keep-alive', 'HTTP/1.0'];
+  const mutate = (s: string): string => {
+    let out = s;
+    for (let k = 1 + rnd(3); k > 0; k--) {
+      const at = rnd(out.length + 1);
+      const op = rnd(3);
+      const bit = bits[rnd(bits.length)]!;
+      if (op === 0) out = out.slice(0, at) + bit + out.slice(at);
+      else if (op === 1) out = out.slice(0, at) + bit + out.slice(at + 1);
+      else out = out.slice(0, at) + out.slice(at + 1 + rnd(3));
+    }
+    return out;
+  };
+  const responses = [
+    'HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 2\r\nDate: Mon, 23 Nov 2026 00:00:00 GMT\r\nConnection: keep-alive\r\nKeep-Alive: timeout=5',
+    'HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: x',
+    'HTTP/1.0 204 No Content',
+    'HTTP/1.1 200\r\nTransfer-Encoding: gzip, chunked\r\nconnection: close',
+  ];
+  const requests = [
+    'GET /small HTTP/1.1\r\nHost: 127.0.0.1',
+    'POST /v1/chat HTTP/1.1\r\nHost: api.example.com\r\nContent-Type: application/json\r\nContent-Length: 12\r\nConnection: keep-alive',
+    'GET /ws HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: k',
+    'PUT /x HTTP/1.0\r\nTransfer-Encoding: chunked\r\nConnection: keep-alive',
+  ];
+  let mismatches = 0;
+  let accepted = 0;
+  for (let i = 0; i < 20000; i++) {
+    const rs = i % 2 === 0 ? responses[rnd(responses.length)]! : mutate(responses[rnd(responses.length)]!);
+    const rq = i % 2 === 0 ? requests[rnd(requests.length)]! : mutate(requests[rnd(requests.length)]!);
+    const rawRes = head(rs);
+    const rawReq = head(rq);
+    const wantRes = oracleResponse(rawRes);
+    const wantReq = oracleRequest(rawReq);
+    if (typeof wantRes !== 'string') accepted++;
+    for (const [got, want, text] of [
+      [viewResponse(rawRes), wantRes, rs],
+      [viewRequest(rawReq), wantReq, rq],
+    ] as const) {
+      if (JSON.stringify(got) !== JSON.stringify(want) && mismatches++ < 5) t.fail(`differs on ${JSON.stringify(text)}`, { got, want });
+    }
+  }
+  t.equal(mismatches, 0, 'no head parsed differently');
+  t.ok(accepted > 2000, `mutated heads still accepted often enough to compare fields (${accepted})`);
+});
