@@ -66,6 +66,14 @@ export class SocketReader {
   #detached = false;
   #pump: BodyPump | null = null;
   #headScan = 0;
+  /**
+   * The last head `takeHead` cut from a chunk with bytes after it, and those
+   * bytes (queued): a body that follows in the same buffer goes out with its
+   * head as one view (see `pipeBodyThen`).
+   */
+  #cutFrom: Buffer | null = null;
+  #cutHead: Buffer | null = null;
+  #cutRest: Buffer | null = null;
 
   /**
    * `owner`: the socket's bytes arrive through `push`, as views of the
@@ -204,12 +212,29 @@ export class SocketReader {
    * written as it arrives. Bytes past the end stay queued for the next head.
    * A 'close'-delimited body ends `dst` when the socket ends. `head` (the
    * message head) goes first: together with the first body bytes when they
-   * are already read, otherwise at once. Returns null when the body is
+   * are already read, otherwise at once (a whole Content-Length body read
+   * with its head, right after it, goes in one write of both, without a
+   * pump). Returns null when the body is
    * already through, the error (BodyError, or the socket's) when it failed
    * already, else undefined, and `then` is called once at its end (with
    * null, or the error).
    */
   pipeBodyThen(dst: Socket, framing: Framing, head: Buffer | null, then: (err: Error | null) => void): Error | null | undefined {
+    if (framing.kind === 'length' && head !== null && head === this.#cutHead) {
+      const from = this.#cutFrom!;
+      const rest = this.#cutRest!;
+      this.#cutFrom = this.#cutHead = this.#cutRest = null;
+      const n = framing.length;
+      // The whole body was read with its head, right after it: one write of both, no pump.
+      if (this.#queue[0] === rest && rest.length >= n) {
+        this.#shift();
+        if (rest.length > n) this.unshift(rest.subarray(n));
+        const r = send(dst, from.subarray(0, head.length + n));
+        // Not flushed synchronously: the socket holds a reference to the buffer.
+        if (this.#owner !== null && r !== SENT) this.#owner.kept = true;
+        return null;
+      }
+    }
     if (framing.kind === 'none' || (head !== null && this.#queue.length === 0)) {
       if (head !== null) send(dst, head);
       if (framing.kind === 'none') return null;
@@ -343,8 +368,15 @@ export class SocketReader {
         const end = idx + 4;
         if (end > max) return 'too-large';
         this.#shift();
-        if (end < acc.length) this.unshift(acc.subarray(end));
-        return acc.subarray(0, end);
+        const h = acc.subarray(0, end);
+        if (end < acc.length) {
+          const rest = acc.subarray(end);
+          this.unshift(rest);
+          this.#cutFrom = acc;
+          this.#cutHead = h;
+          this.#cutRest = rest;
+        } else this.#cutFrom = this.#cutHead = this.#cutRest = null;
+        return h;
       }
       if (acc.length > max) return 'too-large';
       // The next scan starts where a CRLFCRLF split across reads could begin.

@@ -1,7 +1,7 @@
 import t from 'tap';
 import net from 'node:net';
 import { createHash, randomBytes } from 'node:crypto';
-import { connectVia, onePolicy, portOf, startHttp, startProxy, within } from './fixtures/helpers.js';
+import { connectVia, onePolicy, portOf, startHttp, startProxy, startTcp, within } from './fixtures/helpers.js';
 import { readSlowly, slowCollect } from '../helpers/streams.js';
 
 /*
@@ -189,3 +189,41 @@ t.test('L7 forward: a chunked upload whose terminator is split across writes rea
   })());
 });
 
+
+t.test('L7 tunnel: pipelined requests with bodies meet responses with bodies already read: every byte, in order, both ways', async (t) => {
+  // Most heads arrive with their whole body right after them in one read
+  // (sent in one write), and some are cut across reads, so both the one-write
+  // path and the pump carry bodies, each followed by the next head.
+  const N = 2000;
+  const bodyOf = (tag: string, i: number, pad: string): string => `${tag}${i}:` + pad.repeat((i * 7) % 53);
+  let requests = '';
+  let responses = '';
+  for (let i = 0; i < N; i++) {
+    const q = bodyOf('q', i, 'z');
+    const r = bodyOf('r', i, 'y');
+    requests += `POST /u/${i} HTTP/1.1\r\nHost: ${HOST}\r\nContent-Length: ${q.length}\r\n\r\n${q}`;
+    responses += `HTTP/1.1 200 OK\r\nContent-Length: ${r.length}\r\n\r\n${r}`;
+  }
+  let received = '';
+  let allReceived: () => void = () => {};
+  const upstreamDone = new Promise<void>((r) => (allReceived = r));
+  const upstream = await startTcp(t, (s) => {
+    s.once('data', () => s.write(responses));
+    s.on('data', (c: Buffer) => {
+      received += c.toString('latin1');
+      if (received.length >= requests.length) allReceived();
+    });
+  });
+  const port = portOf(upstream);
+  const { proxy, decisions } = await startProxy(t, onePolicy({ host: HOST, port, protocol: 'rest', access: 'full' }));
+  await within(20_000, (async () => {
+    const tun = await connectVia(t, proxy, `${HOST}:${port}`);
+    t.equal(tun.status, 200);
+    tun.sock.write(requests);
+    const got = (await tun.bytes.take(responses.length)).toString('latin1');
+    t.ok(got === responses, 'the client got every response, byte for byte');
+    await upstreamDone;
+    t.ok(received === requests, 'the upstream got every request, byte for byte');
+  })());
+  t.equal(decisions.filter((d) => d.action === 'allow' && d.layer === 'L7').length, N, 'each request checked');
+});
