@@ -74,6 +74,10 @@ export class SocketReader {
   #cutFrom: Buffer | null = null;
   #cutHead: Buffer | null = null;
   #cutRest: Buffer | null = null;
+  /** The pending `onHead` (see `#retryHead`). */
+  #headCb: ((h: Head) => void) | null = null;
+  #headLimit = 0;
+  #headConnectLimit = 0;
 
   /**
    * `owner`: the socket's bytes arrive through `push`, as views of the
@@ -95,7 +99,11 @@ export class SocketReader {
       this.#pumpChunk(p, c);
       return true;
     }
-    if (c.length <= COPY_MAX) this.#enqueue(Buffer.from(c));
+    if (c.length <= COPY_MAX) {
+      const copy = Buffer.allocUnsafe(c.length);
+      copy.set(c);
+      this.#enqueue(copy);
+    }
     else {
       this.#owner!.kept = true;
       this.#enqueue(c);
@@ -359,7 +367,7 @@ export class SocketReader {
     if (q.length === 0) return this.#eof || this.#err ? null : undefined;
     let acc = q[0]!;
     for (;;) {
-      const idx = acc.indexOf(CRLFCRLF, this.#headScan);
+      const idx = findHeadEnd(acc, this.#headScan);
       const max =
         connectLimit < limit && acc.length >= 8 && acc[0] === 0x43 && acc.toString('latin1', 0, 8) === 'CONNECT '
           ? connectLimit
@@ -397,13 +405,42 @@ export class SocketReader {
   onHead(limit: number, connectLimit: number, cb: (h: Head) => void): void {
     const h = this.takeHead(limit, connectLimit);
     if (h !== undefined) return cb(h);
-    const retry = (): void => {
-      const next = this.takeHead(limit, connectLimit);
-      if (next === undefined) this.#wake = retry;
-      else cb(next);
-    };
-    this.#wake = retry;
+    this.#headLimit = limit;
+    this.#headConnectLimit = connectLimit;
+    this.#headCb = cb;
+    this.#wake = this.#retryHead;
   }
+
+  /** The waiter `onHead` leaves: one per reader, not a closure per head. */
+  #retryHead = (): void => {
+    const next = this.takeHead(this.#headLimit, this.#headConnectLimit);
+    if (next === undefined) {
+      this.#wake = this.#retryHead;
+      return;
+    }
+    const cb = this.#headCb!;
+    this.#headCb = null;
+    cb(next);
+  };
+}
+
+/**
+ * Index of the first CRLF CRLF in `b` at or after `from`, or -1. Heads are
+ * short: a JS scan that skips four bytes past any byte that is neither CR
+ * nor LF beats a call into C++; long inputs use `indexOf`.
+ */
+export function findHeadEnd(b: Buffer, from: number): number {
+  const n = b.length;
+  if (n - from > 1024) return b.indexOf(CRLFCRLF, from);
+  for (let i = from + 3; i < n; ) {
+    const c = b[i];
+    if (c === 0x0a) {
+      if (b[i - 1] === 0x0d && b[i - 2] === 0x0a && b[i - 3] === 0x0d) return i - 3;
+      i += 2; // this LF can still be a match's first LF
+    } else if (c === 0x0d) i += 1; // ...or this CR its second CR
+    else i += 4; // no match holds this byte
+  }
+  return -1;
 }
 
 /** A message head read by `readHead`/`onHead`, or why there is none (see `takeHead`). */

@@ -135,6 +135,9 @@ interface Upstream {
   reader: SocketReader;
   /** null for a socket from the `connect` test seam: read through 'data' events. */
   feed: ReadFeed | null;
+  /** The exchange whose response is read now, and the head waiter for it (one per upstream, not a closure per request). */
+  exchange: Exchange | null;
+  readonly onHead: (h: Head) => void;
 }
 
 /** Read buffers of closed sockets, for the next ones (fewer large allocations, less GC). */
@@ -757,7 +760,17 @@ class EgressServer implements EgressProxy {
   #upstream(key: string, d: Dialed): Upstream {
     const reader = new SocketReader(d.sock, d.feed);
     d.feed?.attach(d.feed.readerSink(reader));
-    return { key, addr: d.addr, internal: internalReason(d.addr) !== null, sock: d.sock, reader, feed: d.feed };
+    const up: Upstream = {
+      key,
+      addr: d.addr,
+      internal: internalReason(d.addr) !== null,
+      sock: d.sock,
+      reader,
+      feed: d.feed,
+      exchange: null,
+      onHead: (h) => this.#response(up.exchange!, h),
+    };
+    return up;
   }
 
   #open(key: string, addrs: IpAddr[], port: number): Promise<Upstream | DialFailure> {
@@ -1023,7 +1036,8 @@ class EgressServer implements EgressProxy {
       if (r === undefined) x.bodyDone = false;
       else if (r !== null) this.#requestBodyEnd(x, r);
     }
-    x.up.reader.onHead(HEAD_LIMIT, HEAD_LIMIT, (raw) => this.#response(x, raw));
+    x.up.exchange = x;
+    x.up.reader.onHead(HEAD_LIMIT, HEAD_LIMIT, x.up.onHead);
   }
 
   #requestBodyEnd(x: Exchange, err: Error | null): void {
@@ -1041,7 +1055,7 @@ class EgressServer implements EgressProxy {
       // Interim responses already read are taken in this loop, not by recursion.
       while (this.#responseHead(x, raw)) {
         const next = x.up.reader.takeHead(HEAD_LIMIT);
-        if (next === undefined) return x.up.reader.onHead(HEAD_LIMIT, HEAD_LIMIT, (h) => this.#response(x, h));
+        if (next === undefined) return x.up.reader.onHead(HEAD_LIMIT, HEAD_LIMIT, x.up.onHead);
         raw = next;
       }
     } catch (err) {

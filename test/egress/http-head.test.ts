@@ -1,5 +1,5 @@
 import t from 'tap';
-import { headerLines, parseRequestHead, parseResponseHead, responseFraming, type RequestHead, type ResponseHead } from '../../src/egress/http.js';
+import { findHeadEnd, headerLines, parseRequestHead, parseResponseHead, responseFraming, type RequestHead, type ResponseHead } from '../../src/egress/http.js';
 
 const head = (s: string): Buffer => Buffer.from(`${s}\r\n\r\n`, 'latin1');
 
@@ -231,4 +231,25 @@ t.test('the byte-level head scanner agrees with a line-by-line oracle on mutated
   }
   t.equal(mismatches, 0, 'no head parsed differently');
   t.ok(accepted > 2000, `mutated heads still accepted often enough to compare fields (${accepted})`);
+});
+
+t.test('the head-end scan finds the first CRLF CRLF exactly where indexOf does', async (t) => {
+  const CRLFCRLF = Buffer.from('\r\n\r\n');
+  let seed = 12345;
+  const rnd = (n: number): number => {
+    seed ^= seed << 13;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    return (seed >>> 0) % n;
+  };
+  const alphabet = [0x0d, 0x0a, 0x41, 0x0d, 0x0a, 0x20];
+  let mismatches = 0;
+  for (let k = 0; k < 100000; k++) {
+    const len = rnd(k % 100 === 0 ? 3000 : 48);
+    const b = Buffer.alloc(len);
+    for (let i = 0; i < len; i++) b[i] = alphabet[rnd(alphabet.length)]!;
+    const from = rnd(len + 2);
+    if (findHeadEnd(b, from) !== b.indexOf(CRLFCRLF, from) && mismatches++ < 5) t.fail(`differs on ${JSON.stringify(b.toString('latin1'))} from ${from}`);
+  }
+  t.equal(mismatches, 0);
 });
