@@ -182,11 +182,10 @@ export class SocketReader {
     }
   }
 
-  /** Wait until at least one byte (or EOF) is available, without consuming it. */
-  async peek(): Promise<Buffer | null> {
-    const c = await this.next();
-    if (c) this.unshift(c);
-    return c;
+  /** The next byte, not consumed: undefined while none is read yet, null at the end of the stream (or an error). */
+  firstByte(): number | null | undefined {
+    for (const c of this.#queue) if (c.length > 0) return c[0]!;
+    return this.#eof || this.#err ? null : undefined;
   }
 
   unshift(b: Buffer): void {

@@ -314,6 +314,15 @@ export function checkRequest(ep: CompiledEndpoint, method: string, path: string)
   return { allowed: false, reason: `no rule allows ${method} ${path}` };
 }
 
+/** Index of the first '?' or '#' in a request target, or -1 (a loop over a short path, no regex). */
+export function queryStart(target: string): number {
+  for (let i = 0; i < target.length; i++) {
+    const c = target.charCodeAt(i);
+    if (c === 0x3f || c === 0x23) return i;
+  }
+  return -1;
+}
+
 /**
  * Canonicalise a request path before matching: drop the query, decode
  * percent-escapes, resolve `.` and `..`, collapse `//`. Returns null for what
@@ -322,7 +331,7 @@ export function checkRequest(ep: CompiledEndpoint, method: string, path: string)
  */
 export function canonicalPath(target: string): string | null {
   let p = target;
-  const q = p.search(/[?#]/);
+  const q = queryStart(p);
   if (q >= 0) p = p.slice(0, q);
   if (!p.startsWith('/')) return null;
   // Nothing to decode or resolve: already canonical.

@@ -14,6 +14,7 @@ import {
   checkRequest,
   endpointCoversIp,
   parsePolicy,
+  queryStart,
   type CompiledEndpoint,
   type Policy,
 } from './policy.js';
@@ -328,7 +329,7 @@ function parseAbsoluteTarget(target: string): AbsoluteTarget | string {
 }
 
 function stripQuery(target: string): string {
-  const q = target.search(/[?#]/);
+  const q = queryStart(target);
   return q < 0 ? target : target.slice(0, q);
 }
 
@@ -920,16 +921,27 @@ class EgressServer implements EgressProxy {
     client.write(CONNECT_OK);
     if (!endpoint.rest) return this.#splice(client, cr, d.sock, d.feed, null);
     const up = this.#upstream(`${t.key}:${t.port}`, d);
-    this.#restTunnel(client, cr, up, t).catch((err: unknown) => {
-      this.#failed(client, err);
-      up.sock.destroy();
-    });
+    this.#restTunnel(client, cr, up, t);
   }
 
-  /** Plain HTTP inside a CONNECT tunnel to a `protocol: rest` endpoint: check every request. */
-  async #restTunnel(client: Socket, cr: SocketReader, up: Upstream, t: Target): Promise<void> {
-    const first = await cr.peek();
-    if (first && first[0] === 0x16) {
+  /**
+   * Plain HTTP inside a CONNECT tunnel to a `protocol: rest` endpoint: check
+   * every request. Starts once the first byte is read (a TLS ClientHello
+   * passes at L4); callbacks, no promise per tunnel.
+   */
+  #restTunnel(client: Socket, cr: SocketReader, up: Upstream, t: Target): void {
+    try {
+      this.#restStart(client, cr, up, t);
+    } catch (err) {
+      this.#failed(client, err);
+      up.sock.destroy();
+    }
+  }
+
+  #restStart(client: Socket, cr: SocketReader, up: Upstream, t: Target): void {
+    const first = cr.firstByte();
+    if (first === undefined) return cr.onReadable(() => this.#restTunnel(client, cr, up, t));
+    if (first === 0x16) {
       // TLS ClientHello: we cannot see requests; pass it at L4 and say so.
       const ep = this.#policy?.match(t.key, t.port);
       this.#log.warn({ host: t.key, port: t.port }, 'TLS inside a rest tunnel: L7 rules not enforced');

@@ -1,8 +1,10 @@
 import t from 'tap';
 import net from 'node:net';
+import tls from 'node:tls';
 import http from 'node:http';
 import { once } from 'node:events';
 import type { Logger } from '../../src/log.js';
+import { selfSignedCert } from '../helpers/tls.js';
 import { startEgressProxy, type Policy } from '../../src/egress/index.js';
 import {
   connectVia,
@@ -401,5 +403,36 @@ t.test('a flood of interim (1xx) responses already read is forwarded in a loop, 
     const all = await tun.bytes.until('\r\n\r\nok');
     t.equal(all.split('HTTP/1.1 100 Continue\r\n\r\n').length - 1, N, 'every 100 Continue forwarded');
     t.ok(all.endsWith('HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok'), 'then the final response');
+  })());
+});
+
+t.test('TLS inside a rest tunnel passes at L4, with a warning decision; requests in plain HTTP are still checked', async (t) => {
+  const { cert, key } = selfSignedCert();
+  const tlsServer = tls.createServer({ cert, key }, (s) => s.pipe(s));
+  tlsServer.listen(0, '127.0.0.1');
+  await once(tlsServer, 'listening');
+  t.teardown(() => tlsServer.close());
+  const port = (tlsServer.address() as net.AddressInfo).port;
+  const { proxy, decisions } = await startProxy(t, onePolicy({ host: API, port, protocol: 'rest', rules: [{ allow: { method: 'GET', path: '/ok' } }] }));
+  await within(10_000, (async () => {
+    const tun = await connectVia(t, proxy, `${API}:${port}`);
+    t.equal(tun.status, 200);
+    // The ClientHello is the tunnel's first byte, read after the 200 went out.
+    const secure = tls.connect({ socket: tun.sock, ca: cert, servername: 'localhost' });
+    t.teardown(() => secure.destroy());
+    await once(secure, 'secureConnect');
+    secure.write('through TLS');
+    const [echo] = (await once(secure, 'data')) as [Buffer];
+    t.equal(echo.toString(), 'through TLS', 'bytes pass both ways');
+  })());
+  t.match(decisions.at(-1), { action: 'allow', layer: 'L4', host: API, port, reason: /TLS inside a rest tunnel/ });
+
+  // The same endpoint in plain HTTP: a request the rules do not allow is refused.
+  const plain = await startHttp(t);
+  const { proxy: p2 } = await startProxy(t, onePolicy({ host: API, port: portOf(plain), protocol: 'rest', rules: [{ allow: { method: 'GET', path: '/ok' } }] }));
+  await within(5000, (async () => {
+    const tun = await connectVia(t, p2, `${API}:${portOf(plain)}`);
+    tun.sock.write(`GET /other HTTP/1.1\r\nHost: ${API}\r\n\r\n`);
+    t.equal((await tun.bytes.response()).status, 403);
   })());
 });
