@@ -448,7 +448,8 @@ export type Head = Buffer | 'too-large' | 'truncated' | null;
 /** What the proxy needs from a head's header fields. */
 interface HeadFields {
   transferEncoding: string[] | null;
-  contentLength: string[] | null;
+  /** A single Content-Length of plain digits as its number; otherwise the values as sent (trimmed). */
+  contentLength: string[] | number | null;
   upgrade: boolean;
   /** Connection tokens the proxy acts on. */
   close: boolean;
@@ -484,7 +485,7 @@ function headFields(raw: Buffer, from: number, end: number): HeadFields | null {
     // Only names of these lengths can be fields the proxy acts on; compared in place.
     switch (colon - pos) {
       case 14:
-        if (nameIs(raw, pos, 'content-length')) (f.contentLength ??= []).push(raw.toString('latin1', colon + 1, eol).trim());
+        if (nameIs(raw, pos, 'content-length')) contentLengthField(f, raw, colon + 1, eol);
         break;
       case 17:
         if (nameIs(raw, pos, 'transfer-encoding')) (f.transferEncoding ??= []).push(raw.toString('latin1', colon + 1, eol).trim());
@@ -501,6 +502,27 @@ function headFields(raw: Buffer, from: number, end: number): HeadFields | null {
     if (raw[eol + 1] !== 0x0a) return null;
     pos = eol + 2;
   }
+}
+
+/** One Content-Length field's value, `raw[from, end)`: a number while it is the only one and plain digits, else text. */
+function contentLengthField(f: HeadFields, raw: Buffer, from: number, end: number): void {
+  const prev = f.contentLength;
+  if (prev === null) {
+    let a = from;
+    let b = end;
+    while (a < b && (raw[a] === 0x20 || raw[a] === 0x09)) a++;
+    while (b > a && (raw[b - 1] === 0x20 || raw[b - 1] === 0x09)) b--;
+    let n = 0;
+    let i = a;
+    for (; i < b && isDigit(raw[i]!); i++) n = n * 10 + raw[i]! - 0x30;
+    if (i === b && b > a && b - a <= 15) {
+      f.contentLength = n;
+      return;
+    }
+  }
+  const values = prev === null ? [] : typeof prev === 'number' ? [String(prev)] : prev;
+  values.push(raw.toString('latin1', from, end).trim());
+  f.contentLength = values;
 }
 
 /** Whether `raw` at `pos` spells `lower` (lower-case letters and '-'), in any case. */
@@ -580,7 +602,8 @@ export interface ResponseHead {
   raw: Buffer;
   status: number;
   transferEncoding: string[] | null;
-  contentLength: string[] | null;
+  /** See `HeadFields`. */
+  contentLength: string[] | number | null;
   keepAlive: boolean;
 }
 
@@ -589,7 +612,8 @@ function chunkedLast(te: string[]): boolean {
   return codings.length > 0 && codings[codings.length - 1] === 'chunked';
 }
 
-function contentLength(values: string[]): number | null | 'bad' {
+function contentLength(values: string[] | number): number | null | 'bad' {
+  if (typeof values === 'number') return values;
   if (values.length === 1 && /^\d{1,15}$/.test(values[0]!)) return Number(values[0]);
   let n: number | null = null;
   for (const v of values.join(',').split(',')) {
@@ -615,10 +639,10 @@ export function parseRequestHead(raw: Buffer): RequestHead | string {
   let framing: Framing = FRAMING_NONE;
   if (te) {
     // RFC 9112 6.1: both is a smuggling vector; a request body must end chunked.
-    if (cl) return 'both Transfer-Encoding and Content-Length';
+    if (cl !== null) return 'both Transfer-Encoding and Content-Length';
     if (!chunkedLast(te)) return 'unsupported Transfer-Encoding';
     framing = { kind: 'chunked' };
-  } else if (cl) {
+  } else if (cl !== null) {
     const n = contentLength(cl);
     if (n === 'bad') return 'invalid Content-Length';
     if (n) framing = { kind: 'length', length: n };
@@ -688,7 +712,7 @@ export function responseFraming(method: string, res: ResponseHead): Framing | st
   const te = res.transferEncoding;
   if (te) return chunkedLast(te) ? { kind: 'chunked' } : { kind: 'close' };
   const cl = res.contentLength;
-  if (cl) {
+  if (cl !== null) {
     const n = contentLength(cl);
     if (n === 'bad') return 'invalid Content-Length';
     return n ? { kind: 'length', length: n } : { kind: 'none' };
