@@ -552,7 +552,8 @@ function connectionTokens(f: HeadFields, raw: Buffer, from: number, end: number)
 
 /** A request's header lines as sent (the request line excluded). */
 export function headerLines(req: RequestHead): string[] {
-  return req.fieldsFrom >= req.text.length ? [] : req.text.slice(req.fieldsFrom).split('\r\n');
+  const end = req.raw.length - 4;
+  return req.fieldsFrom >= end ? [] : req.raw.toString('latin1', req.fieldsFrom, end).split('\r\n');
 }
 
 /** Why field lines failed `headFields` (the first problem, line by line). */
@@ -579,8 +580,49 @@ function startLineProblem(text: string, what: string): string {
   return line.includes('\n') || line.includes('\r') ? 'bare CR or LF in head' : `malformed ${what} line`;
 }
 
-// The request line, matched at the start of the head through its CRLF (or the end): no bare CR or LF inside.
-const REQUEST_LINE = /^([!#$%&'*+\-.^_`|~0-9A-Za-z]+) ([^\s]+) HTTP\/1\.([01])(?:\r\n|$)/;
+/**
+ * The request line of `raw[0, end)`, read byte by byte: `method SP target
+ * SP HTTP/1.[01]`, then CRLF (or the end of the head). The method is a
+ * token; the target has no white space (JavaScript's \s: HT, LF, VT, FF,
+ * CR, SP, NBSP). null when malformed.
+ */
+function requestLine(raw: Buffer, end: number): { method: string; target: string; version: '1.0' | '1.1'; fieldsFrom: number } | null {
+  let i = 0;
+  while (i < end && TCHAR[raw[i]!] === 1) i++;
+  if (i === 0 || i === end || raw[i] !== 0x20) return null;
+  const sp = i;
+  for (i++; i < end && !isSpace(raw[i]!); i++);
+  if (i === sp + 1 || end - i < 9 || raw[i] !== 0x20) return null;
+  const tEnd = i;
+  for (let k = 0; k < 7; k++) if (raw[i + 1 + k] !== HTTP_1_[k]) return null;
+  const v = raw[i + 8];
+  if (v !== 0x30 && v !== 0x31) return null;
+  i += 9;
+  let fieldsFrom = end;
+  if (i < end) {
+    if (raw[i] !== 0x0d || raw[i + 1] !== 0x0a) return null;
+    fieldsFrom = i + 2;
+  }
+  return { method: methodName(raw, sp), target: raw.toString('latin1', sp + 1, tEnd), version: v === 0x31 ? '1.1' : '1.0', fieldsFrom };
+}
+
+// JavaScript's \s within one byte.
+function isSpace(c: number): boolean {
+  return c === 0x20 || (c >= 0x09 && c <= 0x0d) || c === 0xa0;
+}
+
+const METHODS = ['GET', 'POST', 'PUT', 'HEAD', 'DELETE', 'PATCH', 'OPTIONS', 'CONNECT'];
+
+/** `raw[0, len)` as text: the common methods as shared strings, without a copy. */
+function methodName(raw: Buffer, len: number): string {
+  for (const m of METHODS) {
+    if (m.length !== len) continue;
+    let k = 0;
+    while (k < len && raw[k] === m.charCodeAt(k)) k++;
+    if (k === len) return m;
+  }
+  return raw.toString('latin1', 0, len);
+}
 
 export type Framing = { kind: 'none' } | { kind: 'length'; length: number } | { kind: 'chunked' } | { kind: 'close' };
 const FRAMING_NONE: Framing = { kind: 'none' };
@@ -590,8 +632,7 @@ export interface RequestHead {
   method: string;
   target: string;
   version: '1.0' | '1.1';
-  /** The head as text without its final CRLF CRLF; its field lines start at `fieldsFrom` (see `headerLines`). */
-  text: string;
+  /** Where the field lines start in `raw` (see `headerLines`). */
   fieldsFrom: number;
   framing: Framing;
   keepAlive: boolean;
@@ -627,13 +668,13 @@ function contentLength(values: string[] | number): number | null | 'bad' {
 }
 
 export function parseRequestHead(raw: Buffer): RequestHead | string {
-  const text = headText(raw);
-  const m = REQUEST_LINE.exec(text);
-  if (!m) return startLineProblem(text, 'request');
-  const from = m[0].length;
-  const f = headFields(raw, from, text.length);
-  if (f === null) return fieldProblem(text.slice(from));
-  const version = m[3] === '1' ? '1.1' : '1.0';
+  const end = raw.length - 4;
+  const line = requestLine(raw, end);
+  if (line === null) return startLineProblem(headText(raw), 'request');
+  const from = line.fieldsFrom;
+  const f = headFields(raw, from, end);
+  if (f === null) return fieldProblem(headText(raw).slice(from));
+  const version = line.version;
   const te = f.transferEncoding;
   const cl = f.contentLength;
   let framing: Framing = FRAMING_NONE;
@@ -649,10 +690,9 @@ export function parseRequestHead(raw: Buffer): RequestHead | string {
   }
   return {
     raw,
-    method: m[1]!,
-    target: m[2]!,
+    method: line.method,
+    target: line.target,
     version,
-    text,
     fieldsFrom: from,
     framing,
     keepAlive: version === '1.1' ? !f.close : f.keepAlive,

@@ -192,7 +192,7 @@ t.test('the byte-level head scanner agrees with a line-by-line oracle on mutated
     seed ^= seed << 5;
     return (seed >>> 0) % n;
   };
-  const bits = ['\r', '\n', '\0', ' ', '\t', ':', ',', '\x7f', '\xff', '(', 'a', 'Z', '0', '\r\n', '\r\n ', '\r\nX-A: b',
+  const bits = ['\r', '\n', '\0', ' ', '\t', '\v', '\f', '\xa0', '\x85', ':', ',', '\x7f', '\xff', '(', 'a', 'Z', '0', '\r\n', '\r\n ', '\r\nX-A: b', 'GET', 'get', 'CONNECT', 'HTTP/1.1', ' /x?y#z',
     '\r\nContent-Length: 5', '\r\nContent-Length: 0', '\r\nContent-Length:  007 ', '\r\ncontent-length: 5, 5', '\r\nTransfer-Encoding: chunked', '\r\nConnection: close, Upgrade',
     '\r\nconnection:keep-alive', '\r\nUpgrade: websocket', ' close', ', keep-alive', 'HTTP/1.0'];
   const mutate = (s: string): string => {
