@@ -7,6 +7,7 @@ import { LinkedSet, type Link } from './linked-set.js';
 import { Exemplars } from './exemplars.js';
 import { send, SENT, FULL } from './raw-write.js';
 import type { Logger } from '../log.js';
+import { isoNow } from '../iso-time.js';
 import { internalReason, normalizeHost, parseIp, type HostName, type IpAddr } from './ip.js';
 import {
   CompiledPolicy,
@@ -244,26 +245,6 @@ interface Target {
   host: HostName;
   key: string; // normalised host: DNS name or canonical IP text
   port: number;
-}
-
-let isoMs = 0;
-let isoText = '';
-let isoSec = -1;
-let isoPrefix = '';
-/** `new Date().toISOString()`: the date and time formatted once per second, the milliseconds appended. */
-function isoNow(): string {
-  const ms = Date.now();
-  if (ms !== isoMs) {
-    isoMs = ms;
-    const sec = Math.floor(ms / 1000);
-    if (sec !== isoSec) {
-      isoSec = sec;
-      isoPrefix = new Date(sec * 1000).toISOString().slice(0, -4); // through the '.'
-    }
-    const frac = ms - sec * 1000;
-    isoText = isoPrefix + (frac < 10 ? '00' : frac < 100 ? '0' : '') + frac + 'Z';
-  }
-  return isoText;
 }
 
 function hostKey(h: HostName): string {

@@ -376,7 +376,8 @@ export class Supervisor {
 
   #forward(line: LogLine): void {
     this.#pendingLogs.push(line);
-    if (this.#pendingLogs.length > 2000) this.#pendingLogs.splice(0, this.#pendingLogs.length - 2000);
+    // The newest LOG_BATCH_MAX are sent; trimmed in bulk, not by one splice per line past the cap.
+    if (this.#pendingLogs.length >= 2 * LOG_BATCH_MAX) this.#pendingLogs.splice(0, this.#pendingLogs.length - LOG_BATCH_MAX);
     this.#logTimer ??= setTimeout(() => {
       this.#logTimer = undefined;
       this.#flushLogs();
@@ -385,9 +386,12 @@ export class Supervisor {
 
   #flushLogs(): void {
     if (this.#pendingLogs.length === 0 || !this.#control.connected) return;
-    if (this.#control.send({ type: 'log', lines: this.#pendingLogs.slice() })) this.#pendingLogs.length = 0;
+    if (this.#control.send({ type: 'log', lines: this.#pendingLogs.slice(-LOG_BATCH_MAX) })) this.#pendingLogs.length = 0;
   }
 }
+
+/** Log lines kept for the gateway between sends (every 200 ms): the newest this many (the gateway keeps 2000 per sandbox). */
+const LOG_BATCH_MAX = 2000;
 
 function positiveInt(value: string | undefined): number | undefined {
   const n = Number(value);
