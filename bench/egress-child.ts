@@ -1,14 +1,19 @@
 /**
  * Child process for bench/egress.ts, so client, targets and proxy do not
  * share one event loop. `servers`: loopback HTTP (bulk + small) and
- * WebSocket echo targets. `proxy <policy-json>`: our egress proxy.
- * Reports its ports over IPC, runs until killed.
+ * WebSocket echo targets. `proxy <policy-json> [sandbox-log <file>]`: our
+ * egress proxy, with a silent logger or the supervisor's: a JSON line per
+ * decision appended to `file`, as a sandbox's supervisor appends to the log
+ * file the process driver gives it. Reports its ports over IPC, runs until
+ * killed.
  */
 import http from 'node:http';
+import { openSync, writeSync } from 'node:fs';
 import type { AddressInfo } from 'node:net';
 import { once } from 'node:events';
 import { WebSocketServer } from 'ws';
-import { silentLogger } from '../src/log.js';
+import { silentLogger, type Logger } from '../src/log.js';
+import { createSupervisorLogger, LogRing } from '../src/supervisor/log.js';
 import { startEgressProxy, type Policy } from '../src/egress/index.js';
 import { leanAccept } from '../src/egress/accept.js';
 
@@ -49,8 +54,31 @@ async function servers(): Promise<void> {
   process.send!({ httpPort: (server.address() as AddressInfo).port });
 }
 
-async function proxy(policyJson: string): Promise<void> {
-  const p = await startEgressProxy({ policy: JSON.parse(policyJson) as Policy, log: silentLogger });
+/**
+ * The logger a sandbox's proxy has: the supervisor's, lines appended to a
+ * file (as the process driver's log file) and the gateway's share batched
+ * every 200 ms like `Supervisor.forwardLog`, serialised as the control
+ * session would and dropped (there is no gateway here).
+ */
+function sandboxLogger(file: string): Logger {
+  const fd = openSync(file, 'a', 0o600);
+  const pending = new LogRing(2000);
+  let timer: NodeJS.Timeout | undefined;
+  const sink = (line: string): void => {
+    pending.push(line);
+    timer ??= setTimeout(() => {
+      timer = undefined;
+      // What ControlClient.sendLogLines puts on the wire.
+      void `{"type":"log","lines":[${pending.lines().join(',')}]}`.length;
+      pending.clear();
+    }, 200).unref();
+  };
+  return createSupervisorLogger({ bindings: { sandboxId: 'bench' }, sink, write: (text) => writeSync(fd, text) }).child({ component: 'egress' });
+}
+
+async function proxy(policyJson: string, logMode: string | undefined, logFile: string | undefined): Promise<void> {
+  const log = logMode === 'sandbox-log' && logFile ? sandboxLogger(logFile) : silentLogger;
+  const p = await startEgressProxy({ policy: JSON.parse(policyJson) as Policy, log });
   // Tests ask for a full GC (run with --expose-gc) to check what the proxy does after one.
   process.on('message', (m) => {
     if (m === 'gc' && typeof globalThis.gc === 'function') {
@@ -64,5 +92,5 @@ async function proxy(policyJson: string): Promise<void> {
 const role = process.argv[2];
 process.on('disconnect', () => process.exit(0));
 if (role === 'servers') await servers();
-else if (role === 'proxy') await proxy(process.argv[3] ?? 'null');
+else if (role === 'proxy') await proxy(process.argv[3] ?? 'null', process.argv[4], process.argv[5]);
 else throw new Error(`unknown role ${role}`);

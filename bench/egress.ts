@@ -1,7 +1,10 @@
 /**
  * Egress proxy benchmark: ours (L4 and L7 `rest`) vs direct vs squid and
- * tinyproxy, in one run, on loopback. Targets and our proxy run in child
- * processes; this process is only the client.
+ * tinyproxy, in one run, on loopback. Ours runs twice more with a sandbox's
+ * decision log (`-log`: the supervisor's logger, a line per decision to a
+ * file), since the others run with a silent logger as squid runs with
+ * `access_log none`. Targets and our proxy run in child processes; this
+ * process is only the client.
  *
  *   node dist/bench/egress.js [--quick]
  */
@@ -20,7 +23,7 @@ import { freePort } from './ports.js';
 import { cpuNs } from './lib.js';
 
 type Row = Record<string, string | number>;
-type Kind = 'direct' | 'ours-L4' | 'ours-L7' | 'squid' | 'tinyproxy';
+type Kind = 'direct' | 'ours-L4' | 'ours-L7' | 'ours-L4-log' | 'ours-L7-log' | 'squid' | 'tinyproxy';
 
 interface Peer {
   kind: Kind;
@@ -161,14 +164,15 @@ async function startTinyproxy(dir: string): Promise<Peer | null> {
   return { kind: 'tinyproxy', port, pid: null, stop: () => stopChild(child) };
 }
 
-async function startOurs(kind: 'ours-L4' | 'ours-L7', httpPort: number): Promise<Peer> {
-  const endpoint =
-    kind === 'ours-L7'
-      ? { host: '127.0.0.1', port: httpPort, protocol: 'rest', access: 'full' }
-      : { host: '127.0.0.1', port: httpPort };
+/** `-log` kinds log every decision as a sandbox's proxy does, to a file in `dir` (see egress-child's `sandboxLogger`). */
+async function startOurs(kind: 'ours-L4' | 'ours-L7' | 'ours-L4-log' | 'ours-L7-log', httpPort: number, dir: string): Promise<Peer> {
+  const l7 = kind === 'ours-L7' || kind === 'ours-L7-log';
+  const sandboxLog = kind.endsWith('-log');
+  const endpoint = l7 ? { host: '127.0.0.1', port: httpPort, protocol: 'rest', access: 'full' } : { host: '127.0.0.1', port: httpPort };
   const policy = { version: 1, network_policies: { bench: { endpoints: [endpoint] } } };
   // The proxy runs inside the supervisor in production: same Node flags here.
-  const { child, msg } = await forkChild(['proxy', JSON.stringify(policy)], SUPERVISOR_NODE_FLAGS);
+  const args = ['proxy', JSON.stringify(policy), ...(sandboxLog ? ['sandbox-log', path.join(dir, `${kind}.log`)] : [])];
+  const { child, msg } = await forkChild(args, SUPERVISOR_NODE_FLAGS);
   return { kind, port: msg.port!, pid: child.pid ?? null, stop: () => stopChild(child) };
 }
 
@@ -413,11 +417,13 @@ export async function runEgressBench(opts: { quick?: boolean } = {}): Promise<{ 
     const servers = await forkChild(['servers']);
     const ctx: Ctx = { ...ctx0, httpPort: servers.msg.httpPort! };
     peers.push({ kind: 'direct', port: null, pid: null, stop: async () => {} });
-    peers.push(await startOurs('ours-L4', ctx.httpPort));
-    peers.push(await startOurs('ours-L7', ctx.httpPort));
+    peers.push(await startOurs('ours-L4', ctx.httpPort, dir));
+    peers.push(await startOurs('ours-L7', ctx.httpPort, dir));
+    peers.push(await startOurs('ours-L4-log', ctx.httpPort, dir));
+    peers.push(await startOurs('ours-L7-log', ctx.httpPort, dir));
     const squid = await safely(() => startSquid(dir));
     const tiny = await safely(() => startTinyproxy(dir));
-    const kinds: Kind[] = ['direct', 'ours-L4', 'ours-L7', 'squid', 'tinyproxy'];
+    const kinds: Kind[] = ['direct', 'ours-L4', 'ours-L7', 'ours-L4-log', 'ours-L7-log', 'squid', 'tinyproxy'];
     const byKind = new Map<Kind, Peer | null>(kinds.map((k) => [k, peers.find((p) => p.kind === k) ?? null]));
     byKind.set('squid', squid);
     byKind.set('tinyproxy', tiny);
@@ -450,7 +456,12 @@ export async function runEgressBench(opts: { quick?: boolean } = {}): Promise<{ 
     };
     const throughput = (mode: 'connect' | 'forward') => async (): Promise<Map<Kind, number>> => {
       const size = ctx.quick ? 64 << 20 : 384 << 20;
-      const r = await interleaved(live, ctx.quick ? 2 : 3, (p) => bulk(p, ctx, mode, size));
+      // One decision per transfer: the logging peers would only repeat ours.
+      const r = await interleaved(
+        live.filter((p) => !p.kind.endsWith('-log')),
+        ctx.quick ? 2 : 3,
+        (p) => bulk(p, ctx, mode, size),
+      );
       return new Map([...r].map(([k, v]) => [k, median(v)]));
     };
     // Latency samples pooled over the rounds, and the proxy's CPU time per request over the same runs.
@@ -509,10 +520,11 @@ export async function runEgressBench(opts: { quick?: boolean } = {}): Promise<{ 
       for (const k of kinds) row[k] = fmt(num(k));
       row['L4/squid'] = fmt(ratio(num('ours-L4'), num('squid')));
       row['L7/L4'] = fmt(ratio(num('ours-L7'), num('ours-L4')));
+      row['L7/L4 logged'] = fmt(ratio(num('ours-L7-log'), num('ours-L4-log')));
       row.better = m.better;
       rows.push(row);
     }
-    return { title: `egress proxy: ours (L4, L7 rest) vs direct, squid, tinyproxy${ctx.quick ? ' (quick)' : ''}`, rows };
+    return { title: `egress proxy: ours (L4, L7 rest; silent and with a sandbox's decision log) vs direct, squid, tinyproxy${ctx.quick ? ' (quick)' : ''}`, rows };
   } finally {
     for (const p of peers) await p.stop();
     killAll();

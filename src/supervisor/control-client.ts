@@ -66,6 +66,14 @@ export class ControlClient {
     return true;
   }
 
+  /** `send({ type: 'log', lines })` for lines already serialised (the JSON text of each `LogLine`). */
+  sendLogLines(lines: string[]): boolean {
+    const ws = this.#ws;
+    if (!this.#connected || !ws || ws.readyState !== WebSocket.OPEN) return false;
+    ws.send(`{"type":"log","lines":[${lines.join(',')}]}`);
+    return true;
+  }
+
   close(): void {
     this.#closed = true;
     clearTimeout(this.#timer);

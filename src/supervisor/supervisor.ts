@@ -5,10 +5,10 @@ import { join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import WebSocket, { createWebSocketStream } from 'ws';
 import type { Logger } from '../log.js';
-import type { GatewayToSupervisor, LogLine, MainProcessMessage, WelcomeMessage } from '../protocol/control.js';
+import type { GatewayToSupervisor, MainProcessMessage, WelcomeMessage } from '../protocol/control.js';
 import { closeWebSocket, keepAlive } from '../relay/heartbeat.js';
 import { ControlClient, needsMasking, wsUrl } from './control-client.js';
-import { createSupervisorLogger } from './log.js';
+import { createSupervisorLogger, LogRing } from './log.js';
 
 export const SUPERVISOR_VERSION = '0.1.0';
 /** How long the entrypoint waits for a first session before starting anyway. */
@@ -80,7 +80,8 @@ export class Supervisor {
   readonly #o: SupervisorOptions;
   readonly #log: Logger;
   readonly #control: ControlClient;
-  readonly #pendingLogs: LogLine[] = [];
+  /** Log lines (JSON text) for the gateway, sent every 200 ms: the newest 2000 (the gateway keeps 2000 per sandbox). */
+  readonly #pendingLogs = new LogRing(2000);
   readonly #relays = new Map<string, WebSocket>();
   #logTimer: NodeJS.Timeout | undefined;
   #keepalive = { intervalMs: 10_000, timeoutMs: 30_000 };
@@ -370,14 +371,12 @@ export class Supervisor {
   }
 
   /** Queues a log line for the gateway (lines are batched every 200 ms). */
-  forwardLog(line: LogLine): void {
+  forwardLog(line: string): void {
     this.#forward(line);
   }
 
-  #forward(line: LogLine): void {
+  #forward(line: string): void {
     this.#pendingLogs.push(line);
-    // The newest LOG_BATCH_MAX are sent; trimmed in bulk, not by one splice per line past the cap.
-    if (this.#pendingLogs.length >= 2 * LOG_BATCH_MAX) this.#pendingLogs.splice(0, this.#pendingLogs.length - LOG_BATCH_MAX);
     this.#logTimer ??= setTimeout(() => {
       this.#logTimer = undefined;
       this.#flushLogs();
@@ -385,13 +384,10 @@ export class Supervisor {
   }
 
   #flushLogs(): void {
-    if (this.#pendingLogs.length === 0 || !this.#control.connected) return;
-    if (this.#control.send({ type: 'log', lines: this.#pendingLogs.slice(-LOG_BATCH_MAX) })) this.#pendingLogs.length = 0;
+    if (this.#pendingLogs.size === 0 || !this.#control.connected) return;
+    if (this.#control.sendLogLines(this.#pendingLogs.lines())) this.#pendingLogs.clear();
   }
 }
-
-/** Log lines kept for the gateway between sends (every 200 ms): the newest this many (the gateway keeps 2000 per sandbox). */
-const LOG_BATCH_MAX = 2000;
 
 function positiveInt(value: string | undefined): number | undefined {
   const n = Number(value);

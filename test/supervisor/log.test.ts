@@ -4,7 +4,7 @@ import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
 import { setImmediate as turn } from 'node:timers/promises';
-import { createSupervisorLogger } from '../../src/supervisor/log.js';
+import { createSupervisorLogger, LogRing } from '../../src/supervisor/log.js';
 import type { LogLine } from '../../src/protocol/control.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
@@ -12,7 +12,7 @@ const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..')
 function capture(): { writes: string[]; lines: () => Record<string, unknown>[]; sunk: LogLine[]; log: ReturnType<typeof createSupervisorLogger> } {
   const writes: string[] = [];
   const sunk: LogLine[] = [];
-  const log = createSupervisorLogger({ bindings: { sandboxId: 'sb-1' }, write: (s) => writes.push(s), sink: (l) => sunk.push(l) });
+  const log = createSupervisorLogger({ bindings: { sandboxId: 'sb-1' }, write: (s) => writes.push(s), sink: (l) => sunk.push(JSON.parse(l) as LogLine) });
   const lines = (): Record<string, unknown>[] =>
     writes
       .join('')
@@ -34,6 +34,64 @@ t.test('a line holds level, time, the bindings, the fields and the message; the 
   t.same(b, { level: 40, time: b!.time, sandboxId: 'sb-1', n: 1 }, 'no msg key without a message');
   t.match(sunk[0], { level: 'info', source: 'egress', message: 'egress decision', fields: { sandboxId: 'sb-1', component: 'egress', decision } });
   t.match(sunk[1], { level: 'warn', source: 'supervisor', message: '' });
+  t.same(Object.keys(sunk[0]!), ['time', 'level', 'source', 'message', 'fields'], 'the LogLine shape, in order');
+  t.same(Object.keys(sunk[0]!.fields!), ['sandboxId', 'component', 'decision']);
+});
+
+t.test('the gateway gets the newest lines, oldest first, at most the ring size', async (t) => {
+  const ring = new LogRing(3);
+  t.same(ring.lines(), []);
+  ring.push('a');
+  ring.push('b');
+  t.same(ring.lines(), ['a', 'b']);
+  for (const l of ['c', 'd', 'e']) ring.push(l);
+  t.equal(ring.size, 3);
+  t.same(ring.lines(), ['c', 'd', 'e'], 'older lines overwritten');
+  ring.push('f');
+  t.same(ring.lines(), ['d', 'e', 'f']);
+  ring.clear();
+  t.equal(ring.size, 0);
+  ring.push('g');
+  t.same(ring.lines(), ['g']);
+});
+
+t.test('the ring of lines agrees with a plain list model under random lines, sizes and wraps', async (t) => {
+  let seed = 99;
+  const rnd = (n: number): number => {
+    seed ^= seed << 13;
+    seed ^= seed >>> 17;
+    seed ^= seed << 5;
+    return (seed >>> 0) % n;
+  };
+  let mismatches = 0;
+  for (let round = 0; round < 200; round++) {
+    const maxLines = 1 + rnd(20);
+    const maxBytes = 8 + rnd(300);
+    const ring = new LogRing(maxLines, maxBytes);
+    let model: string[] = [];
+    for (let i = 0; i < 300; i++) {
+      if (rnd(50) === 0) {
+        ring.clear();
+        model = [];
+        continue;
+      }
+      const line = `${i}:` + 'é'.repeat(rnd(3)) + 'x'.repeat(rnd(maxBytes));
+      ring.push(line);
+      const n = Buffer.byteLength(line);
+      if (n <= maxBytes) {
+        model.push(line);
+        // The model keeps the newest lines that fit both limits (the ring may keep fewer: it never splits a line across its end).
+        while (model.length > maxLines || model.reduce((a, l) => a + Buffer.byteLength(l), 0) > maxBytes) model.shift();
+      }
+      const got = ring.lines();
+      const newestFirstOk = got.every((l, k) => l === model[model.length - got.length + k]);
+      const newestKept = n > maxBytes || got.at(-1) === line;
+      // What fits in half the ring is always all there (the room lost at a wrap is less than one line).
+      const allKept = model.reduce((a, l) => a + Buffer.byteLength(l), 0) * 2 > maxBytes || got.length === model.length;
+      if ((!newestFirstOk || !newestKept || !allKept || got.length > model.length) && mismatches++ < 3) t.fail(`round ${round} line ${i}`, { got, model });
+    }
+  }
+  t.equal(mismatches, 0, 'the newest lines, in order, never a corrupted one');
 });
 
 t.test('secrets are redacted in bindings and fields; errors keep type and message; a field named like a binding is written once', async (t) => {
@@ -77,7 +135,7 @@ t.test('a write that throws (the driver stopped reading) loses stdout lines, not
     write: () => {
       throw Object.assign(new Error('EPIPE'), { code: 'EPIPE' });
     },
-    sink: (l) => sunk.push(l),
+    sink: (l) => sunk.push(JSON.parse(l) as LogLine),
   });
   log.info({}, 'one');
   await turn();
