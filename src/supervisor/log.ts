@@ -143,7 +143,7 @@ let exitHook = false;
 
 /**
  * Log lines written once per event-loop turn instead of one write per line
- * (a write to the driver's pipe is a syscall and wakes the reader): lines
+ * (each write to the driver's file or pipe is a syscall, and wakes a reader): lines
  * logged during a turn are joined and written in `setImmediate`, at once
  * past FLUSH_AT, and synchronously at process exit (also after an uncaught
  * exception), so no line is lost and the order is kept.

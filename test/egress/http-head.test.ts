@@ -1,5 +1,6 @@
 import t from 'tap';
 import { findHeadEnd, headerLines, parseRequestHead, parseResponseHead, responseFraming, type RequestHead, type ResponseHead } from '../../src/egress/http.js';
+import { seededRandom } from '../helpers/random.js';
 
 const head = (s: string): Buffer => Buffer.from(`${s}\r\n\r\n`, 'latin1');
 
@@ -185,13 +186,7 @@ function viewRequest(raw: Buffer): unknown {
 }
 
 t.test('the byte-level head scanner agrees with a line-by-line oracle on mutated heads', async (t) => {
-  let seed = 0x9e3779b9;
-  const rnd = (n: number): number => {
-    seed ^= seed << 13;
-    seed ^= seed >>> 17;
-    seed ^= seed << 5;
-    return (seed >>> 0) % n;
-  };
+  const rnd = seededRandom(0x9e3779b9);
   const bits = ['\r', '\n', '\0', ' ', '\t', '\v', '\f', '\xa0', '\x85', ':', ',', '\x7f', '\xff', '(', 'a', 'Z', '0', '\r\n', '\r\n ', '\r\nX-A: b', 'GET', 'get', 'CONNECT', 'HTTP/1.1', ' /x?y#z',
     '\r\nContent-Length: 5', '\r\nContent-Length: 0', '\r\nContent-Length:  007 ', '\r\ncontent-length: 5, 5', '\r\nTransfer-Encoding: chunked', '\r\nConnection: close, Upgrade',
     '\r\nconnection:keep-alive', '\r\nUpgrade: websocket', ' close', ', keep-alive', 'HTTP/1.0'];
@@ -242,13 +237,7 @@ t.test('the byte-level head scanner agrees with a line-by-line oracle on mutated
 
 t.test('the head-end scan finds the first CRLF CRLF exactly where indexOf does', async (t) => {
   const CRLFCRLF = Buffer.from('\r\n\r\n');
-  let seed = 12345;
-  const rnd = (n: number): number => {
-    seed ^= seed << 13;
-    seed ^= seed >>> 17;
-    seed ^= seed << 5;
-    return (seed >>> 0) % n;
-  };
+  const rnd = seededRandom(12345);
   const alphabet = [0x0d, 0x0a, 0x41, 0x0d, 0x0a, 0x20];
   let mismatches = 0;
   for (let k = 0; k < 100000; k++) {

@@ -6,6 +6,7 @@ import { fileURLToPath } from 'node:url';
 import { setImmediate as turn } from 'node:timers/promises';
 import { createSupervisorLogger, LogRing } from '../../src/supervisor/log.js';
 import type { LogLine } from '../../src/protocol/control.js';
+import { seededRandom } from '../helpers/random.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -56,13 +57,7 @@ t.test('the gateway gets the newest lines, oldest first, at most the ring size',
 });
 
 t.test('the ring of lines agrees with a plain list model under random lines, sizes and wraps', async (t) => {
-  let seed = 99;
-  const rnd = (n: number): number => {
-    seed ^= seed << 13;
-    seed ^= seed >>> 17;
-    seed ^= seed << 5;
-    return (seed >>> 0) % n;
-  };
+  const rnd = seededRandom(99);
   let mismatches = 0;
   for (let round = 0; round < 200; round++) {
     const maxLines = 1 + rnd(20);
