@@ -840,7 +840,9 @@ class EgressServer implements EgressProxy {
       }
       addrs = r.addrs;
     }
-    this.#emitAllowed(v, t, endpoint, req.method, path);
+    const dial = !up;
+    // Logged before a dial (which may fail); on a kept-alive upstream, after the head is out (below).
+    if (dial) this.#emitAllowed(v, t, endpoint, req.method, path);
     if (!up) {
       const o = await this.#open(t.key, addrs!, t.port);
       if (!('sock' in o)) {
@@ -849,7 +851,9 @@ class EgressServer implements EgressProxy {
       }
       up = o;
     }
-    const outcome = await this.#exchangeAsync(client, cr, up, req, forwardHead(req, t.path, t.authority));
+    const exchange = this.#exchangeAsync(client, cr, up, req, forwardHead(req, t.path, t.authority));
+    if (!dial) this.#emitAllowed(v, t, endpoint, req.method, path);
+    const outcome = await exchange;
     return { outcome, up: outcome === 'handed-off' ? null : up };
   }
 
@@ -1004,8 +1008,12 @@ class EgressServer implements EgressProxy {
         this.#deny(client, cr, 403, t, ep, 'L4', `internal address ${up.addr.text} no longer allowed`, req.method, path);
         return this.#restEnd(s);
       }
-      this.#emitAllowed(v, t, ep!, req.method, path);
-      this.#exchange(newExchange(client, cr, up, req, s.onOutcome), req.raw);
+      // The decision line is written once the head is on its way, off the request's path.
+      try {
+        this.#exchange(newExchange(client, cr, up, req, s.onOutcome), req.raw);
+      } finally {
+        this.#emitAllowed(v, t, ep!, req.method, path);
+      }
     } catch (err) {
       this.#failed(client, err);
       this.#restEnd(s);
