@@ -14,6 +14,7 @@ import { once } from 'node:events';
 import { WebSocketServer } from 'ws';
 import { silentLogger, type Logger } from '../src/log.js';
 import { createSupervisorLogger, LogRing } from '../src/supervisor/log.js';
+import { logMessageText } from '../src/supervisor/control-client.js';
 import { startEgressProxy, type Policy } from '../src/egress/index.js';
 import { leanAccept } from '../src/egress/accept.js';
 
@@ -69,7 +70,7 @@ function sandboxLogger(file: string): Logger {
     timer ??= setTimeout(() => {
       timer = undefined;
       // What ControlClient.sendLogLines puts on the wire.
-      void `{"type":"log","lines":[${pending.lines().join(',')}]}`.length;
+      logMessageText(pending.lines());
       pending.clear();
     }, 200).unref();
   };

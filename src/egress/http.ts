@@ -9,7 +9,6 @@ import { send, SENT, HELD, FULL, type SendResult } from './raw-write.js';
 
 const CRLFCRLF = Buffer.from('\r\n\r\n');
 const HIGH_WATER = 256 * 1024;
-const TOKEN = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 // Bytes read into a reused buffer (see `ReadBuffer`) and queued: copied out up to this size, kept above.
 const COPY_MAX = 16 * 1024;
 
@@ -525,6 +524,15 @@ function contentLengthField(f: HeadFields, raw: Buffer, from: number, end: numbe
   f.contentLength = values;
 }
 
+/** Whether `text[0, end)` is a token (a field name), by the same table as `headFields`. */
+function isToken(text: string, end: number): boolean {
+  for (let i = 0; i < end; i++) {
+    const c = text.charCodeAt(i);
+    if (c > 0xff || TCHAR[c] !== 1) return false;
+  }
+  return end > 0;
+}
+
 /** Whether `raw` at `pos` spells `lower` (lower-case letters and '-'), in any case. */
 function nameIs(raw: Buffer, pos: number, lower: string): boolean {
   for (let i = 0; i < lower.length; i++) {
@@ -562,7 +570,7 @@ function fieldProblem(section: string): string {
     if (line.includes('\n') || line.includes('\r')) return 'bare CR or LF in head';
     const colon = line.indexOf(':');
     if (colon <= 0) return 'malformed header line';
-    if (!TOKEN.test(line.slice(0, colon))) return 'invalid header name';
+    if (!isToken(line, colon)) return 'invalid header name';
     if (line.includes('\0')) return 'invalid header value';
   }
   return 'malformed header line';
@@ -594,16 +602,15 @@ function requestLine(raw: Buffer, end: number): { method: string; target: string
   for (i++; i < end && !isSpace(raw[i]!); i++);
   if (i === sp + 1 || end - i < 9 || raw[i] !== 0x20) return null;
   const tEnd = i;
-  for (let k = 0; k < 7; k++) if (raw[i + 1 + k] !== HTTP_1_[k]) return null;
-  const v = raw[i + 8];
-  if (v !== 0x30 && v !== 0x31) return null;
+  const v = httpVersionAt(raw, i + 1);
+  if (v === null) return null;
   i += 9;
   let fieldsFrom = end;
   if (i < end) {
     if (raw[i] !== 0x0d || raw[i + 1] !== 0x0a) return null;
     fieldsFrom = i + 2;
   }
-  return { method: methodName(raw, sp), target: raw.toString('latin1', sp + 1, tEnd), version: v === 0x31 ? '1.1' : '1.0', fieldsFrom };
+  return { method: methodName(raw, sp), target: raw.toString('latin1', sp + 1, tEnd), version: v, fieldsFrom };
 }
 
 // JavaScript's \s within one byte.
@@ -723,9 +730,7 @@ export function parseResponseHead(raw: Buffer): ResponseHead | string {
  */
 function statusLineEnd(raw: Buffer, end: number): number {
   if (end < 12) return -1;
-  for (let k = 0; k < 7; k++) if (raw[k] !== HTTP_1_[k]) return -1;
-  const v = raw[7]!;
-  if ((v !== 0x30 && v !== 0x31) || raw[8] !== 0x20 || !isDigit(raw[9]!) || !isDigit(raw[10]!) || !isDigit(raw[11]!)) return -1;
+  if (httpVersionAt(raw, 0) === null || raw[8] !== 0x20 || !isDigit(raw[9]!) || !isDigit(raw[10]!) || !isDigit(raw[11]!)) return -1;
   let i = 12;
   if (i === end) return end;
   if (raw[i] === 0x20) {
@@ -741,6 +746,13 @@ function statusLineEnd(raw: Buffer, end: number): number {
 }
 
 const HTTP_1_ = Buffer.from('HTTP/1.', 'latin1');
+
+/** The version spelled `HTTP/1.0` or `HTTP/1.1` at `at` in `raw` (the caller checks there is room), or null. */
+function httpVersionAt(raw: Buffer, at: number): '1.0' | '1.1' | null {
+  for (let k = 0; k < 7; k++) if (raw[at + k] !== HTTP_1_[k]) return null;
+  const v = raw[at + 7];
+  return v === 0x31 ? '1.1' : v === 0x30 ? '1.0' : null;
+}
 
 function isDigit(c: number): boolean {
   return c >= 0x30 && c <= 0x39;

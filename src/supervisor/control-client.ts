@@ -32,6 +32,11 @@ const BACKOFF_MAX_MS = 5000;
  * reconnects forever with exponential backoff and jitter (100 ms → 5 s). A
  * connection silent past the keepalive timeout is destroyed and redialed.
  */
+/** The text of `{ type: 'log', lines }` for lines already serialised (the JSON text of each `LogLine`). */
+export function logMessageText(lines: string[]): string {
+  return `{"type":"log","lines":[${lines.join(',')}]}`;
+}
+
 export class ControlClient {
   readonly #o: ControlClientOptions;
   readonly #log: Logger;
@@ -60,17 +65,18 @@ export class ControlClient {
   }
 
   send(message: SupervisorToGateway): boolean {
-    const ws = this.#ws;
-    if (!this.#connected || !ws || ws.readyState !== WebSocket.OPEN) return false;
-    ws.send(JSON.stringify(message));
-    return true;
+    return this.#sendText(JSON.stringify(message));
   }
 
   /** `send({ type: 'log', lines })` for lines already serialised (the JSON text of each `LogLine`). */
   sendLogLines(lines: string[]): boolean {
+    return this.#sendText(logMessageText(lines));
+  }
+
+  #sendText(text: string): boolean {
     const ws = this.#ws;
     if (!this.#connected || !ws || ws.readyState !== WebSocket.OPEN) return false;
-    ws.send(`{"type":"log","lines":[${lines.join(',')}]}`);
+    ws.send(text);
     return true;
   }
 

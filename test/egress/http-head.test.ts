@@ -27,6 +27,7 @@ t.test('malformed request heads are refused with the reason', async (t) => {
     ['GET / HTTP/1.1\r\nno colon here', 'malformed header line'],
     ['GET / HTTP/1.1\r\nHost: a\r\n\r\nX: b', 'malformed header line'],
     ['GET / HTTP/2.0', 'malformed request line'],
+    ['GET / HTTP/1.2', 'malformed request line'],
     ['GET  / HTTP/1.1', 'malformed request line'],
     ['POST / HTTP/1.1\r\nContent-Length: 3\r\nTransfer-Encoding: chunked', 'both Transfer-Encoding and Content-Length'],
     ['POST / HTTP/1.1\r\nContent-Length: 0\r\nTransfer-Encoding: chunked', 'both Transfer-Encoding and Content-Length'],
@@ -83,6 +84,7 @@ t.test('response heads: status, framing, keep-alive, and refusals', async (t) =>
   t.equal(responseFraming('GET', res('HTTP/1.1 200 OK\r\nContent-Length: x')), 'invalid Content-Length');
   t.equal(parseResponseHead(head('HTTP/1.1 200 OK\r\nX: a\nY: b')), 'bare CR or LF in head');
   t.equal(parseResponseHead(head('HTTP/1.1 2000 OK')), 'malformed status line');
+  t.equal(parseResponseHead(head('HTTP/1.2 200 OK')), 'malformed status line');
   t.equal(parseResponseHead(head('HTTP/1.1 200 OK\r\nBad Name: v')), 'invalid header name');
 });
 
@@ -187,7 +189,7 @@ function viewRequest(raw: Buffer): unknown {
 
 t.test('the byte-level head scanner agrees with a line-by-line oracle on mutated heads', async (t) => {
   const rnd = seededRandom(0x9e3779b9);
-  const bits = ['\r', '\n', '\0', ' ', '\t', '\v', '\f', '\xa0', '\x85', ':', ',', '\x7f', '\xff', '(', 'a', 'Z', '0', '\r\n', '\r\n ', '\r\nX-A: b', 'GET', 'get', 'CONNECT', 'HTTP/1.1', ' /x?y#z',
+  const bits = ['\r', '\n', '\0', ' ', '\t', '\v', '\f', '\xa0', '\x85', ':', ',', '\x7f', '\xff', '(', 'a', 'Z', '0', '\r\n', '\r\n ', '\r\nX-A: b', 'GET', 'get', 'CONNECT', 'HTTP/1.1', 'HTTP/1.2', 'HTTP/1.0', '2', ' /x?y#z',
     '\r\nContent-Length: 5', '\r\nContent-Length: 0', '\r\nContent-Length:  007 ', '\r\ncontent-length: 5, 5', '\r\nTransfer-Encoding: chunked', '\r\nConnection: close, Upgrade',
     '\r\nconnection:keep-alive', '\r\nUpgrade: websocket', ' close', ', keep-alive', 'HTTP/1.0'];
   const mutate = (s: string): string => {
