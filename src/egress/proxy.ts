@@ -8,6 +8,7 @@ import { Exemplars } from './exemplars.js';
 import { send, SENT, FULL } from './raw-write.js';
 import type { Logger } from '../log.js';
 import { isoNow } from '../iso-time.js';
+import { DecisionField, type EgressDecision } from './decision.js';
 import { internalReason, normalizeHost, parseIp, type HostName, type IpAddr } from './ip.js';
 import {
   CompiledPolicy,
@@ -29,19 +30,7 @@ import {
   type RequestHead,
 } from './http.js';
 
-/** One allow/deny/audit decision, logged and handed to `onDecision` (for the gateway's logs). */
-export interface EgressDecision {
-  time: string;
-  action: 'allow' | 'deny' | 'audit';
-  host: string;
-  port: number;
-  method?: string;
-  path?: string;
-  policy?: string;
-  endpoint?: string;
-  reason: string;
-  layer: 'L4' | 'L7';
-}
+export type { EgressDecision } from './decision.js';
 
 export interface EgressProxyOptions {
   /** Listen address; default '127.0.0.1'. */
@@ -533,7 +522,7 @@ class EgressServer implements EgressProxy {
   }
 
   #emit(decision: EgressDecision): void {
-    this.#log.info({ decision }, 'egress decision');
+    this.#log.info({ decision: new DecisionField(decision) }, 'egress decision');
     try {
       this.#opts.onDecision?.(decision);
     } catch (err) {

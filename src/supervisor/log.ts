@@ -1,4 +1,4 @@
-import type { Logger } from '../log.js';
+import { JsonText, type Logger } from '../log.js';
 import type { LogLine } from '../protocol/control.js';
 import { isoNow } from '../iso-time.js';
 
@@ -183,10 +183,24 @@ class LineBuffer {
   };
 }
 
-/** An object's JSON without its braces ('' for none): members to splice into a line. */
+/**
+ * An object's JSON without its braces ('' for none): members to splice into
+ * a line. A `JsonText` value is spliced in as its own text.
+ */
 function jsonMembers(o: Record<string, unknown>): string {
-  const s = JSON.stringify(o);
-  return s.length > 2 ? s.slice(1, -1) : '';
+  let own = false;
+  for (const k in o) if (o[k] instanceof JsonText) own = true;
+  if (!own) {
+    const s = JSON.stringify(o);
+    return s.length > 2 ? s.slice(1, -1) : '';
+  }
+  let s = '';
+  for (const k in o) {
+    const v = o[k];
+    const text = v instanceof JsonText ? v.json() : (JSON.stringify(v) as string | undefined);
+    if (text !== undefined) s += `${s === '' ? '' : ','}${JSON.stringify(k)}:${text}`;
+  }
+  return s;
 }
 
 function comma(members: string): string {
@@ -195,7 +209,9 @@ function comma(members: string): string {
 
 function redact(fields: Record<string, unknown>): Record<string, unknown> {
   const out: Record<string, unknown> = {};
-  for (const [key, value] of Object.entries(fields)) {
+  for (const key in fields) {
+    if (!Object.hasOwn(fields, key)) continue;
+    const value = fields[key];
     if (SECRET_KEYS.test(key)) out[key] = '[Redacted]';
     else if (value instanceof Error) out[key] = { type: value.name, message: value.message };
     else out[key] = value;
