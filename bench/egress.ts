@@ -23,7 +23,8 @@ import { freePort } from './ports.js';
 import { cpuNs } from './lib.js';
 
 type Row = Record<string, string | number>;
-type Kind = 'direct' | 'ours-L4' | 'ours-L7' | 'ours-L4-log' | 'ours-L7-log' | 'squid' | 'tinyproxy';
+type Kind = 'direct' | 'ours-L4' | 'ours-L4-twin' | 'ours-L7' | 'ours-L4-log' | 'ours-L7-log' | 'squid' | 'tinyproxy';
+type OursKind = Extract<Kind, `ours-${string}`>;
 
 interface Peer {
   kind: Kind;
@@ -164,8 +165,14 @@ async function startTinyproxy(dir: string): Promise<Peer | null> {
   return { kind: 'tinyproxy', port, pid: null, stop: () => stopChild(child) };
 }
 
-/** `-log` kinds log every decision as a sandbox's proxy does, to a file in `dir` (see egress-child's `sandboxLogger`). */
-async function startOurs(kind: 'ours-L4' | 'ours-L7' | 'ours-L4-log' | 'ours-L7-log', httpPort: number, dir: string): Promise<Peer> {
+/**
+ * `-log` kinds log every decision as a sandbox's proxy does, to a file in
+ * `dir` (see egress-child's `sandboxLogger`). `ours-L4-twin` is a second
+ * process of `ours-L4`, measured alike: how far apart two runs of the same
+ * proxy land (the `L4 A/A` column) is the noise floor of every ratio in the
+ * same run.
+ */
+async function startOurs(kind: OursKind, httpPort: number, dir: string): Promise<Peer> {
   const l7 = kind === 'ours-L7' || kind === 'ours-L7-log';
   const sandboxLog = kind.endsWith('-log');
   const endpoint = l7 ? { host: '127.0.0.1', port: httpPort, protocol: 'rest', access: 'full' } : { host: '127.0.0.1', port: httpPort };
@@ -404,8 +411,15 @@ async function safely<T>(f: () => Promise<T>): Promise<T | null> {
   }
 }
 
+/** Ratios to two decimals. */
 function fmt(n: number | null | undefined, digits = 2): string | number {
   return n === null || n === undefined || !Number.isFinite(n) ? 'n/a' : Number(n.toFixed(digits));
+}
+
+/** Measured values to three significant digits (0.105 ms, not 0.11: the ratios are computed unrounded). */
+function fmtValue(n: number | null | undefined): string | number {
+  if (n === null || n === undefined || !Number.isFinite(n)) return 'n/a';
+  return Math.abs(n) >= 100 ? Number(n.toFixed(1)) : Number(n.toPrecision(3));
 }
 
 export async function runEgressBench(opts: { quick?: boolean } = {}): Promise<{ title: string; rows: Row[] }> {
@@ -418,12 +432,13 @@ export async function runEgressBench(opts: { quick?: boolean } = {}): Promise<{ 
     const ctx: Ctx = { ...ctx0, httpPort: servers.msg.httpPort! };
     peers.push({ kind: 'direct', port: null, pid: null, stop: async () => {} });
     peers.push(await startOurs('ours-L4', ctx.httpPort, dir));
+    peers.push(await startOurs('ours-L4-twin', ctx.httpPort, dir));
     peers.push(await startOurs('ours-L7', ctx.httpPort, dir));
     peers.push(await startOurs('ours-L4-log', ctx.httpPort, dir));
     peers.push(await startOurs('ours-L7-log', ctx.httpPort, dir));
     const squid = await safely(() => startSquid(dir));
     const tiny = await safely(() => startTinyproxy(dir));
-    const kinds: Kind[] = ['direct', 'ours-L4', 'ours-L7', 'ours-L4-log', 'ours-L7-log', 'squid', 'tinyproxy'];
+    const kinds: Kind[] = ['direct', 'ours-L4', 'ours-L4-twin', 'ours-L7', 'ours-L4-log', 'ours-L7-log', 'squid', 'tinyproxy'];
     const byKind = new Map<Kind, Peer | null>(kinds.map((k) => [k, peers.find((p) => p.kind === k) ?? null]));
     byKind.set('squid', squid);
     byKind.set('tinyproxy', tiny);
@@ -464,7 +479,7 @@ export async function runEgressBench(opts: { quick?: boolean } = {}): Promise<{ 
       );
       return new Map([...r].map(([k, v]) => [k, median(v)]));
     };
-    // Latency samples pooled over the rounds, and the proxy's CPU time per request over the same runs.
+    // Latency samples pooled over the rounds, and the proxy's CPU time per request in the median round of the same runs.
     type Pooled = Map<Kind, { p50: number; p99: number; cpuUs: number | null } | null>;
     const pooled = (run: (p: Peer) => Promise<number[]>): (() => Promise<Pooled>) =>
       memo(async () => {
@@ -477,8 +492,11 @@ export async function runEgressBench(opts: { quick?: boolean } = {}): Promise<{ 
         return new Map(
           [...r].map(([k, v]) => {
             const all = v.flatMap((x) => x.samples).sort((a, b) => a - b);
-            const cpu = v.every((x) => x.cpuNs !== null) ? v.reduce((a, x) => a + x.cpuNs!, 0) : null;
-            const stats = all.length ? { p50: pct(all, 50), p99: pct(all, 99), cpuUs: cpu === null ? null : cpu / 1000 / all.length } : null;
+            // CPU per request: the median round's, so one round that outside load slowed (on a VM,
+            // time the host took the vCPU away is counted to whatever ran) does not move it.
+            const perRound = v.map((x) => (x.cpuNs === null || x.samples.length === 0 ? null : x.cpuNs / 1000 / x.samples.length));
+            const cpuUs = perRound.length > 0 && perRound.every((c) => c !== null) ? median(perRound as number[]) : null;
+            const stats = all.length ? { p50: pct(all, 50), p99: pct(all, 99), cpuUs } : null;
             return [k, stats] as const;
           }),
         );
@@ -517,14 +535,15 @@ export async function runEgressBench(opts: { quick?: boolean } = {}): Promise<{ 
       };
       const ratio = (a: number | null, b: number | null): number | null => (a !== null && b !== null && b > 0 ? a / b : null);
       const row: Row = { metric: m.name };
-      for (const k of kinds) row[k] = fmt(num(k));
+      for (const k of kinds) row[k] = fmtValue(num(k));
       row['L4/squid'] = fmt(ratio(num('ours-L4'), num('squid')));
       row['L7/L4'] = fmt(ratio(num('ours-L7'), num('ours-L4')));
       row['L7/L4 logged'] = fmt(ratio(num('ours-L7-log'), num('ours-L4-log')));
+      row['L4 A/A'] = fmt(ratio(num('ours-L4-twin'), num('ours-L4')));
       row.better = m.better;
       rows.push(row);
     }
-    return { title: `egress proxy: ours (L4, L7 rest; silent and with a sandbox's decision log) vs direct, squid, tinyproxy${ctx.quick ? ' (quick)' : ''}`, rows };
+    return { title: `egress proxy: ours (L4, L7 rest; silent and with a sandbox's decision log; a second L4 process for the noise floor) vs direct, squid, tinyproxy${ctx.quick ? ' (quick)' : ''}`, rows };
   } finally {
     for (const p of peers) await p.stop();
     killAll();

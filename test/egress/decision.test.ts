@@ -1,6 +1,7 @@
 import t from 'tap';
 import { decisionJson, DecisionField, type EgressDecision } from '../../src/egress/decision.js';
 import { createSupervisorLogger } from '../../src/supervisor/log.js';
+import { JsonText } from '../../src/log.js';
 import { seededRandom } from '../helpers/random.js';
 
 // Strings with everything JSON.stringify treats specially: quotes, backslashes,
@@ -60,4 +61,28 @@ t.test('a decision field: the supervisor logger splices its JSON in; others see 
   t.same(b!.decision, decision, 'the slow path (a field clashing with a line key) serialises it too');
   t.same((JSON.parse(sunk[0]!) as { fields: unknown }).fields, { sandboxId: 'sb-1', component: 'egress', decision, n: 2 });
   t.equal(JSON.stringify({ decision: new DecisionField(decision) }), JSON.stringify({ decision }), 'JSON.stringify (pino) sees the decision');
+});
+
+t.test('the supervisor logger writes json(), not toJSON(), and calls it only for a line it writes', async (t) => {
+  let calls = 0;
+  class Marked extends JsonText {
+    json(): string {
+      calls++;
+      return '"from json()"';
+    }
+    override toJSON(): string {
+      return 'from toJSON()';
+    }
+  }
+  const writes: string[] = [];
+  const sunk: string[] = [];
+  const log = createSupervisorLogger({ level: 'info', write: (s) => writes.push(s), sink: (l) => sunk.push(l) });
+  log.debug({ v: new Marked() }, 'below the level');
+  t.equal(calls, 0, 'not serialised for a line below the level');
+  log.info({ v: new Marked(), n: 1 }, 'm');
+  await new Promise((r) => setImmediate(r));
+  t.equal(calls, 1, 'serialised once for both the line and the gateway copy');
+  t.match(writes.join(''), '{"level":30,', 'written');
+  t.same((JSON.parse(writes.join('')) as { v: unknown }).v, 'from json()');
+  t.same((JSON.parse(sunk[0]!) as { fields: unknown }).fields, { v: 'from json()', n: 1 });
 });
