@@ -235,7 +235,8 @@ export class SocketReader {
       if (this.#queue[0] === rest && rest.length >= n) {
         this.#shift();
         if (rest.length > n) this.unshift(rest.subarray(n));
-        const r = send(dst, from.subarray(0, head.length + n));
+        const whole = head.length + n;
+        const r = send(dst, whole === from.length ? from : from.subarray(0, whole));
         // Not flushed synchronously: the socket holds a reference to the buffer.
         if (this.#owner !== null && r !== SENT) this.#owner.kept = true;
         return null;
@@ -374,7 +375,7 @@ export class SocketReader {
         const end = idx + 4;
         if (end > max) return 'too-large';
         this.#shift();
-        const h = acc.subarray(0, end);
+        const h = end === acc.length ? acc : acc.subarray(0, end);
         if (end < acc.length) {
           const rest = acc.subarray(end);
           this.unshift(rest);
