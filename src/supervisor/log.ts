@@ -44,8 +44,9 @@ export function createSupervisorLogger(opts: {
       }
       // The same JSON as the objects above would give, the fields serialised once for both.
       const members = comma(fixedJson) + comma(jsonMembers(extra));
-      out.add(`{"level":${LEVELS[level]},"time":"${time}"${members}${msg === undefined ? '' : `,"msg":${JSON.stringify(msg)}`}}\n`);
-      sink?.(`{"time":"${time}","level":"${level}","source":"${source}","message":${JSON.stringify(msg ?? '')},"fields":{${members.slice(1)}}}`);
+      const message = msgJson(msg ?? '');
+      out.add(`{"level":${LEVELS[level]},"time":"${time}"${members}${msg === undefined ? '' : `,"msg":${message}`}}\n`);
+      sink?.(`{"time":"${time}","level":"${level}","source":"${source}","message":${message},"fields":{${members.slice(1)}}}`);
     };
     return {
       debug: emit('debug'),
@@ -181,6 +182,18 @@ class LineBuffer {
       // The driver stopped reading (EPIPE): stdout lines are lost either way; the gateway still gets them through `sink`.
     }
   };
+}
+
+let lastMsg = '';
+let lastMsgJson = '""';
+
+/** A message's JSON string; the last one is kept (a flood of lines is mostly one message, the egress decision's). */
+function msgJson(msg: string): string {
+  if (msg !== lastMsg) {
+    lastMsg = msg;
+    lastMsgJson = JSON.stringify(msg);
+  }
+  return lastMsgJson;
 }
 
 /**
