@@ -47,9 +47,10 @@ class BodyPump {
 }
 
 /**
- * Reads a socket's bytes for the proxy: message heads are pulled with
- * `readHead`; bodies are pushed straight through to the peer by `pipeBody`,
- * synchronously per chunk as they arrive (no promise per chunk, no copy).
+ * Reads a socket's bytes for the proxy: message heads are taken with
+ * `onHead` (or `readHead`, its promise); bodies are pushed straight through
+ * to the peer by `pipeBodyThen`, synchronously per chunk as they arrive (no
+ * promise per chunk, no copy).
  * Pauses the socket while more than HIGH_WATER bytes wait, or while the
  * body's peer does not take more, so backpressure reaches the sender.
  */
@@ -148,11 +149,6 @@ export class SocketReader {
     }
   }
 
-  /** Bytes are queued: `next()` resolves without waiting for I/O. */
-  get hasQueued(): boolean {
-    return this.#queue.length > 0;
-  }
-
   get ended(): boolean {
     return (this.#eof || this.#err !== null) && this.#queue.length === 0;
   }
@@ -168,17 +164,6 @@ export class SocketReader {
       }
     }
     return c;
-  }
-
-  /** Next chunk, or null at end of stream. */
-  async next(): Promise<Buffer | null> {
-    for (;;) {
-      const c = this.#shift();
-      if (c !== undefined) return c;
-      if (this.#err) throw this.#err;
-      if (this.#eof) return null;
-      await new Promise<void>((r) => (this.#wake = r));
-    }
   }
 
   /** The next byte, not consumed: undefined while none is read yet, null at the end of the stream (or an error). */

@@ -27,16 +27,16 @@ export interface ControlClientOptions {
 const BACKOFF_START_MS = 100;
 const BACKOFF_MAX_MS = 5000;
 
-/**
- * The supervisor's control session: dials the gateway, says hello, and
- * reconnects forever with exponential backoff and jitter (100 ms → 5 s). A
- * connection silent past the keepalive timeout is destroyed and redialed.
- */
 /** The text of `{ type: 'log', lines }` for lines already serialised (the JSON text of each `LogLine`). */
 export function logMessageText(lines: string[]): string {
   return `{"type":"log","lines":[${lines.join(',')}]}`;
 }
 
+/**
+ * The supervisor's control session: dials the gateway, says hello, and
+ * reconnects forever with exponential backoff and jitter (100 ms → 5 s). A
+ * connection silent past the keepalive timeout is destroyed and redialed.
+ */
 export class ControlClient {
   readonly #o: ControlClientOptions;
   readonly #log: Logger;
