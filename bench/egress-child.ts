@@ -14,7 +14,7 @@ import { once } from 'node:events';
 import { WebSocketServer } from 'ws';
 import { silentLogger, type Logger } from '../src/log.js';
 import { createSupervisorLogger, LogRing } from '../src/supervisor/log.js';
-import { logMessageText } from '../src/supervisor/control-client.js';
+import { logMessageBytes } from '../src/supervisor/control-client.js';
 import { startEgressProxy, type Policy } from '../src/egress/index.js';
 import { leanAccept } from '../src/egress/accept.js';
 
@@ -65,16 +65,16 @@ function sandboxLogger(file: string): Logger {
   const fd = openSync(file, 'a', 0o600);
   const pending = new LogRing(2000);
   let timer: NodeJS.Timeout | undefined;
-  const sink = (line: string): void => {
-    pending.push(line);
+  const sink = (bytes: Buffer, start: number, end: number): void => {
+    pending.pushBytes(bytes, start, end);
     timer ??= setTimeout(() => {
       timer = undefined;
       // What ControlClient.sendLogLines puts on the wire.
-      logMessageText(pending.lines());
+      logMessageBytes(pending);
       pending.clear();
     }, 200).unref();
   };
-  return createSupervisorLogger({ bindings: { sandboxId: 'bench' }, sink, write: (text) => writeSync(fd, text) }).child({ component: 'egress' });
+  return createSupervisorLogger({ bindings: { sandboxId: 'bench' }, sink, write: (bytes) => writeSync(fd, bytes) }).child({ component: 'egress' });
 }
 
 async function proxy(policyJson: string, logMode: string | undefined, logFile: string | undefined): Promise<void> {

@@ -47,7 +47,8 @@ export interface PolicyAppliedMessage {
 }
 export interface LogMessage {
   type: 'log';
-  lines: LogLine[];
+  /** Supervisors send pino lines; `LogLine`s (what supervisors sent before) are still read. */
+  lines: (SupervisorLogLine | LogLine)[];
 }
 export interface MainProcessMessage {
   type: 'mainProcess';
@@ -56,7 +57,19 @@ export interface MainProcessMessage {
   signal: string | null;
 }
 
-/** One supervisor or egress-decision log line, as forwarded to the gateway. */
+/**
+ * A supervisor's log line as it sends it: the pino line it writes to stdout
+ * (`level` 20/30/40/50, `msg`; the other keys are fields, and a
+ * `component` of `egress` marks an egress decision).
+ */
+export interface SupervisorLogLine {
+  level: number;
+  time: string;
+  msg?: string;
+  [field: string]: unknown;
+}
+
+/** One supervisor or egress-decision log line, as the gateway keeps and serves it. */
 export interface LogLine {
   time: string;
   level: 'debug' | 'info' | 'warn' | 'error';

@@ -49,12 +49,33 @@ export class SandboxLogs {
 function sanitize(raw: unknown): LogLine | null {
   if (typeof raw !== 'object' || raw === null) return null;
   const r = raw as Record<string, unknown>;
+  return typeof r.level === 'number' ? fromPino(r, r.level) : fromLogLine(r);
+}
+
+/** A supervisor's pino line (`SupervisorLogLine`): `msg` is the message, the keys other than level, time and msg the fields. */
+function fromPino(r: Record<string, unknown>, level: number): LogLine {
+  const fields: Record<string, unknown> = {};
+  let any = false;
+  for (const k in r) {
+    if (k === 'level' || k === 'time' || k === 'msg' || !Object.hasOwn(r, k)) continue;
+    fields[k] = r[k];
+    any = true;
+  }
+  return line(r.time, level >= 50 ? 'error' : level >= 40 ? 'warn' : level >= 30 ? 'info' : 'debug', r.component === 'egress', r.msg, any ? fields : undefined);
+}
+
+/** A `LogLine`, as supervisors sent before they sent pino lines. */
+function fromLogLine(r: Record<string, unknown>): LogLine {
   const level = ['debug', 'info', 'warn', 'error'].includes(r.level as string) ? (r.level as LogLine['level']) : 'info';
+  return line(r.time, level, r.source === 'egress', r.message, typeof r.fields === 'object' && r.fields !== null ? (r.fields as Record<string, unknown>) : undefined);
+}
+
+function line(time: unknown, level: LogLine['level'], egress: boolean, message: unknown, fields: Record<string, unknown> | undefined): LogLine {
   return {
-    time: typeof r.time === 'string' ? r.time.slice(0, 40) : new Date().toISOString(),
+    time: typeof time === 'string' ? time.slice(0, 40) : new Date().toISOString(),
     level,
-    source: r.source === 'egress' ? 'egress' : 'supervisor',
-    message: typeof r.message === 'string' ? r.message.slice(0, MAX_MESSAGE) : '',
-    ...(typeof r.fields === 'object' && r.fields !== null ? { fields: r.fields as Record<string, unknown> } : {}),
+    source: egress ? 'egress' : 'supervisor',
+    message: typeof message === 'string' ? message.slice(0, MAX_MESSAGE) : '',
+    ...(fields ? { fields } : {}),
   };
 }

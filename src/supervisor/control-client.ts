@@ -1,5 +1,6 @@
 import WebSocket from 'ws';
 import type { Logger } from '../log.js';
+import type { LogRing } from './log.js';
 import {
   CloseCode,
   parseMessage,
@@ -27,9 +28,9 @@ export interface ControlClientOptions {
 const BACKOFF_START_MS = 100;
 const BACKOFF_MAX_MS = 5000;
 
-/** The text of `{ type: 'log', lines }` for lines already serialised (the JSON text of each `LogLine`). */
-export function logMessageText(lines: string[]): string {
-  return `{"type":"log","lines":[${lines.join(',')}]}`;
+/** The UTF-8 text of `{ type: 'log', lines }` for the lines held in `ring` (each already JSON). */
+export function logMessageBytes(ring: LogRing): Buffer {
+  return ring.joined('{"type":"log","lines":[', ']}');
 }
 
 /**
@@ -68,15 +69,16 @@ export class ControlClient {
     return this.#sendText(JSON.stringify(message));
   }
 
-  /** `send({ type: 'log', lines })` for lines already serialised (the JSON text of each `LogLine`). */
-  sendLogLines(lines: string[]): boolean {
-    return this.#sendText(logMessageText(lines));
+  /** `send({ type: 'log', lines })` for the lines held in `ring` (see `logMessageBytes`). */
+  sendLogLines(ring: LogRing): boolean {
+    return this.#sendText(logMessageBytes(ring));
   }
 
-  #sendText(text: string): boolean {
+  /** Sends a message's JSON text (as a text frame, also when given as UTF-8 bytes). */
+  #sendText(text: string | Buffer): boolean {
     const ws = this.#ws;
     if (!this.#connected || !ws || ws.readyState !== WebSocket.OPEN) return false;
-    ws.send(text);
+    ws.send(text, { binary: false });
     return true;
   }
 

@@ -1,52 +1,48 @@
 import { JsonText, type Logger } from '../log.js';
-import type { LogLine } from '../protocol/control.js';
 import { isoNow } from '../iso-time.js';
 
-type Level = LogLine['level'];
+type Level = 'debug' | 'info' | 'warn' | 'error';
 const LEVELS: Record<Level, number> = { debug: 20, info: 30, warn: 40, error: 50 };
 const SECRET_KEYS = /token|authorization|password|secret/i;
+/** Keys every line has of its own: a field of that name is written as `_level`, `_time`, `_msg`. */
+const LINE_KEYS = new Set(['level', 'time', 'msg']);
 
 /**
- * The supervisor's logger: pino-compatible JSON lines on stdout (the driver
- * keeps them), and every line at `info` or above handed to `sink` for
- * forwarding to the gateway's logs. Lean on purpose: it is on the start-up
- * path, and the egress proxy logs a decision per L7 request. Lines go out
- * in one write per event-loop turn (see `LineBuffer`).
+ * The supervisor's logger: pino JSON lines on stdout (the driver keeps
+ * them), and the same lines handed to `sink` for forwarding to the gateway's
+ * logs (the gateway reads pino lines, see `src/sandboxes/logs.ts`). Lean on
+ * purpose: it is on the start-up path, and the egress proxy logs a decision
+ * per L7 request. A line is built as one string and encoded to UTF-8 once:
+ * `sink` copies its bytes, and lines go out in one write per event-loop
+ * turn (see `LineBuffer`).
  */
 export function createSupervisorLogger(opts: {
   level?: Level;
-  /** Gets each line for the gateway as the JSON text of a `LogLine` (see `LogRing`). */
-  sink?: (line: string) => void;
+  /**
+   * Gets each line written: its UTF-8 JSON, without the newline, in
+   * `bytes[start, end)`. The bytes are reused after the call returns.
+   */
+  sink?: (bytes: Buffer, start: number, end: number) => void;
   bindings?: Record<string, unknown>;
-  write?: (text: string) => void;
+  /** Writes whole lines; `bytes` is reused after it returns. Default: a copy to stdout. */
+  write?: (bytes: Buffer) => void;
 }): Logger {
   const min = LEVELS[opts.level ?? 'info'];
   const sink = opts.sink;
-  const out = new LineBuffer(opts.write ?? ((text: string) => process.stdout.write(text)));
+  const out = new LineBuffer(opts.write ?? ((bytes: Buffer) => process.stdout.write(Buffer.from(bytes))));
   const make = (bindings: Record<string, unknown>): Logger => {
     // The bindings are redacted and serialised once per logger, not per line.
-    const fixed = redact(bindings);
-    const fixedJson = jsonMembers(fixed);
-    const emit = (level: Level) => (obj: object, msg?: string) => {
-      if (LEVELS[level] < min) return;
-      const extra = redact(obj as Record<string, unknown>);
-      const time = isoNow();
-      let clash = false;
-      for (const k in extra) if (k in fixed || k === 'level' || k === 'time' || k === 'msg') clash = true;
-      const component = 'component' in extra ? extra.component : fixed.component;
-      const source = component === 'egress' ? 'egress' : 'supervisor';
-      if (clash) {
-        // A key of obj that is also a binding is written once, with obj's value.
-        const fields = { ...fixed, ...extra };
-        out.add(`${JSON.stringify({ level: LEVELS[level], time, ...fields, msg })}\n`);
-        sink?.(JSON.stringify({ time, level, source, message: msg ?? '', fields } satisfies LogLine));
-        return;
-      }
-      // The same JSON as the objects above would give, the fields serialised once for both.
-      const members = comma(fixedJson) + comma(jsonMembers(extra));
-      const message = msgJson(msg ?? '');
-      out.add(`{"level":${LEVELS[level]},"time":"${time}"${members}${msg === undefined ? '' : `,"msg":${message}`}}\n`);
-      sink?.(`{"time":"${time}","level":"${level}","source":"${source}","message":${message},"fields":{${members.slice(1)}}}`);
+    const fixed = fieldsOf(bindings, {});
+    const fixedJson = comma(jsonMembers(fixed));
+    const emit = (level: Level) => {
+      const head = `{"level":${LEVELS[level]},"time":"`;
+      return (obj: object, msg?: string) => {
+        if (LEVELS[level] < min) return;
+        const extra = obj as Record<string, unknown>;
+        // Fields as they are, unless one needs redacting or renaming or is also a binding.
+        const members = plain(extra, fixed) ? fixedJson + comma(jsonMembers(extra)) : comma(jsonMembers(fieldsOf(extra, fixed)));
+        out.add(`${head}${isoNow()}"${members}${msg === undefined ? '' : `,"msg":${msgJson(msg)}`}}`, sink);
+      };
     };
     return {
       debug: emit('debug'),
@@ -59,13 +55,39 @@ export function createSupervisorLogger(opts: {
   return make(opts.bindings ?? {});
 }
 
+/** True if `o`'s fields go into a line as they are: no secret, no error, no line key, no binding's name. */
+function plain(o: Record<string, unknown>, fixed: Record<string, unknown>): boolean {
+  for (const k in o) {
+    if (!Object.hasOwn(o, k) || k in fixed || LINE_KEYS.has(k) || SECRET_KEYS.test(k) || o[k] instanceof Error) return false;
+  }
+  return true;
+}
+
 /**
- * Log lines for the gateway (the JSON text of `LogLine`s) kept between
- * sends: the newest `maxLines` that fit in `maxBytes`, older ones
- * overwritten. They are held as bytes in one off-heap buffer, not as
- * strings: lines held for a send interval would survive young GCs, and a
- * flood of decisions (one per L7 request) made every scavenge copy
- * thousands of them (2 ms pauses instead of 0.3).
+ * The fields a line holds: `fixed` (already redacted), then `o`'s own
+ * fields, redacted; a field named like a binding is written once, with
+ * `o`'s value, and one named like a line key gets a `_` in front.
+ */
+function fieldsOf(o: Record<string, unknown>, fixed: Record<string, unknown>): Record<string, unknown> {
+  const out: Record<string, unknown> = { ...fixed };
+  for (const k in o) {
+    if (!Object.hasOwn(o, k)) continue;
+    const value = o[k];
+    const key = LINE_KEYS.has(k) ? `_${k}` : k;
+    if (SECRET_KEYS.test(k)) out[key] = '[Redacted]';
+    else if (value instanceof Error) out[key] = { type: value.name, message: value.message };
+    else out[key] = value;
+  }
+  return out;
+}
+
+/**
+ * Log lines for the gateway kept between sends: the newest `maxLines` that
+ * fit in `maxBytes`, older ones overwritten. They are held as UTF-8 bytes in
+ * one off-heap buffer, not as strings: lines held for a send interval would
+ * survive young GCs, and a flood of decisions (one per L7 request) made
+ * every scavenge copy thousands of them (2 ms pauses instead of 0.3). The
+ * control message is built from the bytes too (`joined`).
  */
 export class LogRing {
   readonly #buf: Buffer;
@@ -76,6 +98,8 @@ export class LogRing {
   #size = 0;
   /** Byte offset just past the newest line. */
   #pos = 0;
+  /** Bytes held. */
+  #bytes = 0;
 
   constructor(
     readonly maxLines: number,
@@ -92,22 +116,14 @@ export class LogRing {
 
   /** Keep `line`, dropping the oldest lines it needs room from. A line larger than the whole ring is not kept. */
   push(line: string): void {
-    const n = Buffer.byteLength(line);
-    const cap = this.#buf.length;
-    if (n > cap || this.maxLines === 0) return;
-    let at = this.#pos;
-    if (at + n > cap) {
-      // Wrap: the lines from here to the end are the oldest, from the lap before.
-      while (this.#size > 0 && this.#start[this.#first]! >= at) this.#dropOldest();
-      at = 0;
-    }
-    while (this.#size > 0 && (this.#size === this.maxLines || this.#overlaps(this.#first, at, n))) this.#dropOldest();
-    this.#buf.write(line, at, 'utf8');
-    const slot = (this.#first + this.#size) % this.maxLines;
-    this.#start[slot] = at;
-    this.#len[slot] = n;
-    this.#size++;
-    this.#pos = at + n;
+    const at = this.#place(Buffer.byteLength(line));
+    if (at >= 0) this.#buf.write(line, at, 'utf8');
+  }
+
+  /** `push` for a line given as UTF-8 bytes, `bytes[start, end)`. */
+  pushBytes(bytes: Buffer, start: number, end: number): void {
+    const at = this.#place(end - start);
+    if (at >= 0) bytes.copy(this.#buf, at, start, end);
   }
 
   /** The lines, oldest first. */
@@ -121,8 +137,44 @@ export class LogRing {
     return out;
   }
 
+  /** `open`, the lines oldest first joined by commas, then `close`, as UTF-8 (a JSON array of JSON lines, inside a message). */
+  joined(open: string, close: string): Buffer {
+    const head = Buffer.from(open);
+    const tail = Buffer.from(close);
+    const out = Buffer.allocUnsafe(head.length + this.#bytes + Math.max(0, this.#size - 1) + tail.length);
+    let at = head.copy(out, 0);
+    for (let i = 0; i < this.#size; i++) {
+      const slot = (this.#first + i) % this.maxLines;
+      if (i > 0) out[at++] = 0x2c; // ','
+      const s = this.#start[slot]!;
+      at += this.#buf.copy(out, at, s, s + this.#len[slot]!);
+    }
+    tail.copy(out, at);
+    return out;
+  }
+
   clear(): void {
-    this.#first = this.#size = this.#pos = 0;
+    this.#first = this.#size = this.#pos = this.#bytes = 0;
+  }
+
+  /** Where a line of `n` bytes goes, after dropping the lines in its way; -1 if it can never fit. */
+  #place(n: number): number {
+    const cap = this.#buf.length;
+    if (n > cap || this.maxLines === 0) return -1;
+    let at = this.#pos;
+    if (at + n > cap) {
+      // Wrap: the lines from here to the end are the oldest, from the lap before.
+      while (this.#size > 0 && this.#start[this.#first]! >= at) this.#dropOldest();
+      at = 0;
+    }
+    while (this.#size > 0 && (this.#size === this.maxLines || this.#overlaps(this.#first, at, n))) this.#dropOldest();
+    const slot = (this.#first + this.#size) % this.maxLines;
+    this.#start[slot] = at;
+    this.#len[slot] = n;
+    this.#size++;
+    this.#bytes += n;
+    this.#pos = at + n;
+    return at;
   }
 
   #overlaps(slot: number, at: number, n: number): boolean {
@@ -131,74 +183,105 @@ export class LogRing {
   }
 
   #dropOldest(): void {
+    this.#bytes -= this.#len[this.#first]!;
     this.#first = (this.#first + 1) % this.maxLines;
     this.#size--;
   }
 }
 
-// A buffer this large is written at once, not at the end of the turn.
-const FLUSH_AT = 64 * 1024;
-/** Buffers holding lines not yet written, flushed at exit if their turn has not come. */
+// Lines are encoded into a buffer this large, written when it is full or
+// FLUSH_MS after its first line.
+const BATCH_BYTES = 64 * 1024;
+const FLUSH_MS = 10;
+/** Buffers holding lines not yet written, flushed at exit if their time has not come. */
 const unflushed = new Set<LineBuffer>();
 let exitHook = false;
 
 /**
- * Log lines written once per event-loop turn instead of one write per line
- * (each write to the driver's file or pipe is a syscall, and wakes a reader): lines
- * logged during a turn are joined and written in `setImmediate`, at once
- * past FLUSH_AT, and synchronously at process exit (also after an uncaught
- * exception), so no line is lost and the order is kept.
+ * Log lines written in batches instead of one write per line: each write
+ * to the driver's file or pipe is a syscall (2–6 µs) and wakes a reader,
+ * and the egress proxy logs a line per L7 request. Each line is encoded
+ * into one reused buffer as it is logged (and its bytes handed to the sink
+ * from there). The buffer is written FLUSH_MS after its first line, at once
+ * when the next line does not fit, and synchronously at process exit (also
+ * after an uncaught exception), so no line is lost and the order is kept.
  */
 class LineBuffer {
-  readonly #write: (text: string) => void;
-  #text = '';
+  readonly #write: (bytes: Buffer) => void;
+  readonly #buf = Buffer.allocUnsafeSlow(BATCH_BYTES);
+  #pos = 0;
 
-  constructor(write: (text: string) => void) {
+  constructor(write: (bytes: Buffer) => void) {
     this.#write = write;
   }
 
-  add(line: string): void {
-    const first = this.#text === '';
-    this.#text += line;
-    if (this.#text.length >= FLUSH_AT) return this.flush();
-    if (first) {
+  /** Adds `line` (JSON, no newline) and hands its bytes to `sink`. */
+  add(line: string, sink: ((bytes: Buffer, start: number, end: number) => void) | undefined): void {
+    // A UTF-16 code unit is at most 3 bytes of UTF-8 (a surrogate pair, two units, is 4).
+    const most = line.length * 3 + 1;
+    if (most > BATCH_BYTES - this.#pos) {
+      this.flush();
+      if (most > BATCH_BYTES) {
+        const bytes = Buffer.from(`${line}\n`);
+        sink?.(bytes, 0, bytes.length - 1);
+        return this.#out(bytes);
+      }
+    }
+    const start = this.#pos;
+    const end = start + this.#buf.write(line, start, 'utf8');
+    sink?.(this.#buf, start, end);
+    this.#buf[end] = 0x0a; // '\n'
+    this.#pos = end + 1;
+    if (start === 0) {
       unflushed.add(this);
       if (!exitHook) {
         exitHook = true;
         process.once('exit', () => unflushed.forEach((b) => b.flush()));
       }
-      setImmediate(this.flush);
+      setTimeout(this.flush, FLUSH_MS);
     }
   }
 
   readonly flush = (): void => {
-    const text = this.#text;
-    if (text === '') return;
-    this.#text = '';
+    if (this.#pos === 0) return;
+    const bytes = this.#buf.subarray(0, this.#pos);
+    this.#pos = 0;
     unflushed.delete(this);
+    this.#out(bytes);
+  };
+
+  #out(bytes: Buffer): void {
     try {
-      this.#write(text);
+      this.#write(bytes);
     } catch {
       // The driver stopped reading (EPIPE): stdout lines are lost either way; the gateway still gets them through `sink`.
     }
-  };
-}
-
-let lastMsg = '';
-let lastMsgJson = '""';
-
-/** A message's JSON string; the last one is kept (a flood of lines is mostly one message, the egress decision's). */
-function msgJson(msg: string): string {
-  if (msg !== lastMsg) {
-    lastMsg = msg;
-    lastMsgJson = JSON.stringify(msg);
   }
-  return lastMsgJson;
 }
 
 /**
- * An object's JSON without its braces ('' for none): members to splice into
- * a line. A `JsonText` value is spliced in as its own text.
+ * `JSON.stringify` of a string, the last one kept: a flood of lines mostly
+ * repeats one message and one field name (the egress decision's).
+ */
+function lastStringJson(): (s: string) => string {
+  let last = '';
+  let json = '""';
+  return (s) => {
+    if (s !== last) {
+      last = s;
+      json = JSON.stringify(s);
+    }
+    return json;
+  };
+}
+
+const msgJson = lastStringJson();
+const keyJson = lastStringJson();
+
+/**
+ * An object's own fields as JSON members, without the braces ('' for
+ * none): to splice into a line. A `JsonText` value is spliced in as its own
+ * text.
  */
 function jsonMembers(o: Record<string, unknown>): string {
   let own = false;
@@ -209,25 +292,14 @@ function jsonMembers(o: Record<string, unknown>): string {
   }
   let s = '';
   for (const k in o) {
+    if (!Object.hasOwn(o, k)) continue;
     const v = o[k];
     const text = v instanceof JsonText ? v.json() : (JSON.stringify(v) as string | undefined);
-    if (text !== undefined) s += `${s === '' ? '' : ','}${JSON.stringify(k)}:${text}`;
+    if (text !== undefined) s += `${s === '' ? '' : ','}${keyJson(k)}:${text}`;
   }
   return s;
 }
 
 function comma(members: string): string {
   return members === '' ? '' : `,${members}`;
-}
-
-function redact(fields: Record<string, unknown>): Record<string, unknown> {
-  const out: Record<string, unknown> = {};
-  for (const key in fields) {
-    if (!Object.hasOwn(fields, key)) continue;
-    const value = fields[key];
-    if (SECRET_KEYS.test(key)) out[key] = '[Redacted]';
-    else if (value instanceof Error) out[key] = { type: value.name, message: value.message };
-    else out[key] = value;
-  }
-  return out;
 }

@@ -31,8 +31,8 @@ export async function runSupervisor(argv: string[], env: NodeJS.ProcessEnv, run:
     options.stdioFd = fd;
     options.log = createSupervisorLogger({
       bindings: { sandboxId: options.sandboxId },
-      write: (text) => writeSync(fd, text),
-      sink: (line) => supervisor?.forwardLog(line),
+      write: (bytes) => writeSync(fd, bytes),
+      sink: (bytes, start, end) => supervisor?.forwardLog(bytes, start, end),
     });
   }
   supervisor = new Supervisor(options);

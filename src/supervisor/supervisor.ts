@@ -104,7 +104,7 @@ export class Supervisor {
     this.#zeroMask = !needsMasking(opts.endpoint);
     this.#log =
       opts.log ??
-      createSupervisorLogger({ bindings: { sandboxId: opts.sandboxId }, sink: (line) => this.#forward(line) });
+      createSupervisorLogger({ bindings: { sandboxId: opts.sandboxId }, sink: (bytes, start, end) => this.forwardLog(bytes, start, end) });
     this.#control = new ControlClient({
       endpoint: opts.endpoint,
       sandboxId: opts.sandboxId,
@@ -370,13 +370,9 @@ export class Supervisor {
     this.#control.send(state);
   }
 
-  /** Queues a log line for the gateway (lines are batched every 200 ms). */
-  forwardLog(line: string): void {
-    this.#forward(line);
-  }
-
-  #forward(line: string): void {
-    this.#pendingLogs.push(line);
+  /** Queues a log line, its UTF-8 JSON in `bytes[start, end)`, for the gateway (lines are batched every 200 ms). */
+  forwardLog(bytes: Buffer, start: number, end: number): void {
+    this.#pendingLogs.pushBytes(bytes, start, end);
     this.#logTimer ??= setTimeout(() => {
       this.#logTimer = undefined;
       this.#flushLogs();
@@ -385,7 +381,7 @@ export class Supervisor {
 
   #flushLogs(): void {
     if (this.#pendingLogs.size === 0 || !this.#control.connected) return;
-    if (this.#control.sendLogLines(this.#pendingLogs.lines())) this.#pendingLogs.clear();
+    if (this.#control.sendLogLines(this.#pendingLogs)) this.#pendingLogs.clear();
   }
 }
 

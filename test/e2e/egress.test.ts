@@ -3,6 +3,7 @@ import { createServer, type Server } from 'node:http';
 import { connect } from 'node:net';
 import t from 'tap';
 import { WebSocketServer } from 'ws';
+import type { LogLine } from '../../src/protocol/control.js';
 import type { ExecResult } from '../../src/schemas/sandbox.js';
 import { api, startGateway, waitForPhase } from '../helpers/gateway.js';
 
@@ -111,9 +112,16 @@ t.test('egress through a real sandbox: default deny, live policy, WebSocket pass
       buffer += Buffer.from(chunk).toString();
       let nl;
       while ((nl = buffer.indexOf('\n')) >= 0) {
-        const line = JSON.parse(buffer.slice(0, nl)) as { source: string; fields?: { decision?: { action: string } } };
+        const line = JSON.parse(buffer.slice(0, nl)) as LogLine & { fields?: { decision?: { action: string } } };
         buffer = buffer.slice(nl + 1);
-        if (line.source === 'egress' && line.fields?.decision) decisions.add(line.fields.decision.action);
+        if (line.source === 'egress' && line.fields?.decision) {
+          if (decisions.size === 0) {
+            // The supervisor sends its pino line; the gateway serves the LogLine shape.
+            t.same(Object.keys(line), ['time', 'level', 'source', 'message', 'fields'], 'a LogLine');
+            t.match(line, { level: 'info', message: 'egress decision', fields: { component: 'egress', sandboxId: String } });
+          }
+          decisions.add(line.fields.decision.action);
+        }
       }
       if (decisions.has('deny') && decisions.has('allow')) break;
     }

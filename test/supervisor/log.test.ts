@@ -3,40 +3,70 @@ import path from 'node:path';
 import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { fileURLToPath } from 'node:url';
-import { setImmediate as turn } from 'node:timers/promises';
 import { createSupervisorLogger, LogRing } from '../../src/supervisor/log.js';
 import type { LogLine } from '../../src/protocol/control.js';
+import { SandboxLogs } from '../../src/sandboxes/logs.js';
 import { seededRandom } from '../helpers/random.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
-function capture(): { writes: string[]; lines: () => Record<string, unknown>[]; sunk: LogLine[]; log: ReturnType<typeof createSupervisorLogger> } {
+type Line = Record<string, unknown>;
+
+interface Capture {
+  writes: string[];
+  /** Resolves at the next write. */
+  written: () => Promise<void>;
+  lines: () => Line[];
+  sunk: Line[];
+  log: ReturnType<typeof createSupervisorLogger>;
+}
+
+function capture(): Capture {
   const writes: string[] = [];
-  const sunk: LogLine[] = [];
-  const log = createSupervisorLogger({ bindings: { sandboxId: 'sb-1' }, write: (s) => writes.push(s), sink: (l) => sunk.push(JSON.parse(l) as LogLine) });
-  const lines = (): Record<string, unknown>[] =>
+  const sunk: Line[] = [];
+  let onWrite: (() => void) | undefined;
+  const written = (): Promise<void> => new Promise((resolve) => (onWrite = resolve));
+  const log = createSupervisorLogger({
+    bindings: { sandboxId: 'sb-1' },
+    write: (bytes) => {
+      writes.push(bytes.toString());
+      onWrite?.();
+    },
+    sink: (bytes, start, end) => sunk.push(JSON.parse(bytes.toString('utf8', start, end)) as Line),
+  });
+  const lines = (): Line[] =>
     writes
       .join('')
       .split('\n')
       .filter(Boolean)
-      .map((l) => JSON.parse(l) as Record<string, unknown>);
-  return { writes, lines, sunk, log };
+      .map((l) => JSON.parse(l) as Line);
+  return { writes, written, lines, sunk, log };
 }
 
-t.test('a line holds level, time, the bindings, the fields and the message; the gateway gets the same fields', async (t) => {
-  const { lines, sunk, log } = capture();
+/** What the gateway keeps of lines a supervisor sent. */
+function gatewayCopy(lines: unknown[]): LogLine[] {
+  const logs = new SandboxLogs();
+  logs.append('sb', lines);
+  return logs.get('sb');
+}
+
+t.test('a line holds level, time, the bindings, the fields and the message; the gateway gets the same line', async (t) => {
+  const { written, lines, sunk, log } = capture();
   const decision = { action: 'allow', host: 'api.example.test', port: 443, reason: 'r "quoted"\n' };
+  const flushed = written();
   log.child({ component: 'egress' }).info({ decision }, 'egress decision');
   log.warn({ n: 1 });
-  await turn();
+  await flushed;
   const [a, b] = lines();
   t.match(a, { level: 30, time: /^\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z$/, sandboxId: 'sb-1', component: 'egress', decision, msg: 'egress decision' });
   t.same(Object.keys(a!), ['level', 'time', 'sandboxId', 'component', 'decision', 'msg'], 'pino order: level, time, bindings, fields, msg');
   t.same(b, { level: 40, time: b!.time, sandboxId: 'sb-1', n: 1 }, 'no msg key without a message');
-  t.match(sunk[0], { level: 'info', source: 'egress', message: 'egress decision', fields: { sandboxId: 'sb-1', component: 'egress', decision } });
-  t.match(sunk[1], { level: 'warn', source: 'supervisor', message: '' });
-  t.same(Object.keys(sunk[0]!), ['time', 'level', 'source', 'message', 'fields'], 'the LogLine shape, in order');
-  t.same(Object.keys(sunk[0]!.fields!), ['sandboxId', 'component', 'decision']);
+  t.same(sunk, [a, b], 'the sink gets the bytes of the same lines');
+  const [ga, gb] = gatewayCopy(sunk);
+  t.same(ga, { time: a!.time, level: 'info', source: 'egress', message: 'egress decision', fields: { sandboxId: 'sb-1', component: 'egress', decision } });
+  t.same(gb, { time: b!.time, level: 'warn', source: 'supervisor', message: '', fields: { sandboxId: 'sb-1', n: 1 } });
+  t.same(Object.keys(ga!), ['time', 'level', 'source', 'message', 'fields'], 'the gateway keeps the LogLine shape, in order');
+  t.same(Object.keys(ga!.fields!), ['sandboxId', 'component', 'decision']);
 });
 
 t.test('the gateway gets the newest lines, oldest first, at most the ring size', async (t) => {
@@ -71,7 +101,12 @@ t.test('the ring of lines agrees with a plain list model under random lines, siz
         continue;
       }
       const line = `${i}:` + 'é'.repeat(rnd(3)) + 'x'.repeat(rnd(maxBytes));
-      ring.push(line);
+      if (i % 2 === 0) ring.push(line);
+      else {
+        // The logger's way: the line's bytes inside a larger buffer.
+        const bytes = Buffer.from(`<<${line}>>`);
+        ring.pushBytes(bytes, 2, bytes.length - 2);
+      }
       const n = Buffer.byteLength(line);
       if (n <= maxBytes) {
         model.push(line);
@@ -79,6 +114,7 @@ t.test('the ring of lines agrees with a plain list model under random lines, siz
         while (model.length > maxLines || model.reduce((a, l) => a + Buffer.byteLength(l), 0) > maxBytes) model.shift();
       }
       const got = ring.lines();
+      if (ring.joined('[', ']').toString() !== `[${got.join(',')}]` && mismatches++ < 3) t.fail(`joined, round ${round} line ${i}`);
       const newestFirstOk = got.every((l, k) => l === model[model.length - got.length + k]);
       const newestKept = n > maxBytes || got.at(-1) === line;
       // What fits in half the ring is always all there (the room lost at a wrap is less than one line).
@@ -86,56 +122,91 @@ t.test('the ring of lines agrees with a plain list model under random lines, siz
       if ((!newestFirstOk || !newestKept || !allKept || got.length > model.length) && mismatches++ < 3) t.fail(`round ${round} line ${i}`, { got, model });
     }
   }
-  t.equal(mismatches, 0, 'the newest lines, in order, never a corrupted one');
+  t.equal(mismatches, 0, 'the newest lines, in order, never a corrupted one, joined as they are');
 });
 
 t.test('secrets are redacted in bindings and fields; errors keep type and message; a field named like a binding is written once', async (t) => {
-  const { lines, sunk, log } = capture();
+  const { written, lines, sunk, log } = capture();
   const child = log.child({ token: 'sekret-binding' });
+  const flushed = written();
   child.info({ authorization: 'Bearer abc', password: 'p', err: new TypeError('boom') }, 'm');
   child.info({ sandboxId: 'other', level: 'x' }, 'clash');
-  await turn();
+  await flushed;
   const [a, b] = lines();
   t.match(a, { token: '[Redacted]', authorization: '[Redacted]', password: '[Redacted]', err: { type: 'TypeError', message: 'boom' } });
   t.notMatch(JSON.stringify(lines()), /sekret|Bearer/, 'no secret in any line');
   t.notMatch(JSON.stringify(sunk), /sekret|Bearer/, 'nor in what goes to the gateway');
-  t.equal(b!.sandboxId, 'other');
-  t.equal(b!.level, 'x', 'as {level, time, ...bindings, ...fields, msg} would');
+  t.equal(b!.sandboxId, 'other', 'written once, with the field\'s value');
+  t.same(Object.keys(b!), ['level', 'time', 'sandboxId', 'token', '_level', 'msg']);
+  t.equal(b!.level, 30, 'the line keeps its level');
+  t.equal(b!._level, 'x', 'a field named like a line key gets a _ in front');
+  t.match(gatewayCopy([b])[0], { level: 'info', message: 'clash', fields: { sandboxId: 'other', _level: 'x' } });
 });
 
-t.test('lines logged in one event-loop turn go out in one write, in order', async (t) => {
-  const { writes, lines, log } = capture();
+t.test('lines are UTF-8: multi-byte characters, a lone surrogate, and a line longer than the batch buffer keep their text and place', async (t) => {
+  const { writes, written, lines, sunk, log } = capture();
+  const odd = 'é€😀\ud800x';
+  log.info({ odd }, odd);
+  const long = '€'.repeat(30_000); // 90000 bytes: more than a batch holds
+  log.info({ long }, 'long');
+  const flushed = written();
+  log.info({ after: 1 }, 'after');
+  await flushed;
+  const got = lines();
+  t.same(
+    got.map((l) => l.msg),
+    [odd, 'long', 'after'],
+    'in order',
+  );
+  t.equal(got[0]!.odd, odd);
+  t.equal(got[1]!.long, long);
+  t.same(sunk, got, 'the gateway gets the same lines');
+  t.ok(writes.length >= 2, 'the long line went out on its own');
+});
+
+t.test('lines logged close together go out in one write, in order, soon after the first', async (t) => {
+  const { writes, written, lines, log } = capture();
+  const flushed = written();
+  const start = Date.now();
   for (let i = 0; i < 100; i++) log.info({ i });
-  t.equal(writes.length, 0, 'nothing written during the turn');
-  await turn();
-  t.equal(writes.length, 1, 'one write for the turn');
-  t.same(lines().map((l) => l.i), Array.from({ length: 100 }, (_, i) => i));
+  t.equal(writes.length, 0, 'nothing written while lines come');
+  await flushed;
+  t.equal(writes.length, 1, 'one write for all of them');
+  t.ok(Date.now() - start < 5000, 'written soon');
+  t.same(
+    lines().map((l) => l.i),
+    Array.from({ length: 100 }, (_, i) => i),
+  );
+  const again = written();
   log.info({ i: 100 });
-  await turn();
-  t.equal(writes.length, 2, 'the next turn writes again');
+  await again;
+  t.equal(writes.length, 2, 'a later line is written too');
 });
 
-t.test('a large burst is written as it fills, not held to the end of the turn', async (t) => {
-  const { writes, lines, log } = capture();
+t.test('a large burst is written as it fills, not held back', async (t) => {
+  const { writes, written, lines, log } = capture();
   const big = 'x'.repeat(1000);
   for (let i = 0; i < 200; i++) log.info({ i, big });
-  t.ok(writes.length >= 2, `written while the turn runs (${writes.length} writes)`);
-  await turn();
+  t.ok(writes.length >= 2, `written while the burst runs (${writes.length} writes)`);
+  await written();
   t.equal(lines().length, 200);
 });
 
 t.test('a write that throws (the driver stopped reading) loses stdout lines, not the process', async (t) => {
-  const sunk: LogLine[] = [];
+  const sunk: string[] = [];
+  let tried: () => void = () => undefined;
   const log = createSupervisorLogger({
     write: () => {
+      tried();
       throw Object.assign(new Error('EPIPE'), { code: 'EPIPE' });
     },
-    sink: (l) => sunk.push(JSON.parse(l) as LogLine),
+    sink: (bytes, start, end) => sunk.push(bytes.toString('utf8', start, end)),
   });
-  log.info({}, 'one');
-  await turn();
-  log.info({}, 'two');
-  await turn();
+  for (const msg of ['one', 'two']) {
+    const attempt = new Promise<void>((resolve) => (tried = resolve));
+    log.info({}, msg);
+    await attempt;
+  }
   t.equal(sunk.length, 2, 'the gateway still gets every line');
 });
 

@@ -1,0 +1,52 @@
+import t from 'tap';
+import { SandboxLogs } from '../../src/sandboxes/logs.js';
+import type { LogLine } from '../../src/protocol/control.js';
+
+t.test('pino lines from a supervisor become LogLines: level names, egress source, message, the other keys as fields', async (t) => {
+  const logs = new SandboxLogs();
+  const seen: LogLine[] = [];
+  const stop = logs.follow('sb', (line) => seen.push(line));
+  t.teardown(stop);
+  const decision = { action: 'deny', host: 'h', port: 1 };
+  logs.append('sb', [
+    { level: 30, time: 'T1', sandboxId: 'sb', component: 'egress', decision, msg: 'egress decision' },
+    { level: 50, time: 'T2', sandboxId: 'sb', msg: 'boom' },
+    { level: 40, time: 'T3' },
+    { level: 20, time: 'T4', msg: 'detail', component: 'control' },
+    { level: 35, time: 'T5', msg: 'between levels' },
+  ]);
+  const got = logs.get('sb');
+  t.same(got, [
+    { time: 'T1', level: 'info', source: 'egress', message: 'egress decision', fields: { sandboxId: 'sb', component: 'egress', decision } },
+    { time: 'T2', level: 'error', source: 'supervisor', message: 'boom', fields: { sandboxId: 'sb' } },
+    { time: 'T3', level: 'warn', source: 'supervisor', message: '' },
+    { time: 'T4', level: 'debug', source: 'supervisor', message: 'detail', fields: { component: 'control' } },
+    { time: 'T5', level: 'info', source: 'supervisor', message: 'between levels' },
+  ]);
+  t.same(seen, got, 'followers get the same lines');
+});
+
+t.test('LogLines (what older supervisors send) are kept as they are', async (t) => {
+  const logs = new SandboxLogs();
+  const line: LogLine = { time: 'T', level: 'warn', source: 'egress', message: 'm', fields: { a: 1 } };
+  logs.append('sb', [line, { time: 'T', level: 'loud', source: 'other', message: 7 }]);
+  t.same(logs.get('sb'), [line, { time: 'T', level: 'info', source: 'supervisor', message: '' }], 'unknown values fall back');
+});
+
+t.test('lines come from inside the sandbox: junk is dropped, sizes are bounded', async (t) => {
+  const logs = new SandboxLogs();
+  logs.append('sb', 'not an array');
+  logs.append('sb', [null, 3, 'text', { level: 30, time: 'x'.repeat(100), msg: 'y'.repeat(10_000) }]);
+  const got = logs.get('sb');
+  t.equal(got.length, 1, 'only the object is kept');
+  t.equal(got[0]!.time.length, 40, 'time cut to 40 characters');
+  t.equal(got[0]!.message.length, 8192, 'message cut to 8 KiB');
+  logs.append(
+    'sb',
+    Array.from({ length: 2500 }, (_, i) => ({ level: 30, time: 'T', msg: String(i) })),
+  );
+  const kept = logs.get('sb');
+  t.equal(kept.length, 2000, 'at most 2000 lines per sandbox');
+  t.equal(kept[0]!.message, '0', 'the earlier line made room');
+  t.equal(kept.at(-1)!.message, '1999', 'a batch is cut at 2000 lines, and the oldest lines make room');
+});
