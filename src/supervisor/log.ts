@@ -13,8 +13,7 @@ const LINE_KEYS = new Set(['level', 'time', 'msg']);
  * logs (the gateway reads pino lines, see `src/sandboxes/logs.ts`). Lean on
  * purpose: it is on the start-up path, and the egress proxy logs a decision
  * per L7 request. A line is built as one string and encoded to UTF-8 once:
- * `sink` copies its bytes, and lines go out in one write per event-loop
- * turn (see `LineBuffer`).
+ * `sink` copies its bytes, and lines go out in batches (see `LineBuffer`).
  */
 export function createSupervisorLogger(opts: {
   level?: Level;
@@ -114,27 +113,13 @@ export class LogRing {
     return this.#size;
   }
 
-  /** Keep `line`, dropping the oldest lines it needs room from. A line larger than the whole ring is not kept. */
-  push(line: string): void {
-    const at = this.#place(Buffer.byteLength(line));
-    if (at >= 0) this.#buf.write(line, at, 'utf8');
-  }
-
-  /** `push` for a line given as UTF-8 bytes, `bytes[start, end)`. */
+  /**
+   * Keep the line `bytes[start, end)` (UTF-8), dropping the oldest lines it
+   * needs room from. A line larger than the whole ring is not kept.
+   */
   pushBytes(bytes: Buffer, start: number, end: number): void {
     const at = this.#place(end - start);
     if (at >= 0) bytes.copy(this.#buf, at, start, end);
-  }
-
-  /** The lines, oldest first. */
-  lines(): string[] {
-    const out: string[] = [];
-    for (let i = 0; i < this.#size; i++) {
-      const slot = (this.#first + i) % this.maxLines;
-      const s = this.#start[slot]!;
-      out.push(this.#buf.toString('utf8', s, s + this.#len[slot]!));
-    }
-    return out;
   }
 
   /** `open`, the lines oldest first joined by commas, then `close`, as UTF-8 (a JSON array of JSON lines, inside a message). */
