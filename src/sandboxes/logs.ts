@@ -54,14 +54,10 @@ function sanitize(raw: unknown): LogLine | null {
 
 /** A supervisor's pino line (`SupervisorLogLine`): `msg` is the message, the keys other than level, time and msg the fields. */
 function fromPino(r: Record<string, unknown>, level: number): LogLine {
-  const fields: Record<string, unknown> = {};
-  let any = false;
-  for (const k in r) {
-    if (k === 'level' || k === 'time' || k === 'msg' || !Object.hasOwn(r, k)) continue;
-    fields[k] = r[k];
-    any = true;
-  }
-  return line(r.time, level >= 50 ? 'error' : level >= 40 ? 'warn' : level >= 30 ? 'info' : 'debug', r.component === 'egress', r.msg, any ? fields : undefined);
+  // fromEntries defines each key as data, so a field named __proto__ stays a field.
+  const entries = Object.entries(r).filter(([k]) => k !== 'level' && k !== 'time' && k !== 'msg');
+  const fields = entries.length > 0 ? Object.fromEntries(entries) : undefined;
+  return line(r.time, level >= 50 ? 'error' : level >= 40 ? 'warn' : level >= 30 ? 'info' : 'debug', r.component === 'egress', r.msg, fields);
 }
 
 /** A `LogLine`, as supervisors sent before they sent pino lines. */

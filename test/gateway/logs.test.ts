@@ -26,6 +26,15 @@ t.test('pino lines from a supervisor become LogLines: level names, egress source
   t.same(seen, got, 'followers get the same lines');
 });
 
+t.test('a field named __proto__ stays a field and changes no prototype', async (t) => {
+  const logs = new SandboxLogs();
+  logs.append('sb', [JSON.parse('{"level":30,"time":"T","msg":"m","__proto__":{"polluted":1}}') as unknown]);
+  const fields = logs.get('sb')[0]!.fields!;
+  t.equal(Object.getPrototypeOf(fields), Object.prototype);
+  t.equal(JSON.stringify(fields), '{"__proto__":{"polluted":1}}');
+  t.equal(({} as Record<string, unknown>).polluted, undefined);
+});
+
 t.test('LogLines (what older supervisors send) are kept as they are', async (t) => {
   const logs = new SandboxLogs();
   const line: LogLine = { time: 'T', level: 'warn', source: 'egress', message: 'm', fields: { a: 1 } };
