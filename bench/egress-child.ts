@@ -70,7 +70,7 @@ function sandboxLogger(file: string): Logger {
     timer ??= setTimeout(() => {
       timer = undefined;
       // What ControlClient.sendLogLines puts on the wire.
-      logMessageBytes(pending);
+      logMessageBytes([pending]);
       pending.clear();
     }, 200).unref();
   };

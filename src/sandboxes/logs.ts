@@ -2,15 +2,32 @@ import { EventEmitter } from 'node:events';
 import type { LogLine } from '../protocol/control.js';
 
 const MAX_LINES = 2000;
+/** Warnings and errors kept past MAX_LINES, so a flood of info lines (allowed requests) does not push out a deny. */
+const MAX_KEPT = 500;
 const MAX_MESSAGE = 8192;
+
+/** A line and its place in its sandbox's log. */
+interface Entry {
+  seq: number;
+  line: LogLine;
+}
+
+/** One sandbox's log: the newest MAX_LINES lines, and the newest MAX_KEPT warnings and errors among all. */
+interface SandboxLog {
+  next: number;
+  lines: Entry[];
+  kept: Entry[];
+}
 
 /**
  * Supervisor and egress-decision log lines per sandbox, as forwarded over the
- * control session: a bounded ring per sandbox (newest kept), plus followers.
- * In memory: a gateway restart starts each sandbox's log afresh.
+ * control session: a bounded ring per sandbox (newest kept) plus its newest
+ * warnings and errors, and followers. A batch is put in time order (a
+ * supervisor sends its warnings first). In memory: a gateway restart starts
+ * each sandbox's log afresh.
  */
 export class SandboxLogs {
-  readonly #lines = new Map<string, LogLine[]>();
+  readonly #logs = new Map<string, SandboxLog>();
   readonly #events = new EventEmitter<Record<string, [LogLine]>>();
 
   constructor() {
@@ -19,19 +36,29 @@ export class SandboxLogs {
 
   append(sandboxId: string, lines: unknown): void {
     if (!Array.isArray(lines)) return;
-    let ring = this.#lines.get(sandboxId);
-    if (!ring) this.#lines.set(sandboxId, (ring = []));
-    for (const raw of lines.slice(0, MAX_LINES)) {
-      const line = sanitize(raw);
-      if (!line) continue;
-      ring.push(line);
+    let log = this.#logs.get(sandboxId);
+    if (!log) this.#logs.set(sandboxId, (log = { next: 0, lines: [], kept: [] }));
+    const batch = lines
+      .slice(0, MAX_LINES + MAX_KEPT)
+      .map(sanitize)
+      .filter((line): line is LogLine => line !== null)
+      .sort((a, b) => (a.time < b.time ? -1 : a.time > b.time ? 1 : 0));
+    for (const line of batch) {
+      const entry = { seq: log.next++, line };
+      log.lines.push(entry);
+      if (line.level === 'warn' || line.level === 'error') log.kept.push(entry);
       this.#events.emit(sandboxId, line);
     }
-    if (ring.length > MAX_LINES) ring.splice(0, ring.length - MAX_LINES);
+    if (log.lines.length > MAX_LINES) log.lines.splice(0, log.lines.length - MAX_LINES);
+    if (log.kept.length > MAX_KEPT) log.kept.splice(0, log.kept.length - MAX_KEPT);
   }
 
+  /** The sandbox's lines, oldest first: the warnings and errors that fell out of the ring, then the ring. */
   get(sandboxId: string): LogLine[] {
-    return this.#lines.get(sandboxId)?.slice() ?? [];
+    const log = this.#logs.get(sandboxId);
+    if (!log) return [];
+    const first = log.lines[0]?.seq ?? log.next;
+    return [...log.kept.filter((e) => e.seq < first), ...log.lines].map((e) => e.line);
   }
 
   /** Calls `listener` for every new line until the returned function is called. */
@@ -41,7 +68,7 @@ export class SandboxLogs {
   }
 
   forget(sandboxId: string): void {
-    this.#lines.delete(sandboxId);
+    this.#logs.delete(sandboxId);
   }
 }
 

@@ -1,6 +1,6 @@
 import WebSocket from 'ws';
 import type { Logger } from '../log.js';
-import type { LogRing } from './log.js';
+import { LogRing } from './log.js';
 import {
   CloseCode,
   parseMessage,
@@ -28,9 +28,9 @@ export interface ControlClientOptions {
 const BACKOFF_START_MS = 100;
 const BACKOFF_MAX_MS = 5000;
 
-/** The UTF-8 text of `{ type: 'log', lines }` for the lines held in `ring` (each already JSON). */
-export function logMessageBytes(ring: LogRing): Buffer {
-  return ring.joined('{"type":"log","lines":[', ']}');
+/** The UTF-8 text of `{ type: 'log', lines }` for the lines held in `rings` (each already JSON), ring by ring. */
+export function logMessageBytes(rings: LogRing[]): Buffer {
+  return LogRing.joined(rings, '{"type":"log","lines":[', ']}');
 }
 
 /**
@@ -69,9 +69,9 @@ export class ControlClient {
     return this.#sendText(JSON.stringify(message));
   }
 
-  /** `send({ type: 'log', lines })` for the lines held in `ring` (see `logMessageBytes`). */
-  sendLogLines(ring: LogRing): boolean {
-    return this.#sendText(logMessageBytes(ring));
+  /** `send({ type: 'log', lines })` for the lines held in `rings` (see `logMessageBytes`). */
+  sendLogLines(rings: LogRing[]): boolean {
+    return this.#sendText(logMessageBytes(rings));
   }
 
   /** Sends a message's JSON text (as a text frame, also when given as UTF-8 bytes). */

@@ -2,6 +2,8 @@ import { JsonText, type Logger } from '../log.js';
 import { isoNow } from '../iso-time.js';
 
 type Level = 'debug' | 'info' | 'warn' | 'error';
+/** Takes a written line's UTF-8 bytes, `bytes[start, end)`, and its pino level. */
+export type LineSink = (bytes: Buffer, start: number, end: number, level: number) => void;
 const LEVELS: Record<Level, number> = { debug: 20, info: 30, warn: 40, error: 50 };
 const SECRET_KEYS = /token|authorization|password|secret/i;
 /** Keys every line has of its own: a field of that name is written as `_level`, `_time`, `_msg`. */
@@ -19,9 +21,10 @@ export function createSupervisorLogger(opts: {
   level?: Level;
   /**
    * Gets each line written: its UTF-8 JSON, without the newline, in
-   * `bytes[start, end)`. The bytes are reused after the call returns.
+   * `bytes[start, end)`, and its pino level (30 info, 40 warn…). The bytes
+   * are reused after the call returns.
    */
-  sink?: (bytes: Buffer, start: number, end: number) => void;
+  sink?: LineSink;
   bindings?: Record<string, unknown>;
   /** Writes whole lines; `bytes` is reused after it returns. Default: a copy to stdout. */
   write?: (bytes: Buffer) => void;
@@ -34,13 +37,14 @@ export function createSupervisorLogger(opts: {
     const fixed = fieldsOf(bindings, {});
     const fixedJson = comma(jsonMembers(fixed));
     const emit = (level: Level) => {
-      const head = `{"level":${LEVELS[level]},"time":"`;
+      const n = LEVELS[level];
+      const head = `{"level":${n},"time":"`;
       return (obj: object, msg?: string) => {
-        if (LEVELS[level] < min) return;
+        if (n < min) return;
         const extra = obj as Record<string, unknown>;
         // Fields as they are, unless one needs redacting or renaming or is also a binding.
         const members = plain(extra, fixed) ? fixedJson + comma(jsonMembers(extra)) : comma(jsonMembers(fieldsOf(extra, fixed)));
-        out.add(`${head}${isoNow()}"${members}${msg === undefined ? '' : `,"msg":${msgJson(msg)}`}}`, sink);
+        out.add(`${head}${isoNow()}"${members}${msg === undefined ? '' : `,"msg":${msgJson(msg)}`}}`, n, sink);
       };
     };
     return {
@@ -86,7 +90,7 @@ function fieldsOf(o: Record<string, unknown>, fixed: Record<string, unknown>): R
  * one off-heap buffer, not as strings: lines held for a send interval would
  * survive young GCs, and a flood of decisions (one per L7 request) made
  * every scavenge copy thousands of them (2 ms pauses instead of 0.3). The
- * control message is built from the bytes too (`joined`).
+ * control message is built from the bytes too (`LogRing.joined`).
  */
 export class LogRing {
   readonly #buf: Buffer;
@@ -122,17 +126,30 @@ export class LogRing {
     if (at >= 0) bytes.copy(this.#buf, at, start, end);
   }
 
-  /** `open`, the lines oldest first joined by commas, then `close`, as UTF-8 (a JSON array of JSON lines, inside a message). */
-  joined(open: string, close: string): Buffer {
+  /**
+   * `open`, the lines of each ring in turn (oldest first) joined by commas,
+   * then `close`, as UTF-8: a JSON array of JSON lines, inside a message.
+   */
+  static joined(rings: LogRing[], open: string, close: string): Buffer {
     const head = Buffer.from(open);
     const tail = Buffer.from(close);
-    const out = Buffer.allocUnsafe(head.length + this.#bytes + Math.max(0, this.#size - 1) + tail.length);
+    let bytes = 0;
+    let lines = 0;
+    for (const r of rings) {
+      bytes += r.#bytes;
+      lines += r.#size;
+    }
+    const out = Buffer.allocUnsafe(head.length + bytes + Math.max(0, lines - 1) + tail.length);
     let at = head.copy(out, 0);
-    for (let i = 0; i < this.#size; i++) {
-      const slot = (this.#first + i) % this.maxLines;
-      if (i > 0) out[at++] = 0x2c; // ','
-      const s = this.#start[slot]!;
-      at += this.#buf.copy(out, at, s, s + this.#len[slot]!);
+    let first = true;
+    for (const r of rings) {
+      for (let i = 0; i < r.#size; i++) {
+        if (!first) out[at++] = 0x2c; // ','
+        first = false;
+        const slot = (r.#first + i) % r.maxLines;
+        const s = r.#start[slot]!;
+        at += r.#buf.copy(out, at, s, s + r.#len[slot]!);
+      }
     }
     tail.copy(out, at);
     return out;
@@ -200,21 +217,21 @@ class LineBuffer {
     this.#write = write;
   }
 
-  /** Adds `line` (JSON, no newline) and hands its bytes to `sink`. */
-  add(line: string, sink: ((bytes: Buffer, start: number, end: number) => void) | undefined): void {
+  /** Adds `line` (JSON, no newline) and hands its bytes and `level` to `sink`. */
+  add(line: string, level: number, sink: LineSink | undefined): void {
     // A UTF-16 code unit is at most 3 bytes of UTF-8 (a surrogate pair, two units, is 4).
     const most = line.length * 3 + 1;
     if (most > BATCH_BYTES - this.#pos) {
       this.flush();
       if (most > BATCH_BYTES) {
         const bytes = Buffer.from(`${line}\n`);
-        sink?.(bytes, 0, bytes.length - 1);
+        sink?.(bytes, 0, bytes.length - 1, level);
         return this.#out(bytes);
       }
     }
     const start = this.#pos;
     const end = start + this.#buf.write(line, start, 'utf8');
-    sink?.(this.#buf, start, end);
+    sink?.(this.#buf, start, end, level);
     this.#buf[end] = 0x0a; // '\n'
     this.#pos = end + 1;
     if (start === 0) {

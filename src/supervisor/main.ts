@@ -32,7 +32,7 @@ export async function runSupervisor(argv: string[], env: NodeJS.ProcessEnv, run:
     options.log = createSupervisorLogger({
       bindings: { sandboxId: options.sandboxId },
       write: (bytes) => writeSync(fd, bytes),
-      sink: (bytes, start, end) => supervisor?.forwardLog(bytes, start, end),
+      sink: (bytes, start, end, level) => supervisor?.forwardLog(bytes, start, end, level),
     });
   }
   supervisor = new Supervisor(options);

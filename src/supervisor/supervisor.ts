@@ -82,6 +82,8 @@ export class Supervisor {
   readonly #control: ControlClient;
   /** Log lines (JSON text) for the gateway, sent every 200 ms: the newest 2000 (the gateway keeps 2000 per sandbox). */
   readonly #pendingLogs = new LogRing(2000);
+  /** Warnings and errors (denied egress among them) for the gateway, apart: a flood of info lines cannot push them out before they are sent. */
+  readonly #pendingWarnings = new LogRing(500, 256 * 1024);
   readonly #relays = new Map<string, WebSocket>();
   #logTimer: NodeJS.Timeout | undefined;
   #keepalive = { intervalMs: 10_000, timeoutMs: 30_000 };
@@ -104,7 +106,7 @@ export class Supervisor {
     this.#zeroMask = !needsMasking(opts.endpoint);
     this.#log =
       opts.log ??
-      createSupervisorLogger({ bindings: { sandboxId: opts.sandboxId }, sink: (bytes, start, end) => this.forwardLog(bytes, start, end) });
+      createSupervisorLogger({ bindings: { sandboxId: opts.sandboxId }, sink: (bytes, start, end, level) => this.forwardLog(bytes, start, end, level) });
     this.#control = new ControlClient({
       endpoint: opts.endpoint,
       sandboxId: opts.sandboxId,
@@ -370,9 +372,9 @@ export class Supervisor {
     this.#control.send(state);
   }
 
-  /** Queues a log line, its UTF-8 JSON in `bytes[start, end)`, for the gateway (lines are batched every 200 ms). */
-  forwardLog(bytes: Buffer, start: number, end: number): void {
-    this.#pendingLogs.pushBytes(bytes, start, end);
+  /** Queues a log line of pino `level`, its UTF-8 JSON in `bytes[start, end)`, for the gateway (lines are batched every 200 ms). */
+  forwardLog(bytes: Buffer, start: number, end: number, level: number): void {
+    (level >= 40 ? this.#pendingWarnings : this.#pendingLogs).pushBytes(bytes, start, end);
     this.#logTimer ??= setTimeout(() => {
       this.#logTimer = undefined;
       this.#flushLogs();
@@ -380,8 +382,12 @@ export class Supervisor {
   }
 
   #flushLogs(): void {
-    if (this.#pendingLogs.size === 0 || !this.#control.connected) return;
-    if (this.#control.sendLogLines(this.#pendingLogs)) this.#pendingLogs.clear();
+    if (this.#pendingLogs.size + this.#pendingWarnings.size === 0 || !this.#control.connected) return;
+    // Warnings first; the gateway puts a batch in time order.
+    if (this.#control.sendLogLines([this.#pendingWarnings, this.#pendingLogs])) {
+      this.#pendingWarnings.clear();
+      this.#pendingLogs.clear();
+    }
   }
 }
 

@@ -118,7 +118,10 @@ t.test('egress through a real sandbox: default deny, live policy, WebSocket pass
           if (decisions.size === 0) {
             // The supervisor sends its pino line; the gateway serves the LogLine shape.
             t.same(Object.keys(line), ['time', 'level', 'source', 'message', 'fields'], 'a LogLine');
-            t.match(line, { level: 'info', message: 'egress decision', fields: { component: 'egress', sandboxId: String } });
+            t.match(line, { message: 'egress decision', fields: { component: 'egress', sandboxId: String } });
+          }
+          if (!decisions.has(line.fields.decision.action)) {
+            t.equal(line.level, line.fields.decision.action === 'deny' ? 'warn' : 'info', `a ${line.fields.decision.action} is logged at its level`);
           }
           decisions.add(line.fields.decision.action);
         }

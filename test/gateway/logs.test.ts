@@ -52,10 +52,43 @@ t.test('lines come from inside the sandbox: junk is dropped, sizes are bounded',
   t.equal(got[0]!.message.length, 8192, 'message cut to 8 KiB');
   logs.append(
     'sb',
-    Array.from({ length: 2500 }, (_, i) => ({ level: 30, time: 'T', msg: String(i) })),
+    Array.from({ length: 3000 }, (_, i) => ({ level: 30, time: 'T', msg: String(i) })),
   );
   const kept = logs.get('sb');
   t.equal(kept.length, 2000, 'at most 2000 lines per sandbox');
-  t.equal(kept[0]!.message, '0', 'the earlier line made room');
-  t.equal(kept.at(-1)!.message, '1999', 'a batch is cut at 2000 lines, and the oldest lines make room');
+  t.equal(kept[0]!.message, '500', 'a batch is cut at 2500 lines, and the oldest make room');
+  t.equal(kept.at(-1)!.message, '2499');
+});
+
+t.test('warnings and errors (denied egress) outlast a flood of info lines; a batch is put in time order', async (t) => {
+  const logs = new SandboxLogs();
+  const time = (i: number): string => new Date(Date.UTC(2026, 0, 1) + i).toISOString();
+  const info = (i: number) => ({ level: 30, time: time(i), msg: `info ${i}` });
+  // As a supervisor sends a batch: its warnings first, then the rest.
+  logs.append('sb', [{ level: 40, time: time(5), msg: 'denied' }, { level: 50, time: time(7), msg: 'broke' }, ...[4, 6, 8].map(info)]);
+  t.same(
+    logs.get('sb').map((l) => l.message),
+    ['info 4', 'denied', 'info 6', 'broke', 'info 8'],
+    'in time order',
+  );
+  for (let b = 0; b < 10; b++) logs.append('sb', Array.from({ length: 1000 }, (_, i) => info(10 + b * 1000 + i)));
+  const got = logs.get('sb');
+  t.equal(got.length, 2002, 'the newest 2000 lines, and the two warnings before them');
+  t.same(
+    got.slice(0, 3).map((l) => l.message),
+    ['denied', 'broke', 'info 8010'],
+  );
+  t.equal(got.at(-1)!.message, 'info 10009');
+  for (let i = 0; i < 600; i++) logs.append('sb', [{ level: 40, time: time(20_000 + i), msg: `w${i}` }]);
+  const later = logs.get('sb');
+  t.equal(later.length, 2000, 'warnings still in the ring are not repeated');
+  t.equal(later[0]!.message, 'info 8610');
+  t.equal(later.at(-1)!.message, 'w599');
+  for (let b = 0; b < 3; b++) logs.append('sb', Array.from({ length: 1000 }, (_, i) => info(30_000 + b * 1000 + i)));
+  const last = logs.get('sb');
+  t.equal(last.length, 2500, 'the newest 500 warnings are kept');
+  t.same(
+    [last[0]!.message, last[499]!.message, last[500]!.message],
+    ['w100', 'w599', 'info 31000'],
+  );
 });

@@ -32,7 +32,11 @@ function capture(): Capture {
       writes.push(bytes.toString());
       onWrite?.();
     },
-    sink: (bytes, start, end) => sunk.push(JSON.parse(bytes.toString('utf8', start, end)) as Line),
+    sink: (bytes, start, end, level) => {
+      const line = JSON.parse(bytes.toString('utf8', start, end)) as Line;
+      if (line.level !== level) throw new Error(`sink got level ${level} for a line of level ${String(line.level)}`);
+      sunk.push(line);
+    },
   });
   const lines = (): Line[] =>
     writes
@@ -77,7 +81,7 @@ function push(ring: LogRing, line: string): void {
 
 /** The ring's lines, oldest first, read back from `joined` (no test line holds a comma). */
 function held(ring: LogRing): string[] {
-  const text = ring.joined('<', '>').toString();
+  const text = LogRing.joined([ring], '<', '>').toString();
   return text === '<>' ? [] : text.slice(1, -1).split(',');
 }
 
@@ -96,7 +100,11 @@ t.test('the gateway gets the newest lines, oldest first, at most the ring size, 
   t.equal(ring.size, 0);
   push(ring, '{"n":"é"}');
   push(ring, '{"n":2}');
-  t.same(JSON.parse(ring.joined('{"lines":[', ']}').toString()), { lines: [{ n: 'é' }, { n: 2 }] }, 'a JSON array of the lines');
+  t.same(JSON.parse(LogRing.joined([ring], '{"lines":[', ']}').toString()), { lines: [{ n: 'é' }, { n: 2 }] }, 'a JSON array of the lines');
+  const other = new LogRing(2);
+  t.equal(LogRing.joined([other, ring, other], '[', ']').toString(), '[{"n":"é"},{"n":2}]', 'empty rings add no comma');
+  push(other, '{"w":1}');
+  t.same(JSON.parse(LogRing.joined([other, ring], '[', ']').toString()), [{ w: 1 }, { n: 'é' }, { n: 2 }], 'ring by ring');
 });
 
 t.test('the ring of lines agrees with a plain list model under random lines, sizes and wraps', async (t) => {
