@@ -59,7 +59,8 @@ async function servers(): Promise<void> {
  * The logger a sandbox's proxy has: the supervisor's, lines appended to a
  * file (as the process driver's log file) and the gateway's share batched
  * every 200 ms like `Supervisor.forwardLog`, serialised as the control
- * session would and dropped (there is no gateway here).
+ * session would and dropped (there is no gateway here). One ring: the
+ * bench's peers allow everything, so there are no warnings to hold apart.
  */
 function sandboxLogger(file: string): Logger {
   const fd = openSync(file, 'a', 0o600);

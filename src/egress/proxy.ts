@@ -523,8 +523,9 @@ class EgressServer implements EgressProxy {
 
   #emit(decision: EgressDecision): void {
     // A deny is a warning: it is what an operator looks for, and the gateway keeps warnings through a flood of allows.
-    if (decision.action === 'deny') this.#log.warn({ decision: new DecisionField(decision) }, 'egress decision');
-    else this.#log.info({ decision: new DecisionField(decision) }, 'egress decision');
+    const line = { decision: new DecisionField(decision) };
+    if (decision.action === 'deny') this.#log.warn(line, 'egress decision');
+    else this.#log.info(line, 'egress decision');
     try {
       this.#opts.onDecision?.(decision);
     } catch (err) {

@@ -101,8 +101,6 @@ export class LogRing {
   #size = 0;
   /** Byte offset just past the newest line. */
   #pos = 0;
-  /** Bytes held. */
-  #bytes = 0;
 
   constructor(
     readonly maxLines: number,
@@ -136,7 +134,7 @@ export class LogRing {
     let bytes = 0;
     let lines = 0;
     for (const r of rings) {
-      bytes += r.#bytes;
+      for (let i = 0; i < r.#size; i++) bytes += r.#len[(r.#first + i) % r.maxLines]!;
       lines += r.#size;
     }
     const out = Buffer.allocUnsafe(head.length + bytes + Math.max(0, lines - 1) + tail.length);
@@ -156,7 +154,7 @@ export class LogRing {
   }
 
   clear(): void {
-    this.#first = this.#size = this.#pos = this.#bytes = 0;
+    this.#first = this.#size = this.#pos = 0;
   }
 
   /** Where a line of `n` bytes goes, after dropping the lines in its way; -1 if it can never fit. */
@@ -174,7 +172,6 @@ export class LogRing {
     this.#start[slot] = at;
     this.#len[slot] = n;
     this.#size++;
-    this.#bytes += n;
     this.#pos = at + n;
     return at;
   }
@@ -185,7 +182,6 @@ export class LogRing {
   }
 
   #dropOldest(): void {
-    this.#bytes -= this.#len[this.#first]!;
     this.#first = (this.#first + 1) % this.maxLines;
     this.#size--;
   }
@@ -212,6 +208,8 @@ class LineBuffer {
   readonly #write: (bytes: Buffer) => void;
   readonly #buf = Buffer.allocUnsafeSlow(BATCH_BYTES);
   #pos = 0;
+  /** Writes the batch FLUSH_MS after its first line; cleared when the batch goes out sooner. */
+  #timer: NodeJS.Timeout | undefined;
 
   constructor(write: (bytes: Buffer) => void) {
     this.#write = write;
@@ -240,11 +238,13 @@ class LineBuffer {
         exitHook = true;
         process.once('exit', () => unflushed.forEach((b) => b.flush()));
       }
-      setTimeout(this.flush, FLUSH_MS);
+      this.#timer = setTimeout(this.flush, FLUSH_MS);
     }
   }
 
   readonly flush = (): void => {
+    clearTimeout(this.#timer);
+    this.#timer = undefined;
     if (this.#pos === 0) return;
     const bytes = this.#buf.subarray(0, this.#pos);
     this.#pos = 0;
