@@ -1,4 +1,4 @@
-import { JsonText } from '../log.js';
+import { JsonText, type JsonBytes } from '../log.js';
 
 /** One allow/deny/audit decision, logged and handed to `onDecision` (for the gateway's logs). */
 export interface EgressDecision {
@@ -26,7 +26,8 @@ function opt(key: string, s: string | undefined): string {
 }
 
 // The parts of the last decision's JSON that a run of decisions repeats
-// (the same endpoint, request after request): rebuilt only when they change.
+// (the same endpoint, request after request): rebuilt only when they change,
+// their UTF-8 bytes encoded when first written (`writeDecision`).
 // `undefined` at first: no decision matches it.
 let midAction: string | undefined;
 let midHost = '';
@@ -37,8 +38,37 @@ let tailEndpoint: string | undefined;
 let tailReason: string | undefined;
 let tailLayer = '';
 let tailJson = '';
+let tailBytes: Buffer | undefined;
 let lastMethod: string | undefined;
 let methodJson = '';
+/** `{"time":…` through the method and the path's key, for the last decision written. */
+let headTime: string | undefined;
+let headPath = false;
+let headBytes: Buffer | undefined;
+
+/** Brings the kept parts up to `d`. */
+function keep(d: EgressDecision): void {
+  if (d.action !== midAction || d.host !== midHost || !Object.is(d.port, midPort)) {
+    midAction = d.action;
+    midHost = d.host;
+    midPort = d.port;
+    midJson = `,"action":${str(d.action)},"host":${str(d.host)},"port":${Number.isFinite(d.port) ? d.port : 'null'}`;
+    headBytes = undefined;
+  }
+  if (d.method !== lastMethod) {
+    lastMethod = d.method;
+    methodJson = opt('method', d.method);
+    headBytes = undefined;
+  }
+  if (d.policy !== tailPolicy || d.endpoint !== tailEndpoint || d.reason !== tailReason || d.layer !== tailLayer) {
+    tailPolicy = d.policy;
+    tailEndpoint = d.endpoint;
+    tailReason = d.reason;
+    tailLayer = d.layer;
+    tailJson = `${opt('policy', d.policy)}${opt('endpoint', d.endpoint)},"reason":${str(d.reason)},"layer":${str(d.layer)}}`;
+    tailBytes = undefined;
+  }
+}
 
 /**
  * A decision's JSON, the same text as `JSON.stringify(d)` for a decision
@@ -48,30 +78,32 @@ let methodJson = '';
  * instead of JSON.stringify's generic walk.
  */
 export function decisionJson(d: EgressDecision): string {
-  if (d.action !== midAction || d.host !== midHost || !Object.is(d.port, midPort)) {
-    midAction = d.action;
-    midHost = d.host;
-    midPort = d.port;
-    midJson = `,"action":${str(d.action)},"host":${str(d.host)},"port":${Number.isFinite(d.port) ? d.port : 'null'}`;
-  }
-  if (d.method !== lastMethod) {
-    lastMethod = d.method;
-    methodJson = opt('method', d.method);
-  }
-  if (d.policy !== tailPolicy || d.endpoint !== tailEndpoint || d.reason !== tailReason || d.layer !== tailLayer) {
-    tailPolicy = d.policy;
-    tailEndpoint = d.endpoint;
-    tailReason = d.reason;
-    tailLayer = d.layer;
-    tailJson = `${opt('policy', d.policy)}${opt('endpoint', d.endpoint)},"reason":${str(d.reason)},"layer":${str(d.layer)}}`;
-  }
+  keep(d);
   return `{"time":${str(d.time)}${midJson}${methodJson}${opt('path', d.path)}${tailJson}`;
 }
 
 /**
- * A decision as a log field: the supervisor's logger splices in its JSON,
- * built only when the line is written; other loggers serialise the decision
- * itself (`toJSON`).
+ * Writes the same text as `decisionJson(d)` to `out`: the kept parts as
+ * bytes (encoded once per change), the path as a JSON string. The time is
+ * kept with them: decisions within a millisecond share it.
+ */
+export function writeDecision(d: EgressDecision, out: JsonBytes): void {
+  keep(d);
+  const path = d.path;
+  if (d.time !== headTime || (path !== undefined) !== headPath) {
+    headTime = d.time;
+    headPath = path !== undefined;
+    headBytes = undefined;
+  }
+  out.bytes((headBytes ??= Buffer.from(`{"time":${str(d.time)}${midJson}${methodJson}${headPath ? ',"path":' : ''}`)));
+  if (path !== undefined) out.string(path);
+  out.bytes((tailBytes ??= Buffer.from(tailJson)));
+}
+
+/**
+ * A decision as a log field: the supervisor's logger has it write its
+ * bytes into the line, only when the line is written; other loggers
+ * serialise the decision itself (`toJSON`).
  */
 export class DecisionField extends JsonText {
   constructor(readonly decision: EgressDecision) {
@@ -80,6 +112,10 @@ export class DecisionField extends JsonText {
 
   json(): string {
     return decisionJson(this.decision);
+  }
+
+  override writeJson(out: JsonBytes): void {
+    writeDecision(this.decision, out);
   }
 
   override toJSON(): EgressDecision {

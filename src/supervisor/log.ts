@@ -1,4 +1,4 @@
-import { JsonText, type Logger } from '../log.js';
+import { JsonText, type JsonBytes, type Logger } from '../log.js';
 import { isoNow } from '../iso-time.js';
 
 type Level = 'debug' | 'info' | 'warn' | 'error';
@@ -36,14 +36,47 @@ export function createSupervisorLogger(opts: {
     // The bindings are redacted and serialised once per logger, not per line.
     const fixed = fieldsOf(bindings, {});
     const fixedJson = comma(jsonMembers(fixed));
+    const plainKeys = new KeyVerdicts(fixed);
     const emit = (level: Level) => {
       const n = LEVELS[level];
       const head = `{"level":${n},"time":"`;
+      // The line's start, through the bindings, for the time of the last line (lines within a millisecond share it).
+      const start = lastBytes((iso) => `${head}${iso}"${fixedJson}`);
       return (obj: object, msg?: string) => {
         if (n < min) return;
         const extra = obj as Record<string, unknown>;
-        // Fields as they are, unless one needs redacting or renaming or is also a binding.
-        const members = plain(extra, fixed) ? fixedJson + comma(jsonMembers(extra)) : comma(jsonMembers(fieldsOf(extra, fixed)));
+        const asIs = plainKeys.plain(extra);
+        if (asIs) {
+          // Fields as they are: the line is written into the batch piece by piece.
+          out.begin();
+          try {
+            out.bytes(start(isoNow()));
+            for (const k in extra) {
+              const v = extra[k];
+              if (v instanceof JsonText) {
+                out.bytes(keyBytes(k));
+                v.writeJson(out);
+              } else if (typeof v === 'string') {
+                out.bytes(keyBytes(k));
+                out.string(v);
+              } else {
+                const text = JSON.stringify(v) as string | undefined;
+                if (text === undefined) continue;
+                out.bytes(keyBytes(k));
+                out.text(text);
+              }
+            }
+            if (msg !== undefined) out.bytes(msgBytes(msg));
+            out.bytes(CLOSE);
+          } catch (err) {
+            out.cancel();
+            throw err;
+          }
+          if (out.end(n, sink)) return;
+          // Did not fit in the batch (a line of kilobytes): written whole below.
+        }
+        // A field to redact or rename, or one that is also a binding, or a line too large to build in place.
+        const members = asIs ? fixedJson + comma(jsonMembers(extra)) : comma(jsonMembers(fieldsOf(extra, fixed)));
         out.add(`${head}${isoNow()}"${members}${msg === undefined ? '' : `,"msg":${msgJson(msg)}`}}`, n, sink);
       };
     };
@@ -58,12 +91,38 @@ export function createSupervisorLogger(opts: {
   return make(opts.bindings ?? {});
 }
 
-/** True if `o`'s fields go into a line as they are: no secret, no error, no line key, no binding's name. */
-function plain(o: Record<string, unknown>, fixed: Record<string, unknown>): boolean {
-  for (const k in o) {
-    if (!Object.hasOwn(o, k) || k in fixed || LINE_KEYS.has(k) || SECRET_KEYS.test(k) || o[k] instanceof Error) return false;
+const CLOSE = Buffer.from('}');
+
+/**
+ * Whether a field goes into a line as it is: not a secret, not named like
+ * a line key or a binding. Kept per key name (field names come from code,
+ * a handful per logger), forgotten past 256.
+ */
+class KeyVerdicts {
+  readonly #fixed: Record<string, unknown>;
+  readonly #verdicts = new Map<string, boolean>();
+
+  constructor(fixed: Record<string, unknown>) {
+    this.#fixed = fixed;
   }
-  return true;
+
+  /** True if `o`'s fields go into a line as they are: plain keys, own, and no error values. */
+  plain(o: Record<string, unknown>): boolean {
+    for (const k in o) {
+      if (!Object.hasOwn(o, k) || !this.#key(k) || o[k] instanceof Error) return false;
+    }
+    return true;
+  }
+
+  #key(k: string): boolean {
+    let v = this.#verdicts.get(k);
+    if (v === undefined) {
+      v = !(k in this.#fixed || LINE_KEYS.has(k) || SECRET_KEYS.test(k));
+      if (this.#verdicts.size >= 256) this.#verdicts.clear();
+      this.#verdicts.set(k, v);
+    }
+    return v;
+  }
 }
 
 /**
@@ -191,6 +250,10 @@ export class LogRing {
 // FLUSH_MS after its first line.
 const BATCH_BYTES = 64 * 1024;
 const FLUSH_MS = 10;
+/** A line built in place starts with at least this much room: a fuller batch is written first. */
+const LINE_ROOM = 4096;
+/** Strings up to this long are checked and copied a character at a time (`LineBuffer.string`). */
+const SHORT_STRING = 128;
 /** Buffers holding lines not yet written, flushed at exit if their time has not come. */
 const unflushed = new Set<LineBuffer>();
 let exitHook = false;
@@ -200,14 +263,20 @@ let exitHook = false;
  * to the driver's file or pipe is a syscall (2–6 µs) and wakes a reader,
  * and the egress proxy logs a line per L7 request. Each line is encoded
  * into one reused buffer as it is logged (and its bytes handed to the sink
- * from there). The buffer is written FLUSH_MS after its first line, at once
- * when the next line does not fit, and synchronously at process exit (also
- * after an uncaught exception), so no line is lost and the order is kept.
+ * from there): built in place piece by piece (`begin`, the `JsonBytes`
+ * methods, `end`), or added as a string (`add`). The buffer is written
+ * FLUSH_MS after its first line, at once when the next line does not fit,
+ * and synchronously at process exit (also after an uncaught exception), so
+ * no line is lost and the order is kept.
  */
-class LineBuffer {
+class LineBuffer implements JsonBytes {
   readonly #write: (bytes: Buffer) => void;
   readonly #buf = Buffer.allocUnsafeSlow(BATCH_BYTES);
   #pos = 0;
+  /** Where the line being built in place starts. */
+  #lineStart = 0;
+  /** The line being built in place did not fit. */
+  #over = false;
   /** Writes the batch FLUSH_MS after its first line; cleared when the batch goes out sooner. */
   #timer: NodeJS.Timeout | undefined;
 
@@ -228,7 +297,69 @@ class LineBuffer {
       }
     }
     const start = this.#pos;
-    const end = start + this.#buf.write(line, start, 'utf8');
+    this.#pos += this.#buf.write(line, start, 'utf8');
+    this.#close(start, level, sink);
+  }
+
+  /** Starts a line built in place: the `JsonBytes` methods, then `end` (or `cancel`). */
+  begin(): void {
+    if (BATCH_BYTES - this.#pos < LINE_ROOM) this.flush();
+    this.#lineStart = this.#pos;
+    this.#over = false;
+  }
+
+  bytes(b: Uint8Array): void {
+    const n = b.length;
+    const at = this.#pos;
+    // One byte is kept for the newline.
+    if (at + n >= BATCH_BYTES) this.#over = true;
+    else {
+      // A call to set costs more than copying a few bytes.
+      if (n > 8) this.#buf.set(b, at);
+      else for (let i = 0; i < n; i++) this.#buf[at + i] = b[i]!;
+      this.#pos = at + n;
+    }
+  }
+
+  text(s: string): void {
+    if (this.#pos + s.length * 3 >= BATCH_BYTES) this.#over = true;
+    else this.#pos += this.#buf.write(s, this.#pos, 'utf8');
+  }
+
+  string(s: string): void {
+    const n = s.length;
+    const at = this.#pos;
+    if (n > SHORT_STRING || at + n + 2 >= BATCH_BYTES) return this.text(JSON.stringify(s));
+    // Printable ASCII other than `"` and `\` is its own JSON and its own UTF-8.
+    const buf = this.#buf;
+    buf[at] = 0x22; // '"'
+    for (let i = 0; i < n; i++) {
+      const c = s.charCodeAt(i);
+      if (c < 0x20 || c > 0x7e || c === 0x22 || c === 0x5c) return this.text(JSON.stringify(s));
+      buf[at + 1 + i] = c;
+    }
+    buf[at + 1 + n] = 0x22;
+    this.#pos = at + n + 2;
+  }
+
+  /** Ends the line built in place, as `add` does; false (and nothing kept) if it did not fit. */
+  end(level: number, sink: LineSink | undefined): boolean {
+    if (this.#over) {
+      this.cancel();
+      return false;
+    }
+    this.#close(this.#lineStart, level, sink);
+    return true;
+  }
+
+  /** Drops the line being built in place. */
+  cancel(): void {
+    this.#pos = this.#lineStart;
+  }
+
+  /** The line `[start, #pos)` is whole: hand it to `sink`, end it, and make sure the batch is written. */
+  #close(start: number, level: number, sink: LineSink | undefined): void {
+    const end = this.#pos;
     sink?.(this.#buf, start, end, level);
     this.#buf[end] = 0x0a; // '\n'
     this.#pos = end + 1;
@@ -259,6 +390,32 @@ class LineBuffer {
       // The driver stopped reading (EPIPE): stdout lines are lost either way; the gateway still gets them through `sink`.
     }
   }
+}
+
+/** The UTF-8 bytes of the last string asked for, made by `build`: a flood of lines repeats a few. */
+function lastBytes(build: (s: string) => string): (s: string) => Buffer {
+  let last: string | undefined;
+  let bytes = Buffer.alloc(0);
+  return (s) => {
+    if (s !== last) {
+      last = s;
+      bytes = Buffer.from(build(s));
+    }
+    return bytes;
+  };
+}
+
+const msgBytes = lastBytes((msg) => `,"msg":${JSON.stringify(msg)}`);
+/** `,"key":` for each field name seen (names come from code), forgotten past 256. */
+const keyBytesMap = new Map<string, Buffer>();
+function keyBytes(k: string): Buffer {
+  let b = keyBytesMap.get(k);
+  if (b === undefined) {
+    if (keyBytesMap.size >= 256) keyBytesMap.clear();
+    b = Buffer.from(`,${JSON.stringify(k)}:`);
+    keyBytesMap.set(k, b);
+  }
+  return b;
 }
 
 /**

@@ -134,3 +134,33 @@ t.test('the supervisor logger writes json(), not toJSON(), and calls it only for
   t.same((JSON.parse(writes.join('')) as { v: unknown }).v, 'from json()');
   t.match(JSON.parse(sunk[0]!), { v: 'from json()', n: 1 }, 'and so does the gateway');
 });
+
+t.test("the supervisor logger writes a decision's bytes (writeDecision) as the same text as JSON.stringify", async (t) => {
+  const rnd = seededRandom(5150);
+  const lines: string[] = [];
+  const log = createSupervisorLogger({ write: () => undefined, sink: (bytes, start, end) => lines.push(bytes.toString('utf8', start, end)) });
+  const keys = ['time', 'action', 'host', 'port', 'method', 'path', 'policy', 'endpoint', 'reason', 'layer'] as const;
+  const decisions: EgressDecision[] = [];
+  let prev = randomDecision(rnd);
+  for (let i = 0; i < 20000; i++) {
+    // Runs that repeat the decision before (as the proxy's do), and fresh ones.
+    const fresh = randomDecision(rnd);
+    const d: Record<string, unknown> = {};
+    for (const k of keys) {
+      const v = (rnd(3) === 0 ? fresh : prev)[k];
+      if (v !== undefined) d[k] = v;
+    }
+    const decision = d as unknown as EgressDecision;
+    decisions.push(decision);
+    log.info({ decision: new DecisionField(decision) }, 'egress decision');
+    prev = decision;
+  }
+  let bad = 0;
+  for (let i = 0; i < decisions.length; i++) {
+    const at = lines[i]!.indexOf(',"decision":') + ',"decision":'.length;
+    const got = lines[i]!.slice(at, -',"msg":"egress decision"}'.length);
+    if (got !== JSON.stringify(decisions[i]) && bad++ < 5) t.fail('differs', { got, want: JSON.stringify(decisions[i]) });
+  }
+  t.equal(lines.length, decisions.length);
+  t.equal(bad, 0, '20000 decisions, each mostly the one before');
+});

@@ -7,6 +7,7 @@ import { createSupervisorLogger, LogRing } from '../../src/supervisor/log.js';
 import type { LogLine } from '../../src/protocol/control.js';
 import { SandboxLogs } from '../../src/sandboxes/logs.js';
 import { seededRandom } from '../helpers/random.js';
+import { JsonText, type JsonBytes } from '../../src/log.js';
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '../..');
 
@@ -237,4 +238,103 @@ t.test('lines still buffered at exit are written: process.exit and an uncaught e
   );
   t.equal((crashed as { code: number }).code, 1);
   t.equal(crashed.stdout.trim().split('\n').length, 3, 'an uncaught exception in the same turn');
+});
+
+/** A logger whose written text and sink lines are kept raw, and a promise of all lines written so far. */
+function rawCapture(): { log: ReturnType<typeof createSupervisorLogger>; sunk: string[]; text: () => string; flush: () => Promise<void> } {
+  let text = '';
+  const sunk: string[] = [];
+  let onWrite: (() => void) | undefined;
+  const log = createSupervisorLogger({
+    bindings: { sandboxId: 'sb-1' },
+    write: (bytes) => {
+      text += bytes.toString();
+      onWrite?.();
+    },
+    sink: (bytes, start, end) => sunk.push(bytes.toString('utf8', start, end)),
+  });
+  // A marker line, then wait until it is written: every line before it is out too.
+  const flush = async (): Promise<void> => {
+    const done = new Promise<void>((resolve) => (onWrite = () => text.endsWith('"msg":"marker"}\n') && resolve()));
+    log.info({}, 'marker');
+    await done;
+  };
+  return { log, sunk, text: () => text, flush };
+}
+
+const STRINGS = ['', 'a', '/x/y', '"', '\\', '\n', '\u0000', '\u001f', '\u007f', 'é', '€', '\u2028', '😀', '\ud800', '\udfff', 'plain text'];
+
+function randomValue(rnd: (n: number) => number, depth = 0): unknown {
+  switch (rnd(depth > 1 ? 7 : 9)) {
+    case 0:
+    case 1: {
+      let s = '';
+      for (let n = rnd(8); n > 0; n--) s += STRINGS[rnd(STRINGS.length)];
+      return s;
+    }
+    case 2: // long: past the character-by-character copy, sometimes past what a batch has left
+      return (rnd(2) ? 'x' : '€').repeat([129, 1000, 5000, 21_000][rnd(4)]!) + STRINGS[rnd(STRINGS.length)];
+    case 3:
+      return [0, -0, 1.5, -7, 1e21, NaN, Infinity, 2 ** 53][rnd(8)];
+    case 4:
+      return [true, false, null][rnd(3)];
+    case 5:
+      return rnd(2) ? undefined : () => 1; // left out, as JSON.stringify does
+    case 6:
+      return new Date(rnd(2 ** 31) * 1000);
+    case 7:
+      return { a: randomValue(rnd, depth + 1), 'b "c"': randomValue(rnd, depth + 1) };
+    default:
+      return [randomValue(rnd, depth + 1), randomValue(rnd, depth + 1)];
+  }
+}
+
+t.test('a line built in place has the text JSON.stringify makes, for random fields and sizes, whatever is left of the batch', async (t) => {
+  const { log, sunk, text, flush } = rawCapture();
+  const rnd = seededRandom(9090);
+  const keys = ['a', 'path', 'host', 'n', 'é', 'with "quote"', '0', 'decision'];
+  const expected: string[] = [];
+  for (let i = 0; i < 3000; i++) {
+    const extra: Record<string, unknown> = {};
+    for (let n = rnd(4); n > 0; n--) extra[keys[rnd(keys.length)]!] = randomValue(rnd);
+    const msg = rnd(4) === 0 ? undefined : (randomValue(rnd) as string | undefined);
+    const m = typeof msg === 'string' ? msg : undefined;
+    log.info(extra, m);
+    const members = JSON.stringify(extra).slice(1, -1);
+    expected.push(`,"sandboxId":"sb-1"${members ? `,${members}` : ''}${m === undefined ? '' : `,"msg":${JSON.stringify(m)}`}}`);
+  }
+  await flush();
+  const lines = text().split('\n').slice(0, -2); // the marker, and the empty string after the last newline
+  t.equal(lines.length, expected.length, 'every line written');
+  let bad = 0;
+  for (let i = 0; i < lines.length; i++) {
+    const want = `{"level":30,"time":"${(JSON.parse(lines[i]!) as { time: string }).time}"${expected[i]}`;
+    if (lines[i] !== want && bad++ < 3) t.fail(`line ${i} differs`, { got: lines[i]!.slice(0, 300), want: want.slice(0, 300) });
+    if (sunk[i] !== lines[i] && bad++ < 3) t.fail(`the gateway's copy of line ${i} differs`);
+  }
+  t.equal(bad, 0, 'each line, and the gateway copy, is JSON.stringify text, in order');
+});
+
+t.test('a field that throws while its line is built leaves nothing of that line behind', async (t) => {
+  const { log, sunk, text, flush } = rawCapture();
+  class Breaks extends JsonText {
+    json(): string {
+      return '"whole"';
+    }
+    override writeJson(out: JsonBytes): void {
+      out.text('"half of it');
+      throw new Error('breaks');
+    }
+  }
+  log.info({ n: 1 }, 'before');
+  t.throws(() => log.info({ n: 2, v: new Breaks() }, 'broken'), /breaks/, 'the caller gets the error');
+  log.info({ n: 3 }, 'after');
+  await flush();
+  const lines = text().trim().split('\n');
+  t.same(
+    lines.map((l) => (JSON.parse(l) as { msg: string }).msg),
+    ['before', 'after', 'marker'],
+    'whole lines only',
+  );
+  t.same(sunk, lines, 'the gateway got the same lines');
 });
