@@ -46,7 +46,8 @@ export function createSupervisorLogger(opts: {
         if (n < min) return;
         const extra = obj as Record<string, unknown>;
         const asIs = plainKeys.plain(extra);
-        if (asIs) {
+        // A line logged while another is being built (from a field's toJSON) is added whole after it.
+        if (asIs && !out.building) {
           // Fields as they are: the line is written into the batch piece by piece.
           out.begin();
           try {
@@ -277,6 +278,10 @@ class LineBuffer implements JsonBytes {
   #lineStart = 0;
   /** The line being built in place did not fit. */
   #over = false;
+  /** A line is being built in place (between `begin` and `end` or `cancel`). */
+  building = false;
+  /** Lines added while one was being built in place: added after it. */
+  #deferred: { line: string; level: number; sink: LineSink | undefined }[] = [];
   /** Writes the batch FLUSH_MS after its first line; cleared when the batch goes out sooner. */
   #timer: NodeJS.Timeout | undefined;
 
@@ -286,6 +291,10 @@ class LineBuffer implements JsonBytes {
 
   /** Adds `line` (JSON, no newline) and hands its bytes and `level` to `sink`. */
   add(line: string, level: number, sink: LineSink | undefined): void {
+    if (this.building) {
+      this.#deferred.push({ line, level, sink });
+      return;
+    }
     // A UTF-16 code unit is at most 3 bytes of UTF-8 (a surrogate pair, two units, is 4).
     const most = line.length * 3 + 1;
     if (most > BATCH_BYTES - this.#pos) {
@@ -306,6 +315,7 @@ class LineBuffer implements JsonBytes {
     if (BATCH_BYTES - this.#pos < LINE_ROOM) this.flush();
     this.#lineStart = this.#pos;
     this.#over = false;
+    this.building = true;
   }
 
   bytes(b: Uint8Array): void {
@@ -348,13 +358,24 @@ class LineBuffer implements JsonBytes {
       this.cancel();
       return false;
     }
+    this.building = false;
     this.#close(this.#lineStart, level, sink);
+    this.#addDeferred();
     return true;
   }
 
   /** Drops the line being built in place. */
   cancel(): void {
     this.#pos = this.#lineStart;
+    this.building = false;
+    this.#addDeferred();
+  }
+
+  #addDeferred(): void {
+    if (this.#deferred.length === 0) return;
+    const lines = this.#deferred;
+    this.#deferred = [];
+    for (const d of lines) this.add(d.line, d.level, d.sink);
   }
 
   /** The line `[start, #pos)` is whole: hand it to `sink`, end it, and make sure the batch is written. */

@@ -338,3 +338,25 @@ t.test('a field that throws while its line is built leaves nothing of that line 
   );
   t.same(sunk, lines, 'the gateway got the same lines');
 });
+
+t.test('a line logged while another is being built (from a field that logs) is written whole, after it', async (t) => {
+  const { log, sunk, text, flush } = rawCapture();
+  const loud = {
+    toJSON(): string {
+      log.warn({ inner: true }, 'logged from toJSON');
+      return 'loud';
+    },
+  };
+  log.info({ a: 1, loud, b: 'x' }, 'outer');
+  await flush();
+  const lines = text().trim().split('\n');
+  t.same(
+    lines.map((l) => JSON.parse(l) as Record<string, unknown>).map(({ time: _t, ...rest }) => rest),
+    [
+      { level: 30, sandboxId: 'sb-1', a: 1, loud: 'loud', b: 'x', msg: 'outer' },
+      { level: 40, sandboxId: 'sb-1', inner: true, msg: 'logged from toJSON' },
+      { level: 30, sandboxId: 'sb-1', msg: 'marker' },
+    ],
+  );
+  t.same(sunk, lines, 'the gateway got the same lines');
+});
