@@ -248,9 +248,12 @@ export class LogRing {
 }
 
 // Lines are encoded into a buffer this large, written when it is full or
-// FLUSH_MS after its first line.
+// FLUSH_MS after its first line. At a line per request, a batch timer that
+// fires (every 10 ms, as it once did) cost the egress proxy 1.2 µs more CPU
+// per request at one request at a time than batches that fill first;
+// the gateway's share goes every 200 ms anyway.
 const BATCH_BYTES = 64 * 1024;
-const FLUSH_MS = 10;
+const FLUSH_MS = 100;
 /** A line built in place starts with at least this much room: a fuller batch is written first. */
 const LINE_ROOM = 4096;
 /** Strings up to this long are checked and copied a character at a time (`LineBuffer.string`). */
