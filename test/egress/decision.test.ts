@@ -36,6 +36,28 @@ function randomDecision(rnd: (n: number) => number): EgressDecision {
   return d as EgressDecision;
 }
 
+/**
+ * `n` decisions, each key taken from the decision before or (one time in
+ * `freshOdds`) from a fresh one, in declaration order, absent ones left out:
+ * runs that repeat most of the decision before, as the proxy's do.
+ */
+function repeatingDecisions(rnd: (n: number) => number, n: number, freshOdds: number): EgressDecision[] {
+  const keys = ['time', 'action', 'host', 'port', 'method', 'path', 'policy', 'endpoint', 'reason', 'layer'] as const;
+  const out: EgressDecision[] = [];
+  let prev = randomDecision(rnd);
+  for (let i = 0; i < n; i++) {
+    const fresh = randomDecision(rnd);
+    const d: Record<string, unknown> = {};
+    for (const k of keys) {
+      const v = (rnd(freshOdds) === 0 ? fresh : prev)[k];
+      if (v !== undefined) d[k] = v;
+    }
+    prev = d as unknown as EgressDecision;
+    out.push(prev);
+  }
+  return out;
+}
+
 /** A logger's write and sink that keep what they get; `written` resolves at the first write. */
 function collect(): {
   writes: string[];
@@ -73,21 +95,9 @@ t.test('a decision serialises to the same text as JSON.stringify', async (t) => 
 });
 
 t.test('decisions that repeat parts of the one before (the parts kept between calls) serialise like JSON.stringify', async (t) => {
-  const rnd = seededRandom(77);
-  const keys = ['time', 'action', 'host', 'port', 'method', 'path', 'policy', 'endpoint', 'reason', 'layer'] as const;
-  let prev = randomDecision(rnd);
   let bad = 0;
-  for (let i = 0; i < 20000; i++) {
-    const fresh = randomDecision(rnd);
-    // Each key from the last decision or a fresh one, in declaration order, absent ones left out.
-    const d: Record<string, unknown> = {};
-    for (const k of keys) {
-      const v = (rnd(4) === 0 ? fresh : prev)[k];
-      if (v !== undefined) d[k] = v;
-    }
-    const decision = d as unknown as EgressDecision;
-    if (decisionJson(decision) !== JSON.stringify(decision) && bad++ < 5) t.fail('differs', { decision, prev });
-    prev = decision;
+  for (const decision of repeatingDecisions(seededRandom(77), 20000, 4)) {
+    if (decisionJson(decision) !== JSON.stringify(decision) && bad++ < 5) t.fail('differs', { decision });
   }
   t.equal(bad, 0, '20000 decisions, each mostly the one before');
   const base: EgressDecision = { time: 'T', action: 'allow', host: 'h', port: 80, method: 'GET', path: '/a', policy: 'p', endpoint: 'h:80', reason: 'r', layer: 'L7' };
@@ -136,25 +146,10 @@ t.test('the supervisor logger writes json(), not toJSON(), and calls it only for
 });
 
 t.test("the supervisor logger writes a decision's bytes (writeDecision) as the same text as JSON.stringify", async (t) => {
-  const rnd = seededRandom(5150);
   const lines: string[] = [];
   const log = createSupervisorLogger({ write: () => undefined, sink: (bytes, start, end) => lines.push(bytes.toString('utf8', start, end)) });
-  const keys = ['time', 'action', 'host', 'port', 'method', 'path', 'policy', 'endpoint', 'reason', 'layer'] as const;
-  const decisions: EgressDecision[] = [];
-  let prev = randomDecision(rnd);
-  for (let i = 0; i < 20000; i++) {
-    // Runs that repeat the decision before (as the proxy's do), and fresh ones.
-    const fresh = randomDecision(rnd);
-    const d: Record<string, unknown> = {};
-    for (const k of keys) {
-      const v = (rnd(3) === 0 ? fresh : prev)[k];
-      if (v !== undefined) d[k] = v;
-    }
-    const decision = d as unknown as EgressDecision;
-    decisions.push(decision);
-    log.info({ decision: new DecisionField(decision) }, 'egress decision');
-    prev = decision;
-  }
+  const decisions = repeatingDecisions(seededRandom(5150), 20000, 3);
+  for (const decision of decisions) log.info({ decision: new DecisionField(decision) }, 'egress decision');
   let bad = 0;
   for (let i = 0; i < decisions.length; i++) {
     const at = lines[i]!.indexOf(',"decision":') + ',"decision":'.length;
