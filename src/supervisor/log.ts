@@ -14,8 +14,10 @@ const LINE_KEYS = new Set(['level', 'time', 'msg']);
  * them), and the same lines handed to `sink` for forwarding to the gateway's
  * logs (the gateway reads pino lines, see `src/sandboxes/logs.ts`). Lean on
  * purpose: it is on the start-up path, and the egress proxy logs a decision
- * per L7 request. A line is built as one string and encoded to UTF-8 once:
- * `sink` copies its bytes, and lines go out in batches (see `LineBuffer`).
+ * per L7 request. A line is written as UTF-8 straight into the batch, piece
+ * by piece, from bytes kept between lines where it can (a field to redact
+ * or rename takes a string path); `sink` copies its bytes, and lines go out
+ * in batches (see `LineBuffer`).
  */
 export function createSupervisorLogger(opts: {
   level?: Level;
@@ -78,7 +80,7 @@ export function createSupervisorLogger(opts: {
         }
         // A field to redact or rename, or one that is also a binding, or a line too large to build in place.
         const members = asIs ? fixedJson + comma(jsonMembers(extra)) : comma(jsonMembers(fieldsOf(extra, fixed)));
-        out.add(`${head}${isoNow()}"${members}${msg === undefined ? '' : `,"msg":${msgJson(msg)}`}}`, n, sink);
+        out.add(`${head}${isoNow()}"${members}${msg === undefined ? '' : `,"msg":${JSON.stringify(msg)}`}}`, n, sink);
       };
     };
     return {
@@ -282,7 +284,7 @@ class LineBuffer implements JsonBytes {
   /** The line being built in place did not fit. */
   #over = false;
   /** A line is being built in place (between `begin` and `end` or `cancel`). */
-  building = false;
+  #building = false;
   /** Lines added while one was being built in place: added after it. */
   #deferred: { line: string; level: number; sink: LineSink | undefined }[] = [];
   /** Writes the batch FLUSH_MS after its first line; cleared when the batch goes out sooner. */
@@ -292,9 +294,13 @@ class LineBuffer implements JsonBytes {
     this.#write = write;
   }
 
+  get building(): boolean {
+    return this.#building;
+  }
+
   /** Adds `line` (JSON, no newline) and hands its bytes and `level` to `sink`. */
   add(line: string, level: number, sink: LineSink | undefined): void {
-    if (this.building) {
+    if (this.#building) {
       this.#deferred.push({ line, level, sink });
       return;
     }
@@ -318,7 +324,7 @@ class LineBuffer implements JsonBytes {
     if (BATCH_BYTES - this.#pos < LINE_ROOM) this.flush();
     this.#lineStart = this.#pos;
     this.#over = false;
-    this.building = true;
+    this.#building = true;
   }
 
   bytes(b: Uint8Array): void {
@@ -361,7 +367,7 @@ class LineBuffer implements JsonBytes {
       this.cancel();
       return false;
     }
-    this.building = false;
+    this.#building = false;
     this.#close(this.#lineStart, level, sink);
     this.#addDeferred();
     return true;
@@ -370,7 +376,7 @@ class LineBuffer implements JsonBytes {
   /** Drops the line being built in place. */
   cancel(): void {
     this.#pos = this.#lineStart;
-    this.building = false;
+    this.#building = false;
     this.#addDeferred();
   }
 
@@ -443,25 +449,6 @@ function keyBytes(k: string): Buffer {
 }
 
 /**
- * `JSON.stringify` of a string, the last one kept: a flood of lines mostly
- * repeats one message and one field name (the egress decision's).
- */
-function lastStringJson(): (s: string) => string {
-  let last = '';
-  let json = '""';
-  return (s) => {
-    if (s !== last) {
-      last = s;
-      json = JSON.stringify(s);
-    }
-    return json;
-  };
-}
-
-const msgJson = lastStringJson();
-const keyJson = lastStringJson();
-
-/**
  * An object's own fields as JSON members, without the braces ('' for
  * none): to splice into a line. A `JsonText` value is spliced in as its own
  * text.
@@ -478,7 +465,7 @@ function jsonMembers(o: Record<string, unknown>): string {
     if (!Object.hasOwn(o, k)) continue;
     const v = o[k];
     const text = v instanceof JsonText ? v.json() : (JSON.stringify(v) as string | undefined);
-    if (text !== undefined) s += `${s === '' ? '' : ','}${keyJson(k)}:${text}`;
+    if (text !== undefined) s += `${s === '' ? '' : ','}${JSON.stringify(k)}:${text}`;
   }
   return s;
 }
