@@ -440,6 +440,10 @@ interface HeadFields {
   close: boolean;
   keepAlive: boolean;
   connUpgrade: boolean;
+  /** How many Host fields, and the last one's value in `raw` (OWS trimmed); -1 when none. */
+  hosts: number;
+  hostFrom: number;
+  hostEnd: number;
 }
 
 // tchar (RFC 9110 5.6.2) by byte value: the characters of a field name.
@@ -454,7 +458,17 @@ for (const c of "!#$%&'*+-.^_`|~0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijkl
  * fields the proxy acts on are decoded, with no text made of the others.
  */
 function headFields(raw: Buffer, from: number, end: number): HeadFields | null {
-  const f: HeadFields = { transferEncoding: null, contentLength: null, upgrade: false, close: false, keepAlive: false, connUpgrade: false };
+  const f: HeadFields = {
+    transferEncoding: null,
+    contentLength: null,
+    upgrade: false,
+    close: false,
+    keepAlive: false,
+    connUpgrade: false,
+    hosts: 0,
+    hostFrom: -1,
+    hostEnd: -1,
+  };
   if (from >= end) return f;
   for (let pos = from; ; ) {
     let i = pos;
@@ -480,6 +494,9 @@ function headFields(raw: Buffer, from: number, end: number): HeadFields | null {
         break;
       case 10:
         if (nameIs(raw, pos, 'connection')) connectionTokens(f, raw, colon + 1, eol);
+        break;
+      case 4:
+        if (nameIs(raw, pos, 'host')) hostField(f, raw, colon + 1, eol);
         break;
     }
     if (eol === end) return f;
@@ -508,6 +525,15 @@ function contentLengthField(f: HeadFields, raw: Buffer, from: number, end: numbe
   const values = prev === null ? [] : typeof prev === 'number' ? [String(prev)] : prev;
   values.push(raw.toString('latin1', from, end).trim());
   f.contentLength = values;
+}
+
+/** A Host field's value, `raw[from, end)` without its OWS. */
+function hostField(f: HeadFields, raw: Buffer, from: number, end: number): void {
+  while (from < end && (raw[from] === 0x20 || raw[from] === 0x09)) from++;
+  while (end > from && (raw[end - 1] === 0x20 || raw[end - 1] === 0x09)) end--;
+  f.hosts++;
+  f.hostFrom = from;
+  f.hostEnd = end;
 }
 
 /** Whether `text[0, end)` is a token (a field name), by the same table as `headFields`. */
@@ -630,6 +656,14 @@ export interface RequestHead {
   framing: Framing;
   keepAlive: boolean;
   upgrade: boolean;
+  /** The Host field's value in `raw` (OWS trimmed), `[hostFrom, hostEnd)`; -1 when there is none. */
+  hostFrom: number;
+  hostEnd: number;
+}
+
+/** The request's Host field value, or null without one. */
+export function hostHeader(req: RequestHead): string | null {
+  return req.hostFrom < 0 ? null : req.raw.toString('latin1', req.hostFrom, req.hostEnd);
 }
 
 export interface ResponseHead {
@@ -667,6 +701,8 @@ export function parseRequestHead(raw: Buffer): RequestHead | string {
   const from = line.fieldsFrom;
   const f = headFields(raw, from, end);
   if (f === null) return fieldProblem(headText(raw).slice(from));
+  // RFC 9112 3.2: a server answers 400 to more than one; a proxy that passed them on would let the origin pick another host.
+  if (f.hosts > 1) return 'more than one Host header';
   const version = line.version;
   const te = f.transferEncoding;
   const cl = f.contentLength;
@@ -690,6 +726,8 @@ export function parseRequestHead(raw: Buffer): RequestHead | string {
     framing,
     keepAlive: version === '1.1' ? !f.close : f.keepAlive,
     upgrade: f.upgrade && f.connUpgrade,
+    hostFrom: f.hostFrom,
+    hostEnd: f.hostEnd,
   };
 }
 

@@ -9,14 +9,14 @@ import { send, SENT, FULL } from './raw-write.js';
 import type { Logger } from '../log.js';
 import { isoNow } from '../iso-time.js';
 import { DecisionField, type EgressDecision } from './decision.js';
-import { internalReason, normalizeHost, parseIp, type HostName, type IpAddr } from './ip.js';
+import { internalReason, parseIp, type IpAddr } from './ip.js';
+import { TunnelHost, parseAbsoluteTarget, parseHostPort, stripQuery, tunnelTarget, type Target } from './target.js';
 import {
   CompiledPolicy,
   canonicalPath,
   checkRequest,
   endpointCoversIp,
   parsePolicy,
-  queryStart,
   type CompiledEndpoint,
   type Policy,
 } from './policy.js';
@@ -111,6 +111,8 @@ interface RestTunnel {
   readonly cr: SocketReader;
   readonly up: Upstream;
   readonly t: Target;
+  /** Whether its requests name `t`'s host. */
+  readonly host: TunnelHost;
   running: boolean;
   again: boolean;
   readonly onHead: (head: Head) => void;
@@ -230,87 +232,6 @@ function relay(src: Socket, dst: Socket, feed: ReadFeed | null): void {
   src.resume();
 }
 
-interface Target {
-  host: HostName;
-  key: string; // normalised host: DNS name or canonical IP text
-  port: number;
-}
-
-function hostKey(h: HostName): string {
-  return h.kind === 'ip' ? h.addr.text : h.name;
-}
-
-function parseHostPort(authority: string, defaultPort: number | null): Target | string {
-  let hostRaw: string;
-  let portStr: string | null = null;
-  if (authority.startsWith('[')) {
-    const close = authority.indexOf(']');
-    if (close < 0) return 'invalid host';
-    hostRaw = authority.slice(0, close + 1);
-    const rest = authority.slice(close + 1);
-    if (rest.startsWith(':')) portStr = rest.slice(1);
-    else if (rest !== '') return 'invalid authority';
-  } else {
-    const c = authority.indexOf(':');
-    if (c >= 0) {
-      if (authority.indexOf(':', c + 1) >= 0) return 'IPv6 address must be in brackets';
-      hostRaw = authority.slice(0, c);
-      portStr = authority.slice(c + 1);
-    } else hostRaw = authority;
-  }
-  let port: number;
-  if (portStr === null || portStr === '') {
-    if (defaultPort === null) return 'missing port (CONNECT needs host:port)';
-    port = defaultPort;
-  } else {
-    if (!/^\d{1,5}$/.test(portStr)) return 'invalid port';
-    port = Number(portStr);
-    if (port < 1 || port > 65535) return 'invalid port';
-  }
-  const host = hostRaw === '' ? null : normalizeHost(hostRaw);
-  if (!host) return 'invalid host';
-  return { host, key: hostKey(host), port };
-}
-
-interface AbsoluteTarget extends Target {
-  authority: string;
-  path: string; // origin-form target sent upstream (path + query)
-}
-
-function parseAbsoluteTarget(target: string): AbsoluteTarget | string {
-  const m = /^([a-zA-Z][a-zA-Z0-9+.-]*):\/\/([^/?#]*)([^#]*)/.exec(target);
-  if (!m) {
-    return target.startsWith('/')
-      ? 'origin-form request: this is a proxy; send an absolute URI (http://host/path) or CONNECT'
-      : 'unsupported request target';
-  }
-  const scheme = m[1]!.toLowerCase();
-  if (scheme === 'https' || scheme === 'wss') return `${scheme}:// absolute URIs are not supported: use CONNECT`;
-  if (scheme !== 'http' && scheme !== 'ws') return `unsupported scheme '${scheme}'`;
-  const authority = m[2]!;
-  if (authority.includes('@')) return 'userinfo in the request URI is not allowed';
-  const t = parseHostPort(authority, 80);
-  if (typeof t === 'string') return t;
-  let path = m[3]!;
-  if (path === '') path = '/';
-  else if (path.startsWith('?')) path = '/' + path;
-  // Not `{ ...t, authority, path }`: a spread copy given more keys gets a new hidden class each time (accept.ts).
-  return { host: t.host, key: t.key, port: t.port, authority, path };
-}
-
-function stripQuery(target: string): string {
-  const q = queryStart(target);
-  return q < 0 ? target : target.slice(0, q);
-}
-
-/** The path of a request inside a tunnel: origin-form, or the path of an absolute URI. */
-function tunnelPath(target: string): string {
-  if (target.startsWith('/')) return target;
-  const m = /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\/[^/?#]*([^#]*)/.exec(target);
-  if (!m) return target;
-  return m[1] === '' ? '/' : m[1]!.startsWith('?') ? '/' + m[1] : m[1]!;
-}
-
 function jsonResponse(status: number, body: object): Buffer {
   const json = JSON.stringify(body);
   return Buffer.from(
@@ -340,17 +261,20 @@ function badGateway(client: Socket, quiet: boolean, reason: string): 'close' {
   return 'close';
 }
 
+/**
+ * The head sent upstream for an absolute-URI request: origin-form, and the
+ * Host field the URI's authority (RFC 9112 3.2.2: a proxy replaces the
+ * received Host). The policy decided on the URI's host; a Host field naming
+ * another would have the origin (a CDN, a virtual host) serve that one.
+ */
 function forwardHead(req: RequestHead, path: string, authority: string): Buffer {
-  let s = `${req.method} ${path} HTTP/${req.version}\r\n`;
-  let hasHost = false;
+  let s = `${req.method} ${path} HTTP/${req.version}\r\nHost: ${authority}\r\n`;
   for (const line of headerLines(req)) {
     const name = line.slice(0, line.indexOf(':')).toLowerCase();
-    // Hop-by-hop headers meant for us, not the origin.
-    if (name === 'proxy-connection' || name === 'proxy-authorization') continue;
-    if (name === 'host') hasHost = true;
+    // Hop-by-hop headers meant for us, not the origin; the client's Host, replaced above.
+    if (name === 'proxy-connection' || name === 'proxy-authorization' || name === 'host') continue;
     s += line + '\r\n';
   }
-  if (!hasHost) s += `Host: ${authority}\r\n`;
   return Buffer.from(s + '\r\n', 'latin1');
 }
 
@@ -938,6 +862,7 @@ class EgressServer implements EgressProxy {
       cr,
       up,
       t,
+      host: new TunnelHost(t.key, t.port),
       running: false,
       again: false,
       onHead: (head) => this.#restRequest(s, head),
@@ -989,12 +914,20 @@ class EgressServer implements EgressProxy {
       }
       const policy = this.#policy;
       const ep = policy?.match(t.key, t.port) ?? null;
-      const target = tunnelPath(req.target);
+      const { path: target, authority } = tunnelTarget(req.target);
       const path = stripQuery(target);
-      const v = this.#check(ep, policy !== null, req.method, target);
+      let v = this.#check(ep, policy !== null, req.method, target);
       if (!v.ok) {
         this.#deny(client, cr, v.status, t, ep, v.layer, v.reason, req.method, path);
         return this.#restEnd(s);
+      }
+      const elsewhere = s.host.mismatch(req, authority);
+      if (elsewhere !== null) {
+        if (!ep!.audit) {
+          this.#deny(client, cr, 403, t, ep, 'L7', elsewhere, req.method, path);
+          return this.#restEnd(s);
+        }
+        v = { ok: true, action: 'audit', layer: 'L7', reason: `${elsewhere} (audit only: allowed)` };
       }
       if (up.internal && !endpointCoversIp(ep!, up.addr)) {
         this.#deny(client, cr, 403, t, ep, 'L4', `internal address ${up.addr.text} no longer allowed`, req.method, path);

@@ -1,5 +1,5 @@
 import t from 'tap';
-import { findHeadEnd, headerLines, parseRequestHead, parseResponseHead, responseFraming, type RequestHead, type ResponseHead } from '../../src/egress/http.js';
+import { findHeadEnd, headerLines, hostHeader, parseRequestHead, parseResponseHead, responseFraming, type RequestHead, type ResponseHead } from '../../src/egress/http.js';
 import { seededRandom } from '../helpers/random.js';
 
 const head = (s: string): Buffer => Buffer.from(`${s}\r\n\r\n`, 'latin1');
@@ -98,8 +98,10 @@ t.test('response heads: status, framing, keep-alive, and refusals', async (t) =>
 const FIELD = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+:[^\r\n\0]*$/;
 const NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
-function oracleFields(section: string): { cl: string[] | null; te: string[] | null; upgrade: boolean; conn: Set<string> } | string {
-  const out = { cl: null as string[] | null, te: null as string[] | null, upgrade: false, conn: new Set<string>() };
+function oracleFields(
+  section: string,
+): { cl: string[] | null; te: string[] | null; upgrade: boolean; conn: Set<string>; hosts: string[] } | string {
+  const out = { cl: null as string[] | null, te: null as string[] | null, upgrade: false, conn: new Set<string>(), hosts: [] as string[] };
   if (section === '') return out;
   const lines = section.split('\r\n');
   for (const line of lines) {
@@ -118,6 +120,7 @@ function oracleFields(section: string): { cl: string[] | null; te: string[] | nu
     if (name === 'content-length') (out.cl ??= []).push(value.trim());
     if (name === 'transfer-encoding') (out.te ??= []).push(value.trim());
     if (name === 'upgrade') out.upgrade = true;
+    if (name === 'host') out.hosts.push(value.replace(/^[ \t]+|[ \t]+$/g, ''));
     if (name === 'connection') for (const tok of value.split(',')) out.conn.add(tok.replace(/^[ \t]+|[ \t]+$/g, '').toLowerCase());
   }
   return out;
@@ -158,6 +161,7 @@ function oracleRequest(raw: Buffer): unknown {
   if (!m) return startProblem(text, 'request');
   const f = oracleFields(text.slice(m[0].length));
   if (typeof f === 'string') return f;
+  if (f.hosts.length > 1) return 'more than one Host header';
   const framing = oracleFraming(f.cl, f.te);
   if (typeof framing === 'string') return framing;
   const v11 = m[3] === '1';
@@ -167,6 +171,7 @@ function oracleRequest(raw: Buffer): unknown {
     framing,
     keepAlive: v11 ? !f.conn.has('close') : f.conn.has('keep-alive'),
     upgrade: f.upgrade && f.conn.has('upgrade'),
+    host: f.hosts[0] ?? null,
   };
 }
 
@@ -184,14 +189,16 @@ function viewResponse(raw: Buffer): unknown {
 
 function viewRequest(raw: Buffer): unknown {
   const r = parseRequestHead(raw);
-  return typeof r === 'string' ? r : { method: r.method, target: r.target, framing: r.framing, keepAlive: r.keepAlive, upgrade: r.upgrade };
+  return typeof r === 'string'
+    ? r
+    : { method: r.method, target: r.target, framing: r.framing, keepAlive: r.keepAlive, upgrade: r.upgrade, host: hostHeader(r) };
 }
 
 t.test('the byte-level head scanner agrees with a line-by-line oracle on mutated heads', async (t) => {
   const rnd = seededRandom(0x9e3779b9);
   const bits = ['\r', '\n', '\0', ' ', '\t', '\v', '\f', '\xa0', '\x85', ':', ',', '\x7f', '\xff', '(', 'a', 'Z', '0', '\r\n', '\r\n ', '\r\nX-A: b', 'GET', 'get', 'CONNECT', 'HTTP/1.1', 'HTTP/1.2', 'HTTP/1.0', '2', ' /x?y#z',
     '\r\nContent-Length: 5', '\r\nContent-Length: 0', '\r\nContent-Length:  007 ', '\r\ncontent-length: 5, 5', '\r\nTransfer-Encoding: chunked', '\r\nConnection: close, Upgrade',
-    '\r\nconnection:keep-alive', '\r\nUpgrade: websocket', ' close', ', keep-alive', 'HTTP/1.0'];
+    '\r\nconnection:keep-alive', '\r\nUpgrade: websocket', ' close', ', keep-alive', 'HTTP/1.0', '\r\nHost: evil.test', '\r\nhost:\t', '\r\nHOST: a:1 \t', 'Host'];
   const mutate = (s: string): string => {
     let out = s;
     for (let k = 1 + rnd(3); k > 0; k--) {

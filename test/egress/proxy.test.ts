@@ -436,3 +436,90 @@ t.test('TLS inside a rest tunnel passes at L4, with a warning decision; requests
     t.equal((await tun.bytes.response()).status, 403);
   })());
 });
+
+t.test('a request cannot name a host the policy did not allow: absolute URIs get their own Host, tunnel requests naming another are denied', async (t) => {
+  // The origin answers with the host the request named: on a shared front (a CDN, a virtual host) that picks the site.
+  const server = await startHttp(t, (req, res) => {
+    const hosts = req.rawHeaders.filter((_, i) => i % 2 === 0 && req.rawHeaders[i]!.toLowerCase() === 'host').length;
+    const body = JSON.stringify({ host: hosts > 1 ? `${hosts} Host fields` : (req.headers.host ?? null), url: req.url });
+    res.writeHead(200, { 'content-type': 'application/json', 'content-length': Buffer.byteLength(body) });
+    res.end(body);
+  });
+  const port = portOf(server);
+  const policy: Policy = {
+    version: 1,
+    network_policies: {
+      api: { endpoints: [{ host: API, port, protocol: 'rest', access: 'full', allowed_ips: ['127.0.0.1'] }] },
+      audited: { endpoints: [{ host: 'audit.test', port, protocol: 'rest', access: 'full', enforcement: 'audit', allowed_ips: ['127.0.0.1'] }] },
+    },
+  };
+  const { proxy, decisions } = await startProxy(t, policy);
+  await within(10_000, (async () => {
+    // Forward: the URI decides, and the origin is told the URI's host whatever the client sent.
+    const c = await dial(t, proxy.port);
+    c.sock.write(`GET http://${API}:${port}/a HTTP/1.1\r\nHost: evil.test\r\nX-Other: 1\r\n\r\n`);
+    const a = await c.bytes.response();
+    t.equal(a.status, 200);
+    t.same(JSON.parse(a.body), { host: `${API}:${port}`, url: '/a' }, 'the client Host replaced by the URI authority');
+    c.sock.write(`GET http://${API}:${port}/b HTTP/1.1\r\n\r\n`);
+    t.same(JSON.parse((await c.bytes.response()).body), { host: `${API}:${port}`, url: '/b' }, 'and added when missing');
+    c.sock.write(`GET http://${API}:${port}/c HTTP/1.1\r\nHost: ${API}\r\nHost: evil.test\r\n\r\n`);
+    const two = await c.bytes.response();
+    t.equal(two.status, 400);
+    t.match(JSON.parse(two.body), { reason: 'more than one Host header' });
+    await c.bytes.closed();
+
+    // Tunnel: requests naming the tunnel's host pass (case, trailing dot and port do not matter), others get a 403.
+    const tun = await connectVia(t, proxy, `${API}:${port}`);
+    t.equal(tun.status, 200);
+    tun.sock.write(`GET /d HTTP/1.1\r\nHost: API.Example.TEST.:${port}\r\n\r\n`);
+    t.equal((await tun.bytes.response()).status, 200, 'same host, spelt differently');
+    tun.sock.write(`GET /e HTTP/1.1\r\nHost: ${API}\r\n\r\nGET /e HTTP/1.1\r\nHost: ${API}\r\n\r\n`);
+    t.equal((await tun.bytes.response()).status, 200, 'same host');
+    t.equal((await tun.bytes.response()).status, 200, 'same host again (the kept bytes)');
+    tun.sock.write(`GET /f HTTP/1.1\r\nHost: evil.test\r\n\r\n`);
+    const f = await tun.bytes.response();
+    t.equal(f.status, 403);
+    t.match(JSON.parse(f.body), { host: API, layer: 'L7', method: 'GET', path: '/f', policy: 'api', reason: /Host header names evil\.test, not the tunnel's host api\.example\.test/ });
+    await tun.bytes.closed();
+
+    const uri = await connectVia(t, proxy, `${API}:${port}`);
+    uri.sock.write(`GET http://${API}:${port}/g HTTP/1.1\r\nHost: ${API}\r\n\r\n`);
+    t.equal((await uri.bytes.response()).status, 200, 'an absolute URI naming the tunnel host');
+    uri.sock.write(`GET http://evil.test/h HTTP/1.1\r\nHost: ${API}\r\n\r\n`);
+    const h = await uri.bytes.response();
+    t.equal(h.status, 403);
+    t.match(JSON.parse(h.body), { path: '/h', reason: /request URI names evil\.test, not the tunnel's host/ });
+    await uri.bytes.closed();
+
+    const old = await connectVia(t, proxy, `${API}:${port}`);
+    old.sock.write(`GET /i HTTP/1.0\r\n\r\n`);
+    const i = await old.bytes.response();
+    t.equal(i.status, 200, 'HTTP/1.0 without Host names no other host');
+    t.same(JSON.parse(i.body), { host: null, url: '/i' });
+
+    const dup = await connectVia(t, proxy, `${API}:${port}`);
+    dup.sock.write(`GET /j HTTP/1.1\r\nHost: ${API}\r\nHost: ${API}\r\n\r\n`);
+    t.equal((await dup.bytes.response()).status, 400, 'two Host fields in a tunnel');
+    await dup.bytes.closed();
+
+    // Audit: logged as such and let through.
+    const aud = await connectVia(t, proxy, `audit.test:${port}`);
+    aud.sock.write(`GET /k HTTP/1.1\r\nHost: evil.test\r\n\r\n`);
+    t.equal((await aud.bytes.response()).status, 200, 'audit only');
+  })());
+  const l7 = decisions.filter((d) => d.layer === 'L7').map((d) => `${d.action} ${d.host} ${d.path}`);
+  t.same(l7, [
+    `allow ${API} /a`,
+    `allow ${API} /b`,
+    `allow ${API} /d`,
+    `allow ${API} /e`,
+    `allow ${API} /e`,
+    `deny ${API} /f`,
+    `allow ${API} /g`,
+    `deny ${API} /h`,
+    `allow ${API} /i`,
+    'audit audit.test /k',
+  ]);
+  t.match(decisions.at(-1), { reason: /Host header names evil\.test, not the tunnel's host audit\.test \(audit only: allowed\)/ });
+});
