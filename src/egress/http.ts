@@ -436,6 +436,8 @@ interface HeadFields {
   /** A single Content-Length of plain digits as its number; otherwise the values as sent (trimmed). */
   contentLength: string[] | number | null;
   upgrade: boolean;
+  /** The first protocol an Upgrade field offers other than websocket, or null. */
+  upgradeOther: string | null;
   /** Connection tokens the proxy acts on. */
   close: boolean;
   keepAlive: boolean;
@@ -462,6 +464,7 @@ function headFields(raw: Buffer, from: number, end: number): HeadFields | null {
     transferEncoding: null,
     contentLength: null,
     upgrade: false,
+    upgradeOther: null,
     close: false,
     keepAlive: false,
     connUpgrade: false,
@@ -490,7 +493,7 @@ function headFields(raw: Buffer, from: number, end: number): HeadFields | null {
         if (nameIs(raw, pos, 'transfer-encoding')) (f.transferEncoding ??= []).push(raw.toString('latin1', colon + 1, eol).trim());
         break;
       case 7:
-        if (nameIs(raw, pos, 'upgrade')) f.upgrade = true;
+        if (nameIs(raw, pos, 'upgrade')) upgradeField(f, raw, colon + 1, eol);
         break;
       case 10:
         if (nameIs(raw, pos, 'connection')) connectionTokens(f, raw, colon + 1, eol);
@@ -525,6 +528,26 @@ function contentLengthField(f: HeadFields, raw: Buffer, from: number, end: numbe
   const values = prev === null ? [] : typeof prev === 'number' ? [String(prev)] : prev;
   values.push(raw.toString('latin1', from, end).trim());
   f.contentLength = values;
+}
+
+/**
+ * An Upgrade field, `raw[from, end)`: a comma list of protocols, each a
+ * name with an optional `/version`. Notes the first that is not websocket.
+ */
+function upgradeField(f: HeadFields, raw: Buffer, from: number, end: number): void {
+  f.upgrade = true;
+  for (let i = from; i < end && f.upgradeOther === null; ) {
+    let j = i;
+    while (j < end && raw[j] !== 0x2c) j++;
+    let a = i;
+    let b = j;
+    while (a < b && (raw[a] === 0x20 || raw[a] === 0x09)) a++;
+    while (b > a && (raw[b - 1] === 0x20 || raw[b - 1] === 0x09)) b--;
+    let n = a;
+    while (n < b && raw[n] !== 0x2f) n++;
+    if (b > a && !(n - a === 9 && nameIs(raw, a, 'websocket'))) f.upgradeOther = raw.toString('latin1', a, b);
+    i = j + 1;
+  }
 }
 
 /** A Host field's value, `raw[from, end)` without its OWS. */
@@ -656,6 +679,8 @@ export interface RequestHead {
   framing: Framing;
   keepAlive: boolean;
   upgrade: boolean;
+  /** The first protocol an Upgrade field offers other than websocket (h2c, say), or null. */
+  upgradeOther: string | null;
   /** The Host field's value in `raw` (OWS trimmed), `[hostFrom, hostEnd)`; -1 when there is none. */
   hostFrom: number;
   hostEnd: number;
@@ -726,6 +751,7 @@ export function parseRequestHead(raw: Buffer): RequestHead | string {
     framing,
     keepAlive: version === '1.1' ? !f.close : f.keepAlive,
     upgrade: f.upgrade && f.connUpgrade,
+    upgradeOther: f.upgradeOther,
     hostFrom: f.hostFrom,
     hostEnd: f.hostEnd,
   };

@@ -232,6 +232,12 @@ function relay(src: Socket, dst: Socket, feed: ReadFeed | null): void {
   src.resume();
 }
 
+/** Why an upgrade offer is refused at a rest endpoint; the protocol named only when it is a short token (no header text in logs). */
+function upgradeReason(protocol: string): string {
+  const named = /^[A-Za-z0-9.+_-]{1,32}(\/[A-Za-z0-9.+_-]{1,16})?$/.test(protocol) ? protocol : 'another protocol';
+  return `upgrade to ${named}: a rest endpoint lets only WebSocket upgrades through (requests after another switch could not be checked)`;
+}
+
 function jsonResponse(status: number, body: object): Buffer {
   const json = JSON.stringify(body);
   return Buffer.from(
@@ -534,8 +540,11 @@ class EgressServer implements EgressProxy {
     this.#finish(client, cr, jsonResponse(status, body));
   }
 
-  /** Policy check of one intent; `method`/`target` only for HTTP requests. */
-  #check(ep: CompiledEndpoint | null, hasPolicy: boolean, method?: string, target?: string): Verdict {
+  /**
+   * Policy check of one intent; `method`/`target` only for HTTP requests,
+   * `upgradeOther` for one offering a protocol switch to other than websocket.
+   */
+  #check(ep: CompiledEndpoint | null, hasPolicy: boolean, method?: string, target?: string, upgradeOther?: string | null): Verdict {
     if (!ep) {
       return {
         ok: false,
@@ -551,7 +560,9 @@ class EgressServer implements EgressProxy {
     if (path === null) {
       return { ok: false, status: 400, layer: 'L7', reason: 'path rejected: encoded slash, backslash or .. escape' };
     }
-    const v = checkRequest(ep, method, path);
+    const c = checkRequest(ep, method, path);
+    // After a switch to another protocol than WebSocket (h2c: HTTP/2 requests), requests could no longer be checked.
+    const v = c.allowed && upgradeOther ? { allowed: false, reason: upgradeReason(upgradeOther) } : c;
     if (v.allowed) return { ok: true, action: 'allow', layer: 'L7', reason: v.reason };
     if (ep.audit) return { ok: true, action: 'audit', layer: 'L7', reason: `${v.reason} (audit only: allowed)` };
     return { ok: false, status: 403, layer: 'L7', reason: v.reason };
@@ -727,7 +738,7 @@ class EgressServer implements EgressProxy {
     const policy = this.#policy;
     const ep = policy?.match(t.key, t.port) ?? null;
     const path = stripQuery(t.path);
-    const v = this.#check(ep, policy !== null, req.method, t.path);
+    const v = this.#check(ep, policy !== null, req.method, t.path, req.upgradeOther);
     if (!v.ok) {
       this.#deny(client, cr, v.status, t, ep, v.layer, v.reason, req.method, path);
       return { outcome: 'close', up };
@@ -916,7 +927,7 @@ class EgressServer implements EgressProxy {
       const ep = policy?.match(t.key, t.port) ?? null;
       const { path: target, authority } = tunnelTarget(req.target);
       const path = stripQuery(target);
-      let v = this.#check(ep, policy !== null, req.method, target);
+      let v = this.#check(ep, policy !== null, req.method, target, req.upgradeOther);
       if (!v.ok) {
         this.#deny(client, cr, v.status, t, ep, v.layer, v.reason, req.method, path);
         return this.#restEnd(s);

@@ -100,8 +100,15 @@ const NAME = /^[!#$%&'*+\-.^_`|~0-9A-Za-z]+$/;
 
 function oracleFields(
   section: string,
-): { cl: string[] | null; te: string[] | null; upgrade: boolean; conn: Set<string>; hosts: string[] } | string {
-  const out = { cl: null as string[] | null, te: null as string[] | null, upgrade: false, conn: new Set<string>(), hosts: [] as string[] };
+): { cl: string[] | null; te: string[] | null; upgrade: boolean; other: string | null; conn: Set<string>; hosts: string[] } | string {
+  const out = {
+    cl: null as string[] | null,
+    te: null as string[] | null,
+    upgrade: false,
+    other: null as string | null,
+    conn: new Set<string>(),
+    hosts: [] as string[],
+  };
   if (section === '') return out;
   const lines = section.split('\r\n');
   for (const line of lines) {
@@ -119,7 +126,12 @@ function oracleFields(
     const value = line.slice(colon + 1);
     if (name === 'content-length') (out.cl ??= []).push(value.trim());
     if (name === 'transfer-encoding') (out.te ??= []).push(value.trim());
-    if (name === 'upgrade') out.upgrade = true;
+    if (name === 'upgrade') {
+      out.upgrade = true;
+      for (const p of value.split(',').map((v) => v.replace(/^[ \t]+|[ \t]+$/g, ''))) {
+        if (p !== '' && p.split('/')[0]!.toLowerCase() !== 'websocket') out.other ??= p;
+      }
+    }
     if (name === 'host') out.hosts.push(value.replace(/^[ \t]+|[ \t]+$/g, ''));
     if (name === 'connection') for (const tok of value.split(',')) out.conn.add(tok.replace(/^[ \t]+|[ \t]+$/g, '').toLowerCase());
   }
@@ -172,6 +184,7 @@ function oracleRequest(raw: Buffer): unknown {
     keepAlive: v11 ? !f.conn.has('close') : f.conn.has('keep-alive'),
     upgrade: f.upgrade && f.conn.has('upgrade'),
     host: f.hosts[0] ?? null,
+    other: f.other,
   };
 }
 
@@ -191,14 +204,14 @@ function viewRequest(raw: Buffer): unknown {
   const r = parseRequestHead(raw);
   return typeof r === 'string'
     ? r
-    : { method: r.method, target: r.target, framing: r.framing, keepAlive: r.keepAlive, upgrade: r.upgrade, host: hostHeader(r) };
+    : { method: r.method, target: r.target, framing: r.framing, keepAlive: r.keepAlive, upgrade: r.upgrade, host: hostHeader(r), other: r.upgradeOther };
 }
 
 t.test('the byte-level head scanner agrees with a line-by-line oracle on mutated heads', async (t) => {
   const rnd = seededRandom(0x9e3779b9);
   const bits = ['\r', '\n', '\0', ' ', '\t', '\v', '\f', '\xa0', '\x85', ':', ',', '\x7f', '\xff', '(', 'a', 'Z', '0', '\r\n', '\r\n ', '\r\nX-A: b', 'GET', 'get', 'CONNECT', 'HTTP/1.1', 'HTTP/1.2', 'HTTP/1.0', '2', ' /x?y#z',
     '\r\nContent-Length: 5', '\r\nContent-Length: 0', '\r\nContent-Length:  007 ', '\r\ncontent-length: 5, 5', '\r\nTransfer-Encoding: chunked', '\r\nConnection: close, Upgrade',
-    '\r\nconnection:keep-alive', '\r\nUpgrade: websocket', ' close', ', keep-alive', 'HTTP/1.0', '\r\nHost: evil.test', '\r\nhost:\t', '\r\nHOST: a:1 \t', 'Host'];
+    '\r\nconnection:keep-alive', '\r\nUpgrade: websocket', ' close', ', keep-alive', 'HTTP/1.0', '\r\nHost: evil.test', '\r\nhost:\t', '\r\nHOST: a:1 \t', 'Host', '\r\nUpgrade: h2c', ', WebSocket/13', 'websocket', '/2'];
   const mutate = (s: string): string => {
     let out = s;
     for (let k = 1 + rnd(3); k > 0; k--) {

@@ -523,3 +523,51 @@ t.test('a request cannot name a host the policy did not allow: absolute URIs get
   ]);
   t.match(decisions.at(-1), { reason: /Host header names evil\.test, not the tunnel's host audit\.test \(audit only: allowed\)/ });
 });
+
+t.test('a rest endpoint lets only WebSocket upgrades through: an h2c offer is denied at L7, an L4 endpoint passes it', async (t) => {
+  const server = await startHttp(t);
+  // The origin switches to whatever was offered and then speaks it (here: raw bytes).
+  server.on('upgrade', (req: http.IncomingMessage, sock: net.Socket) => {
+    sock.end(`HTTP/1.1 101 Switching Protocols\r\nUpgrade: ${req.headers.upgrade}\r\nConnection: Upgrade\r\n\r\nswitched`);
+  });
+  const port = portOf(server);
+  const policy: Policy = {
+    version: 1,
+    network_policies: {
+      rest: { endpoints: [{ host: API, port, protocol: 'rest', access: 'full', allowed_ips: ['127.0.0.1'] }] },
+      l4: { endpoints: [{ host: 'l4.test', port, allowed_ips: ['127.0.0.1'] }] },
+    },
+  };
+  const { proxy, decisions } = await startProxy(t, policy);
+  const h2c = 'Connection: Upgrade, HTTP2-Settings\r\nUpgrade: h2c\r\nHTTP2-Settings: AAMAAABkAARAAAAAAAIAAAAA\r\n\r\n';
+  await within(10_000, (async () => {
+    const c = await dial(t, proxy.port);
+    c.sock.write(`GET http://${API}:${port}/a HTTP/1.1\r\nHost: ${API}\r\n${h2c}`);
+    const a = await c.bytes.response();
+    t.equal(a.status, 403, 'forward: h2c offer to a rest endpoint');
+    t.match(JSON.parse(a.body), { layer: 'L7', method: 'GET', path: '/a', reason: /^upgrade to h2c: a rest endpoint lets only WebSocket upgrades through/ });
+    await c.bytes.closed();
+
+    const tun = await connectVia(t, proxy, `${API}:${port}`);
+    tun.sock.write(`GET /b HTTP/1.1\r\nHost: ${API}\r\nConnection: Upgrade\r\nUpgrade: websocket, h2c\r\n\r\n`);
+    const b = await tun.bytes.response();
+    t.equal(b.status, 403, 'tunnel: websocket offered with h2c');
+    t.match(JSON.parse(b.body), { path: '/b', reason: /^upgrade to h2c:/ });
+    await tun.bytes.closed();
+
+    const junk = await connectVia(t, proxy, `${API}:${port}`);
+    junk.sock.write(`GET /c HTTP/1.1\r\nHost: ${API}\r\nConnection: Upgrade\r\nUpgrade: x{secret}\r\n\r\n`);
+    t.match(JSON.parse((await junk.bytes.response()).body), { reason: /^upgrade to another protocol:/ }, 'a protocol that is not a short token is not echoed');
+
+    const l4 = await dial(t, proxy.port);
+    l4.sock.write(`GET http://l4.test:${port}/d HTTP/1.1\r\nHost: l4.test\r\n${h2c}`);
+    const d = await l4.bytes.response();
+    t.equal(d.status, 101, 'an L4 endpoint reads no requests: the switch goes through');
+    await l4.bytes.closed();
+    t.equal(l4.bytes.buf.toString('latin1'), 'switched', 'and the bytes after it');
+  })());
+  t.same(
+    decisions.filter((d) => d.method !== undefined).map((d) => `${d.action} ${d.layer} ${d.path}`),
+    ['deny L7 /a', 'deny L7 /b', 'deny L7 /c', 'allow L4 /d'],
+  );
+});
