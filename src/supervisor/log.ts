@@ -76,9 +76,19 @@ export function createSupervisorLogger(opts: {
             throw err;
           }
           if (out.end(n, sink)) return;
-          // Did not fit in the batch (a line of kilobytes): written whole below.
+          // Did not fit in the batch (a line of kilobytes): serialised again as one string and written whole,
+          // still as the line being built. Its fields run again: the lines they log this time are dropped
+          // (those of the first run are kept, and added after it).
+          let line: string;
+          try {
+            line = `${head}${isoNow()}"${fixedJson}${comma(jsonMembers(extra))}${msg === undefined ? '' : `,"msg":${JSON.stringify(msg)}`}}`;
+          } catch (err) {
+            out.cancel();
+            throw err;
+          }
+          return out.endWith(line, n, sink);
         }
-        // A field to redact or rename, or one that is also a binding, or a line too large to build in place.
+        // A field to redact or rename, or one that is also a binding, or a line logged while another is built.
         const members = asIs ? fixedJson + comma(jsonMembers(extra)) : comma(jsonMembers(fieldsOf(extra, fixed)));
         out.add(`${head}${isoNow()}"${members}${msg === undefined ? '' : `,"msg":${JSON.stringify(msg)}`}}`, n, sink);
       };
@@ -287,6 +297,8 @@ class LineBuffer implements JsonBytes {
   #building = false;
   /** Lines added while one was being built in place: added after it. */
   #deferred: { line: string; level: number; sink: LineSink | undefined }[] = [];
+  /** The line being built is serialised a second time (see `end`): lines added meanwhile are dropped. */
+  #muted = false;
   /** Writes the batch FLUSH_MS after its first line; cleared when the batch goes out sooner. */
   #timer: NodeJS.Timeout | undefined;
 
@@ -301,7 +313,7 @@ class LineBuffer implements JsonBytes {
   /** Adds `line` (JSON, no newline) and hands its bytes and `level` to `sink`. */
   add(line: string, level: number, sink: LineSink | undefined): void {
     if (this.#building) {
-      this.#deferred.push({ line, level, sink });
+      if (!this.#muted) this.#deferred.push({ line, level, sink });
       return;
     }
     // A UTF-16 code unit is at most 3 bytes of UTF-8 (a surrogate pair, two units, is 4).
@@ -361,10 +373,17 @@ class LineBuffer implements JsonBytes {
     this.#pos = at + n + 2;
   }
 
-  /** Ends the line built in place, as `add` does; false (and nothing kept) if it did not fit. */
+  /**
+   * Ends the line built in place, as `add` does. False if it did not fit:
+   * nothing of it is kept, and the caller ends it with `endWith` (or
+   * `cancel`); until then lines added are dropped, since the caller runs
+   * the line's fields again (the lines they logged the first time are kept).
+   */
   end(level: number, sink: LineSink | undefined): boolean {
     if (this.#over) {
-      this.cancel();
+      this.#pos = this.#lineStart;
+      this.#over = false;
+      this.#muted = true;
       return false;
     }
     this.#building = false;
@@ -373,10 +392,19 @@ class LineBuffer implements JsonBytes {
     return true;
   }
 
+  /** Ends the line being built, which did not fit in place, with its whole text. */
+  endWith(line: string, level: number, sink: LineSink | undefined): void {
+    this.#building = false;
+    this.#muted = false;
+    this.add(line, level, sink);
+    this.#addDeferred();
+  }
+
   /** Drops the line being built in place. */
   cancel(): void {
     this.#pos = this.#lineStart;
     this.#building = false;
+    this.#muted = false;
     this.#addDeferred();
   }
 

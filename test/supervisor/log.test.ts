@@ -360,3 +360,32 @@ t.test('a line logged while another is being built (from a field that logs) is w
   );
   t.same(sunk, lines, 'the gateway got the same lines');
 });
+
+t.test('a line too large for the batch, with a field that logs: each line once, the nested one after', async (t) => {
+  const { log, sunk, text, flush } = rawCapture();
+  let calls = 0;
+  const loud = {
+    toJSON(): string {
+      calls++;
+      log.warn({ inner: true }, 'logged from toJSON');
+      return 'loud';
+    },
+  };
+  const big = 'y'.repeat(70_000); // more than a batch holds: built in place, then written whole by the string path
+  log.info({ a: 1, loud, big }, 'outer');
+  log.info({ loud, big: big.slice(0, 30_000) }, 'fits once the batch is flushed');
+  await flush();
+  const lines = text().trim().split('\n');
+  t.same(
+    lines.map((l) => JSON.parse(l) as Record<string, unknown>).map(({ time: _t, big: b, ...rest }) => ({ ...rest, big: typeof b === 'string' ? b.length : b })),
+    [
+      { level: 30, sandboxId: 'sb-1', a: 1, loud: 'loud', msg: 'outer', big: 70_000 },
+      { level: 40, sandboxId: 'sb-1', inner: true, msg: 'logged from toJSON', big: undefined },
+      { level: 30, sandboxId: 'sb-1', loud: 'loud', msg: 'fits once the batch is flushed', big: 30_000 },
+      { level: 40, sandboxId: 'sb-1', inner: true, msg: 'logged from toJSON', big: undefined },
+      { level: 30, sandboxId: 'sb-1', msg: 'marker', big: undefined },
+    ],
+  );
+  t.same(sunk, lines, 'the gateway got the same lines');
+  t.ok(calls >= 2, 'toJSON ran for each line');
+});
