@@ -47,6 +47,14 @@ export interface EgressProxyOptions {
   connectTimeoutMs?: number;
   /** Idle timeout of plain (non-tunnel, non-upgraded) client connections; default 300000, 0 = none. */
   idleTimeoutMs?: number;
+  /**
+   * Client connections open at once; past it a new one is closed at once
+   * (logged, at most every 10 s). Each holds up to two sockets and their
+   * read buffers in the process that also serves the sandbox's execs and
+   * SSH, so a runaway agent must not take all its descriptors or memory.
+   * Default 2048; 0 = no limit.
+   */
+  maxConnections?: number;
   onDecision?: (d: EgressDecision) => void;
   /**
    * Test seam: opens the upstream TCP connection to an already checked
@@ -67,6 +75,9 @@ export interface EgressProxy {
 const CONNECT_HEAD_LIMIT = 8 * 1024;
 const HEAD_LIMIT = 64 * 1024;
 const LINGER_MS = 2000;
+const MAX_CONNECTIONS = 2048;
+/** Connections refused at the limit are logged at most this often. */
+const DROP_LOG_MS = 10_000;
 // Larger socket buffers than Node's 16 KiB default: fewer pause/drain round trips on bulk transfers.
 const SOCKET_HWM = 256 * 1024;
 // Socket reads (net `onread`, ReadFeed): start at READ_BUF_MIN, grow while reads fill the buffer.
@@ -319,6 +330,9 @@ class EgressServer implements EgressProxy {
   #closed: Promise<void> | null = null;
   /** The feed of the socket being accepted, between leanAccept's onread hook and #onConnection. */
   #acceptedFeed: ReadFeed | null = null;
+  /** Connections refused at the limit since the last line that said so, and when that was. */
+  #dropped = 0;
+  #droppedLoggedAt = 0;
 
   constructor(opts: EgressProxyOptions) {
     this.#opts = opts;
@@ -378,6 +392,11 @@ class EgressServer implements EgressProxy {
       });
     });
     this.#server.on('error', (err) => this.#log.error({ err }, 'egress listener error'));
+    const max = this.#opts.maxConnections ?? MAX_CONNECTIONS;
+    if (max > 0) {
+      this.#server.maxConnections = max;
+      this.#server.on('drop', () => this.#onDrop(max));
+    }
     // Clients read like upstreams: into a reused buffer (ReadFeed), no 'data' events.
     const accepted = leanAccept(this.#server, {
       onread: () => {
@@ -401,6 +420,15 @@ class EgressServer implements EgressProxy {
       this.#exemplars.clear();
     }
     return this.#closed;
+  }
+
+  #onDrop(max: number): void {
+    this.#dropped++;
+    const now = Date.now();
+    if (now - this.#droppedLoggedAt < DROP_LOG_MS) return;
+    this.#log.warn({ refused: this.#dropped, maxConnections: max }, 'egress connections refused: the proxy is at its connection limit');
+    this.#dropped = 0;
+    this.#droppedLoggedAt = now;
   }
 
   #track(s: Socket, feed: ReadFeed | null): void {

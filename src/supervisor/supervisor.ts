@@ -29,6 +29,8 @@ export interface SupervisorOptions {
   proxyListen: string;
   /** Idle timeout of plain HTTP keep-alive connections through the proxy (never tunnels or upgrades). */
   proxyIdleTimeoutMs?: number;
+  /** The egress proxy's limit on client connections open at once (0 = none); its default when unset. */
+  proxyMaxConnections?: number;
   /** Where the entrypoint's stdout/stderr go (a log file descriptor); default: the supervisor's own. */
   stdioFd?: number;
   log?: Logger;
@@ -63,6 +65,7 @@ export function supervisorOptionsFromEnv(env: NodeJS.ProcessEnv, command: string
     spoolDir: env.OPENSHELL_SPOOL_DIR || join(tmpdir(), 'openshell-spool'),
     proxyListen: env.OPENSHELL_PROXY_LISTEN || '127.0.0.1:3128',
     proxyIdleTimeoutMs: positiveInt(env.OPENSHELL_EGRESS_IDLE_TIMEOUT_MS),
+    proxyMaxConnections: nonNegativeInt(env.OPENSHELL_EGRESS_MAX_CONNECTIONS),
   };
 }
 
@@ -168,6 +171,7 @@ export class Supervisor {
         // The proxy logs every decision on this logger; info lines are forwarded to the gateway.
         log,
         ...(this.#o.proxyIdleTimeoutMs ? { idleTimeoutMs: this.#o.proxyIdleTimeoutMs } : {}),
+        ...(this.#o.proxyMaxConnections !== undefined ? { maxConnections: this.#o.proxyMaxConnections } : {}),
       });
       const url = `http://${host === '0.0.0.0' ? '127.0.0.1' : host}:${proxy.port}`;
       this.#proxyEnv = {
@@ -394,6 +398,11 @@ export class Supervisor {
 function positiveInt(value: string | undefined): number | undefined {
   const n = Number(value);
   return value && Number.isInteger(n) && n > 0 ? n : undefined;
+}
+
+function nonNegativeInt(value: string | undefined): number | undefined {
+  const n = Number(value);
+  return value && Number.isInteger(n) && n >= 0 ? n : undefined;
 }
 
 function splitHostPort(listen: string): [string, number] {

@@ -216,3 +216,32 @@ t.test('a deny stays in the sandbox logs through a flood of allowed requests aft
   t.equal(allows.at(-1)?.path, last, 'up to the last one');
   t.ok(lines.length <= 2000 + 500, 'the gateway keeps its bounds');
 });
+
+t.test('OPENSHELL_EGRESS_MAX_CONNECTIONS caps the sandbox proxy: past it connections are closed, execs still run', async (t) => {
+  const http = createServer((_req, res) => res.end('ok'));
+  const port = await listen(http);
+  t.teardown(() => http.close());
+  const gw = await startGateway(t);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'capped', policy: allow(port), env: { OPENSHELL_EGRESS_MAX_CONNECTIONS: '1' } });
+  await waitForPhase(gw.app, 'capped', 'Ready');
+  const proxyPort = Number(new URL((await exec(gw.url, 'capped', 'echo $HTTP_PROXY')).stdout.trim()).port);
+  const held = connect(proxyPort, '127.0.0.1');
+  t.teardown(() => held.destroy());
+  await once(held, 'connect');
+  const over = connect(proxyPort, '127.0.0.1');
+  t.teardown(() => over.destroy());
+  let got = 0;
+  over.on('data', (c: Buffer) => (got += c.length));
+  over.on('error', () => {});
+  await once(over, 'close');
+  t.equal(got, 0, 'the second connection is closed at once');
+  const during = await exec(gw.url, 'capped', `curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:${port}/; echo " exec ran"`);
+  t.equal(during.stdout.trim(), '000 exec ran', 'the agent is refused too, and its exec runs and returns');
+  held.destroy();
+  const after = await exec(
+    gw.url,
+    'capped',
+    `for i in $(seq 50); do c=$(curl -s -o /dev/null -w '%{http_code}' http://127.0.0.1:${port}/); [ "$c" = 200 ] && break; sleep 0.1; done; echo $c`,
+  );
+  t.equal(after.stdout.trim(), '200', 'served again once the held connection closed');
+});

@@ -3,7 +3,7 @@ import net from 'node:net';
 import tls from 'node:tls';
 import http from 'node:http';
 import { once } from 'node:events';
-import type { Logger } from '../../src/log.js';
+import { silentLogger, type Logger } from '../../src/log.js';
 import { selfSignedCert } from '../helpers/tls.js';
 import { startEgressProxy, type Policy } from '../../src/egress/index.js';
 import {
@@ -570,4 +570,37 @@ t.test('a rest endpoint lets only WebSocket upgrades through: an h2c offer is de
     decisions.filter((d) => d.method !== undefined).map((d) => `${d.action} ${d.layer} ${d.path}`),
     ['deny L7 /a', 'deny L7 /b', 'deny L7 /c', 'allow L4 /d'],
   );
+});
+
+t.test('at its connection limit the proxy closes new connections at once, says so once, and serves again when one closes', async (t) => {
+  const server = await startHttp(t);
+  const port = portOf(server);
+  const warnings: Array<{ o: object; m?: string }> = [];
+  const log: Logger = { ...silentLogger, warn: (o, m) => warnings.push({ o, m }), child: () => log };
+  const { proxy } = await startProxy(t, onePolicy({ host: API, port }), { maxConnections: 2, log });
+  await within(10_000, (async () => {
+    const a = await dial(t, proxy.port);
+    const b = await dial(t, proxy.port);
+    // Accepted in order: a and b count before c is taken.
+    const c = await dial(t, proxy.port);
+    await c.bytes.closed();
+    t.equal(c.bytes.buf.length, 0, 'the third is closed without a byte');
+
+    a.sock.write(`CONNECT ${API}:${port} HTTP/1.1\r\nHost: ${API}\r\n\r\n`);
+    t.equal((await a.bytes.response()).status, 200, 'the first two are served');
+
+    b.sock.destroy();
+    // Once the proxy has seen b close, a new connection is served (until then it is refused like c).
+    for (;;) {
+      const d = await dial(t, proxy.port);
+      d.sock.write(`GET http://${API}:${port}/again HTTP/1.1\r\nHost: ${API}\r\n\r\n`);
+      const r = await d.bytes.response().catch(() => null);
+      if (r === null) continue;
+      t.equal(r.status, 200, 'served again below the limit');
+      break;
+    }
+  })());
+  const refused = warnings.filter((w) => w.m?.includes('connection limit'));
+  t.equal(refused.length, 1, 'refusals are logged at most every 10 s');
+  t.match(refused[0]?.o, { refused: 1, maxConnections: 2 });
 });
