@@ -1,7 +1,7 @@
 import net, { type Socket } from 'node:net';
 import { STATUS_CODES } from 'node:http';
-import { lookup } from 'node:dns/promises';
 import { DeadlineSweep, type Deadline } from './deadlines.js';
+import { NameCache, systemLookup } from './dns.js';
 import { leanAccept } from './accept.js';
 import { LinkedSet, type Link } from './linked-set.js';
 import { Exemplars } from './exemplars.js';
@@ -43,6 +43,8 @@ export interface EgressProxyOptions {
   log: Logger;
   /** DNS lookup returning all addresses; default `dns.promises.lookup(host, { all: true })`. */
   resolve?: (host: string) => Promise<string[]>;
+  /** How long a lookup's answer is kept for later connections (see dns.ts); default 10000, 0 = not kept. */
+  dnsTtlMs?: number;
   /** Default 10000. */
   connectTimeoutMs?: number;
   /** Idle timeout of plain (non-tunnel, non-upgraded) client connections; default 300000, 0 = none. */
@@ -314,7 +316,7 @@ class EgressServer implements EgressProxy {
   readonly #server: net.Server;
   readonly #log: Logger;
   readonly #opts: EgressProxyOptions;
-  readonly #resolve: (host: string) => Promise<string[]>;
+  readonly #names: NameCache;
   readonly #connectTimeoutMs: number;
   readonly #idleTimeoutMs: number;
   /** Every open socket (a LinkedSet, not a Set: see linked-set.ts). */
@@ -337,9 +339,8 @@ class EgressServer implements EgressProxy {
   constructor(opts: EgressProxyOptions) {
     this.#opts = opts;
     this.#log = opts.log.child({ component: 'egress' });
-    this.#resolve =
-      opts.resolve ?? ((h) => lookup(h, { all: true, verbatim: true }).then((r) => r.map((a) => a.address)));
     this.#connectTimeoutMs = opts.connectTimeoutMs ?? 10_000;
+    this.#names = new NameCache({ lookup: opts.resolve ?? systemLookup, ttlMs: opts.dnsTtlMs, timeoutMs: this.#connectTimeoutMs });
     this.#idleTimeoutMs = opts.idleTimeoutMs ?? 300_000;
     this.#policy = opts.policy ? new CompiledPolicy(parsePolicy(opts.policy)) : null;
     this.#version = opts.policyVersion ?? 0;
@@ -605,13 +606,17 @@ class EgressServer implements EgressProxy {
     return this.#resolveName(t, t.host.name, ep);
   }
 
-  async #resolveName(t: Target, name: string, ep: CompiledEndpoint): Promise<Checked> {
-    let answers: string[];
-    try {
-      answers = await this.#resolve(name);
-    } catch (err) {
-      return { error: `could not resolve ${t.key}: ${(err as NodeJS.ErrnoException).code ?? 'error'}` };
-    }
+  /** A kept answer is checked at once; a lookup, when it answers. */
+  #resolveName(t: Target, name: string, ep: CompiledEndpoint): Checked | Promise<Checked> {
+    const r = this.#names.resolve(name);
+    if (Array.isArray(r)) return this.#checkAnswers(t, ep, r);
+    return r.then(
+      (answers) => this.#checkAnswers(t, ep, answers),
+      (err: unknown) => ({ error: `could not resolve ${t.key}: ${(err as NodeJS.ErrnoException).code ?? 'error'}` }),
+    );
+  }
+
+  #checkAnswers(t: Target, ep: CompiledEndpoint, answers: string[]): Checked {
     const addrs: IpAddr[] = [];
     for (const a of answers) {
       const ip = parseIp(a);

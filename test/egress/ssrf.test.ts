@@ -107,6 +107,7 @@ t.test('DNS rebinding: resolve once per intent, connect to the checked address',
   const server = await startHttp(t);
   const dialed: string[] = [];
   const { proxy, decisions } = await startProxy(t, { network_policies: { p: { endpoints: [{ host: 'rebind.example.test', port: PORT }] } } }, {
+    dnsTtlMs: 0, // a lookup per intent, so the second one meets the rebound answer
     resolve: async () => answers[Math.min(calls++, answers.length - 1)]!,
     connect: (address, port) => {
       dialed.push(address);
@@ -124,6 +125,26 @@ t.test('DNS rebinding: resolve once per intent, connect to the checked address',
     t.same(dialed, ['203.0.113.10'], 'never dialed the private address');
   })());
   t.equal(decisions.filter((d) => d.action === 'deny').length, 1);
+});
+
+t.test('kept answers: later intents use the checked answer without a lookup, and never the rebound one', async (t) => {
+  let calls = 0;
+  const answers = [['203.0.113.10'], ['127.0.0.1']];
+  const server = await startHttp(t);
+  const dialed: string[] = [];
+  const { proxy } = await startProxy(t, { network_policies: { p: { endpoints: [{ host: 'kept.example.test', port: PORT }] } } }, {
+    resolve: async () => answers[Math.min(calls++, answers.length - 1)]!,
+    connect: (address) => {
+      dialed.push(address);
+      return net.connect({ host: '127.0.0.1', port: portOf(server) });
+    },
+  });
+  await within(5000, (async () => {
+    for (let i = 0; i < 3; i++) t.equal((await connectVia(t, proxy, `kept.example.test:${PORT}`)).status, 200);
+    t.equal((await forwardRequest(proxy, `http://kept.example.test:${PORT}/`)).status, 200);
+  })());
+  t.equal(calls, 1, 'one lookup for four intents: the rebound answer was never asked for');
+  t.same(dialed, ['203.0.113.10', '203.0.113.10', '203.0.113.10', '203.0.113.10'], 'every connection went to the checked address');
 });
 
 t.test('a name resolving to [public, private] at once is denied', async (t) => {
