@@ -183,8 +183,13 @@ async function startTinyproxy(dir: string): Promise<Peer | null> {
 async function startOurs(kind: OursKind, httpPort: number, dir: string): Promise<Peer> {
   const l7 = kind === 'ours-L7' || kind === 'ours-L7-log';
   const sandboxLog = kind.endsWith('-log');
-  const endpoint = l7 ? { host: '127.0.0.1', port: httpPort, protocol: 'rest', access: 'full' } : { host: '127.0.0.1', port: httpPort };
-  const policy = { version: 1, network_policies: { bench: { endpoints: [endpoint] } } };
+  const rest = l7 ? { protocol: 'rest', access: 'full' } : {};
+  // The target by address, and by name (the name metric: `localhost`, allowed to resolve to loopback).
+  const endpoints = [
+    { host: '127.0.0.1', port: httpPort, ...rest },
+    { host: 'localhost', port: httpPort, allowed_ips: ['127.0.0.1', '::1'], ...rest },
+  ];
+  const policy = { version: 1, network_policies: { bench: { endpoints } } };
   // The proxy runs inside the supervisor in production: same Node flags here.
   const args = ['proxy', JSON.stringify(policy), ...(sandboxLog ? ['sandbox-log', path.join(dir, `${kind}.log`)] : [])];
   const { child, msg } = await forkChild(args, SUPERVISOR_NODE_FLAGS);
@@ -284,9 +289,9 @@ class RawConn {
     await p;
   }
 
-  async get(target: string, close = false): Promise<void> {
+  async get(target: string, close = false, host = '127.0.0.1'): Promise<void> {
     const p = this.#await(false);
-    this.sock.write(`GET ${target} HTTP/1.1\r\nHost: 127.0.0.1\r\n${close ? 'Connection: close\r\n' : ''}\r\n`);
+    this.sock.write(`GET ${target} HTTP/1.1\r\nHost: ${host}\r\n${close ? 'Connection: close\r\n' : ''}\r\n`);
     await p;
   }
 
@@ -302,10 +307,10 @@ interface Ctx {
 }
 
 /** A connection ready for origin-form requests: direct, or through a CONNECT tunnel. */
-async function openTunnel(peer: Peer, ctx: Ctx): Promise<RawConn> {
+async function openTunnel(peer: Peer, ctx: Ctx, host = '127.0.0.1'): Promise<RawConn> {
   if (peer.port === null) return RawConn.open(ctx.httpPort);
   const c = await RawConn.open(peer.port);
-  await c.tunnel(`127.0.0.1:${ctx.httpPort}`);
+  await c.tunnel(`${host}:${ctx.httpPort}`);
   return c;
 }
 
@@ -328,7 +333,18 @@ function pct(sorted: number[], p: number): number {
 }
 
 /** Latency samples of small GETs (ms) over `conc` workers for `ms`. */
-async function latency(peer: Peer, ctx: Ctx, mode: 'tunnel' | 'new-connect' | 'forward', conc: number, ms: number): Promise<number[]> {
+/**
+ * `new-connect-name`: a new CONNECT per request to `localhost`, so each
+ * proxy resolves the name (ours and squid keep answers; tinyproxy looks up
+ * every time); direct connects to the address.
+ */
+async function latency(
+  peer: Peer,
+  ctx: Ctx,
+  mode: 'tunnel' | 'new-connect' | 'new-connect-name' | 'forward',
+  conc: number,
+  ms: number,
+): Promise<number[]> {
   const samples: number[] = [];
   const worker = async (): Promise<void> => {
     let conn: RawConn | null = null;
@@ -339,9 +355,10 @@ async function latency(peer: Peer, ctx: Ctx, mode: 'tunnel' | 'new-connect' | 'f
     const deadline = Date.now() + ms;
     while (Date.now() < deadline) {
       const t0 = process.hrtime.bigint();
-      if (mode === 'new-connect') {
-        const c = await openTunnel(peer, ctx);
-        await c.get('/small', true);
+      if (mode === 'new-connect' || mode === 'new-connect-name') {
+        const host = mode === 'new-connect-name' ? 'localhost' : '127.0.0.1';
+        const c = await openTunnel(peer, ctx, host);
+        await c.get('/small', true, host);
         c.close();
       } else {
         await conn!.get(target(peer, ctx, '/small', mode === 'forward'));
@@ -470,6 +487,7 @@ export async function runEgressBench(opts: { quick?: boolean; oneCore?: boolean 
         await safely(() => latency(p, ctx, 'new-connect', 4, warmMs / 2));
         await safely(() => latency(p, ctx, 'forward', 4, warmMs / 2));
         await safely(() => latency(p, ctx, 'tunnel', 4, warmMs / 4));
+        await safely(() => latency(p, ctx, 'new-connect-name', 1, warmMs / 4));
         await safely(() => latency(p, ctx, 'new-connect', 1, warmMs));
       }
     };
@@ -522,10 +540,18 @@ export async function runEgressBench(opts: { quick?: boolean; oneCore?: boolean 
       { name: 'forward bulk MB/s', better: 'higher', run: throughput('forward') },
     ];
     for (const conc of [1, 32]) {
-      for (const mode of ['tunnel', 'new-connect', 'forward'] as const) {
+      for (const mode of ['tunnel', 'new-connect', 'new-connect-name', 'forward'] as const) {
+        if (mode === 'new-connect-name' && conc !== 1) continue;
         const ms = (ctx.quick ? 400 : 3000) / rounds;
         const get = pooled((p) => latency(p, ctx, mode, conc, ms));
-        const label = mode === 'tunnel' ? 'reused tunnel' : mode === 'new-connect' ? 'new CONNECT/req' : 'forward keep-alive';
+        const label =
+          mode === 'tunnel'
+            ? 'reused tunnel'
+            : mode === 'new-connect'
+              ? 'new CONNECT/req'
+              : mode === 'new-connect-name'
+                ? 'new CONNECT/req to a name'
+                : 'forward keep-alive';
         metrics.push({ name: `${label} c=${conc} p50 ms`, better: 'lower', run: pick(get, 'p50') });
         metrics.push({ name: `${label} c=${conc} p99 ms`, better: 'lower', run: pick(get, 'p99') });
         if (conc === 32) metrics.push({ name: `${label} c=${conc} proxy CPU µs/req`, better: 'lower', run: pick(get, 'cpuUs') });
