@@ -41,7 +41,7 @@ export interface EgressProxyOptions {
   policy: Policy | null;
   policyVersion?: number;
   log: Logger;
-  /** DNS lookup returning all addresses; default `dns.promises.lookup(host, { all: true })`. */
+  /** The DNS lookup behind the proxy's name cache (dns.ts), all addresses; default `dns.promises.lookup(host, { all: true })`. */
   resolve?: (host: string) => Promise<string[]>;
   /** How long a lookup's answer is kept for later connections (see dns.ts); default 10000, 0 = not kept. */
   dnsTtlMs?: number;

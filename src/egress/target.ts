@@ -53,8 +53,16 @@ export interface AbsoluteTarget extends Target {
   path: string; // origin-form target sent upstream (path + query)
 }
 
+/** scheme "://" authority, then path and query (a fragment dropped). */
+const ABSOLUTE_URI = /^([a-zA-Z][a-zA-Z0-9+.-]*):\/\/([^/?#]*)([^#]*)/;
+
+/** An absolute URI's path and query as an origin-form target. */
+function originForm(pathAndQuery: string): string {
+  return pathAndQuery === '' ? '/' : pathAndQuery.startsWith('?') ? '/' + pathAndQuery : pathAndQuery;
+}
+
 export function parseAbsoluteTarget(target: string): AbsoluteTarget | string {
-  const m = /^([a-zA-Z][a-zA-Z0-9+.-]*):\/\/([^/?#]*)([^#]*)/.exec(target);
+  const m = ABSOLUTE_URI.exec(target);
   if (!m) {
     return target.startsWith('/')
       ? 'origin-form request: this is a proxy; send an absolute URI (http://host/path) or CONNECT'
@@ -67,9 +75,7 @@ export function parseAbsoluteTarget(target: string): AbsoluteTarget | string {
   if (authority.includes('@')) return 'userinfo in the request URI is not allowed';
   const t = parseHostPort(authority, 80);
   if (typeof t === 'string') return t;
-  let path = m[3]!;
-  if (path === '') path = '/';
-  else if (path.startsWith('?')) path = '/' + path;
+  const path = originForm(m[3]!);
   // Not `{ ...t, authority, path }`: a spread copy given more keys gets a new hidden class each time (accept.ts).
   return { host: t.host, key: t.key, port: t.port, authority, path };
 }
@@ -82,10 +88,9 @@ export function stripQuery(target: string): string {
 /** A request inside a tunnel: the path to check, and the authority when its target is an absolute URI. */
 export function tunnelTarget(target: string): { path: string; authority: string | null } {
   if (target.startsWith('/')) return { path: target, authority: null };
-  const m = /^[a-zA-Z][a-zA-Z0-9+.-]*:\/\/([^/?#]*)([^#]*)/.exec(target);
+  const m = ABSOLUTE_URI.exec(target);
   if (!m) return { path: target, authority: null };
-  const p = m[2]!;
-  return { path: p === '' ? '/' : p.startsWith('?') ? '/' + p : p, authority: m[1]! };
+  return { path: originForm(m[3]!), authority: m[2]! };
 }
 
 function sameBytes(raw: Buffer, from: number, end: number, b: Buffer): boolean {
