@@ -245,3 +245,21 @@ t.test('OPENSHELL_EGRESS_MAX_CONNECTIONS caps the sandbox proxy: past it connect
   );
   t.equal(after.stdout.trim(), '200', 'served again once the held connection closed');
 });
+
+t.test('a sandbox cannot front for another host: curl with a Host header of its own', async (t) => {
+  const http = createServer((req, res) => res.end(`host=${req.headers.host}`));
+  const port = await listen(http);
+  t.teardown(() => http.close());
+  const gw = await startGateway(t);
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'front', policy: allow(port, { protocol: 'rest', access: 'full' }) });
+  await waitForPhase(gw.app, 'front', 'Ready');
+  // Forward (absolute URI): sent on with the URI's host, whatever the client said.
+  const fwd = await exec(gw.url, 'front', `curl -s -H 'Host: evil.test' http://127.0.0.1:${port}/`);
+  t.equal(fwd.stdout, `host=127.0.0.1:${port}`);
+  // Through a CONNECT tunnel (-p), where the proxy reads each request at L7: denied, and says why.
+  const tun = await exec(gw.url, 'front', `curl -s -p -H 'Host: evil.test' -w ' %{http_code}' http://127.0.0.1:${port}/`);
+  t.match(tun.stdout, / 403$/);
+  t.match(JSON.parse(tun.stdout.replace(/ 403$/, '')), { layer: 'L7', reason: /the Host header names evil\.test, not the tunnel's host 127\.0\.0\.1/ });
+  const ok = await exec(gw.url, 'front', `curl -s -p http://127.0.0.1:${port}/`);
+  t.equal(ok.stdout, `host=127.0.0.1:${port}`, 'its own Host passes');
+});
