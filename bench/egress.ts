@@ -28,6 +28,7 @@ import WebSocket from 'ws';
 import { SUPERVISOR_NODE_FLAGS } from '../src/paths.js';
 import { freePort } from './ports.js';
 import { cpuNs } from './lib.js';
+import { seededRandom } from '../src/seeded-random.js';
 
 type Row = Record<string, string | number>;
 type Kind = 'direct' | 'ours-L4' | 'ours-L4-twin' | 'ours-L7' | 'ours-L4-log' | 'ours-L7-log' | 'squid' | 'tinyproxy';
@@ -406,21 +407,31 @@ async function wsEcho(peer: Peer, ctx: Ctx, n: number): Promise<number[]> {
 }
 
 /**
- * Run `f` for every peer in `rounds` interleaved rounds (the order rotating
- * each round), so a burst of outside load on this 2-core machine lands on
- * all peers alike instead of on whichever ran during it.
+ * Run `f` for every peer in `rounds` interleaved rounds, so a burst of
+ * outside load on this 2-core machine lands on all peers alike instead of
+ * on whichever ran during it. Each round runs the peers in a new order
+ * (shuffled, seeded: the same orders every run). A rotation would keep
+ * every peer right after the same one each round, so whatever one peer's
+ * run leaves behind in the client or the target server (garbage to
+ * collect, say) would land on the same next peer every time.
  */
 async function interleaved<T>(peers: Peer[], rounds: number, f: (p: Peer) => Promise<T>): Promise<Map<Kind, T[]>> {
   const out = new Map<Kind, T[]>(peers.map((p) => [p.kind, []]));
+  const rnd = seededRandom(0x2545f491);
   for (let r = 0; r < rounds; r++) {
-    for (let i = 0; i < peers.length; i++) {
-      const p = peers[(i + r) % peers.length]!;
+    const order = [...peers];
+    for (let i = order.length - 1; i > 0; i--) {
+      const j = rnd(i + 1);
+      [order[i], order[j]] = [order[j]!, order[i]!];
+    }
+    for (const p of order) {
       const v = await safely(() => f(p));
       if (v !== null) out.get(p.kind)!.push(v);
     }
   }
   return out;
 }
+
 
 function median(xs: number[]): number {
   if (xs.length === 0) return NaN;
