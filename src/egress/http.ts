@@ -513,10 +513,8 @@ function headFields(raw: Buffer, from: number, end: number): HeadFields | null {
 function contentLengthField(f: HeadFields, raw: Buffer, from: number, end: number): void {
   const prev = f.contentLength;
   if (prev === null) {
-    let a = from;
-    let b = end;
-    while (a < b && (raw[a] === 0x20 || raw[a] === 0x09)) a++;
-    while (b > a && (raw[b - 1] === 0x20 || raw[b - 1] === 0x09)) b--;
+    const a = owsSkip(raw, from, end);
+    const b = owsBack(raw, a, end);
     let n = 0;
     let i = a;
     for (; i < b && isDigit(raw[i]!); i++) n = n * 10 + raw[i]! - 0x30;
@@ -537,12 +535,9 @@ function contentLengthField(f: HeadFields, raw: Buffer, from: number, end: numbe
 function upgradeField(f: HeadFields, raw: Buffer, from: number, end: number): void {
   f.upgrade = true;
   for (let i = from; i < end && f.upgradeOther === null; ) {
-    let j = i;
-    while (j < end && raw[j] !== 0x2c) j++;
-    let a = i;
-    let b = j;
-    while (a < b && (raw[a] === 0x20 || raw[a] === 0x09)) a++;
-    while (b > a && (raw[b - 1] === 0x20 || raw[b - 1] === 0x09)) b--;
+    const j = listItemEnd(raw, i, end);
+    const a = owsSkip(raw, i, j);
+    const b = owsBack(raw, a, j);
     let n = a;
     while (n < b && raw[n] !== 0x2f) n++;
     if (b > a && !(n - a === 9 && nameIs(raw, a, 'websocket'))) f.upgradeOther = raw.toString('latin1', a, b);
@@ -552,11 +547,28 @@ function upgradeField(f: HeadFields, raw: Buffer, from: number, end: number): vo
 
 /** A Host field's value, `raw[from, end)` without its OWS. */
 function hostField(f: HeadFields, raw: Buffer, from: number, end: number): void {
-  while (from < end && (raw[from] === 0x20 || raw[from] === 0x09)) from++;
-  while (end > from && (raw[end - 1] === 0x20 || raw[end - 1] === 0x09)) end--;
+  const a = owsSkip(raw, from, end);
   f.hosts++;
-  f.hostFrom = from;
-  f.hostEnd = end;
+  f.hostFrom = a;
+  f.hostEnd = owsBack(raw, a, end);
+}
+
+/** Past the OWS (space, tab) at the start of `raw[from, end)`. */
+function owsSkip(raw: Buffer, from: number, end: number): number {
+  while (from < end && (raw[from] === 0x20 || raw[from] === 0x09)) from++;
+  return from;
+}
+
+/** The end of `raw[from, end)` without its trailing OWS. */
+function owsBack(raw: Buffer, from: number, end: number): number {
+  while (end > from && (raw[end - 1] === 0x20 || raw[end - 1] === 0x09)) end--;
+  return end;
+}
+
+/** Where the comma-list item starting at `from` ends (its comma, or `end`). */
+function listItemEnd(raw: Buffer, from: number, end: number): number {
+  while (from < end && raw[from] !== 0x2c) from++;
+  return from;
 }
 
 /** Whether `text[0, end)` is a token (a field name), by the same table as `headFields`. */
@@ -579,13 +591,9 @@ function nameIs(raw: Buffer, pos: number, lower: string): boolean {
 /** The Connection tokens the proxy acts on, in `raw[from, end)` (a comma list; OWS is space and tab). */
 function connectionTokens(f: HeadFields, raw: Buffer, from: number, end: number): void {
   for (let i = from; i < end; ) {
-    let j = i;
-    while (j < end && raw[j] !== 0x2c) j++;
-    let a = i;
-    let b = j;
-    while (a < b && (raw[a] === 0x20 || raw[a] === 0x09)) a++;
-    while (b > a && (raw[b - 1] === 0x20 || raw[b - 1] === 0x09)) b--;
-    const n = b - a;
+    const j = listItemEnd(raw, i, end);
+    const a = owsSkip(raw, i, j);
+    const n = owsBack(raw, a, j) - a;
     if (n === 5 && nameIs(raw, a, 'close')) f.close = true;
     else if (n === 10 && nameIs(raw, a, 'keep-alive')) f.keepAlive = true;
     else if (n === 7 && nameIs(raw, a, 'upgrade')) f.connUpgrade = true;
