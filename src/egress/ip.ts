@@ -7,6 +7,22 @@
 
 export type IpAddr = { family: 4; v4: number; text: string } | { family: 6; v6: bigint; text: string };
 
+/**
+ * `addrs` with the two families alternating, starting with the first
+ * address's family, each family in its own order (RFC 8305 4).
+ */
+export function interleaveFamilies(addrs: readonly IpAddr[]): IpAddr[] {
+  const first = addrs[0]?.family;
+  const same = addrs.filter((a) => a.family === first);
+  const other = addrs.filter((a) => a.family !== first);
+  const out: IpAddr[] = [];
+  for (let i = 0; i < Math.max(same.length, other.length); i++) {
+    if (i < same.length) out.push(same[i]!);
+    if (i < other.length) out.push(other[i]!);
+  }
+  return out;
+}
+
 export interface Cidr {
   family: 4 | 6;
   base: bigint;

@@ -9,7 +9,7 @@ import { send, SENT, FULL } from './raw-write.js';
 import type { Logger } from '../log.js';
 import { isoNow } from '../iso-time.js';
 import { DecisionField, type EgressDecision } from './decision.js';
-import { internalReason, parseIp, type IpAddr } from './ip.js';
+import { interleaveFamilies, internalReason, parseIp, type IpAddr } from './ip.js';
 import { TunnelHost, parseAbsoluteTarget, parseHostPort, stripQuery, tunnelTarget, type Target } from './target.js';
 import {
   CompiledPolicy,
@@ -77,6 +77,8 @@ export interface EgressProxy {
 const CONNECT_HEAD_LIMIT = 8 * 1024;
 const HEAD_LIMIT = 64 * 1024;
 const LINGER_MS = 2000;
+/** Happy Eyeballs: how long an upstream connect attempt runs alone before the next address is tried too (RFC 8305 5). */
+const ATTEMPT_DELAY_MS = 250;
 const MAX_CONNECTIONS = 2048;
 /** Connections refused at the limit are logged at most this often. */
 const DROP_LOG_MS = 10_000;
@@ -640,22 +642,47 @@ class EgressServer implements EgressProxy {
   }
 
   /**
-   * Connect to the checked addresses in order within one connect timeout;
-   * `done` gets the connected socket or the failure to answer with.
+   * Connect to the checked addresses within one connect timeout; `done`
+   * gets the first socket that connects, or the failure to answer with.
+   * Happy Eyeballs (RFC 8305): the addresses alternate between families,
+   * and while an attempt has neither connected nor failed, the next starts
+   * after ATTEMPT_DELAY_MS (at once after a failure), the earlier ones left
+   * running. The first to connect wins and the others are closed. So an
+   * address that never answers (an IPv6 route that drops packets, say)
+   * delays a connection by the attempt delay, not the whole timeout.
    */
   #dial(addrs: IpAddr[], port: number, done: (r: Dialed | DialFailure) => void): void {
-    const deadline = Date.now() + this.#connectTimeoutMs;
-    let i = 0;
+    const order = addrs.length > 1 ? interleaveFamilies(addrs) : addrs;
+    const running: Socket[] = [];
+    let next = 0;
+    let settled = false;
     let last: NodeJS.ErrnoException | null = null;
+    let stagger: NodeJS.Timeout | null = null;
+    const settle = (): void => {
+      settled = true;
+      this.#deadlines.delete(timer);
+      if (stagger !== null) clearTimeout(stagger);
+      stagger = null;
+      for (const s of running) s.destroy();
+      running.length = 0;
+    };
+    const fail = (): void => {
+      settle();
+      const timedOut = !last || last.code === 'ETIMEDOUT';
+      done({
+        status: timedOut ? 504 : 502,
+        reason: timedOut ? 'connect to upstream timed out' : `connect to upstream failed: ${last?.code ?? 'error'}`,
+      });
+    };
     const attempt = (): void => {
-      if (i >= addrs.length || (i > 0 && Date.now() >= deadline)) {
-        const timedOut = !last || last.code === 'ETIMEDOUT';
-        return done({
-          status: timedOut ? 504 : 502,
-          reason: timedOut ? 'connect to upstream timed out' : `connect to upstream failed: ${last?.code ?? 'error'}`,
-        });
+      if (stagger !== null) clearTimeout(stagger);
+      stagger = null;
+      if (settled || this.#closed) return;
+      if (next >= order.length) {
+        if (running.length === 0) fail();
+        return;
       }
-      const addr = addrs[i++]!;
+      const addr = order[next++]!;
       const feed = this.#opts.connect ? null : new ReadFeed();
       const s = feed
         ? net.connect({
@@ -673,28 +700,27 @@ class EgressServer implements EgressProxy {
           } as net.NetConnectOpts)
         : this.#opts.connect!(addr.text, port);
       this.#track(s, feed);
-      const onError = (err: Error): void => {
-        this.#deadlines.delete(timer);
-        s.off('connect', onConnect);
+      running.push(s);
+      s.once('error', (err: Error) => {
+        if (settled) return;
+        running.splice(running.indexOf(s), 1);
         s.destroy();
         last = err;
         attempt();
-      };
-      const onConnect = (): void => {
-        this.#deadlines.delete(timer);
-        s.off('error', onError);
-        done({ addr, sock: s, feed });
-      };
-      const timer = this.#deadlines.add(deadline, () => {
-        s.off('error', onError);
-        s.off('connect', onConnect);
-        s.destroy();
-        last = Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' });
-        attempt();
       });
-      s.once('error', onError);
-      s.once('connect', onConnect);
+      s.once('connect', () => {
+        if (settled) return;
+        running.splice(running.indexOf(s), 1);
+        settle();
+        done({ addr, sock: s, feed });
+      });
+      if (next < order.length) stagger = setTimeout(attempt, ATTEMPT_DELAY_MS);
     };
+    const timer = this.#deadlines.add(Date.now() + this.#connectTimeoutMs, () => {
+      if (settled) return;
+      last = Object.assign(new Error('connect timeout'), { code: 'ETIMEDOUT' });
+      fail();
+    });
     attempt();
   }
 

@@ -335,6 +335,45 @@ t.test('upstream failures: 502 on refused, 504 on connect timeout', async (t) =>
   t.match(JSON.parse(r2.body), { reason: /timed out/ });
 });
 
+t.test('an address that never answers costs the attempt delay, not the connect timeout: the next one is tried beside it (Happy Eyeballs)', async (t) => {
+  const server = await startHttp(t);
+  const dialed: string[] = [];
+  const silent: net.Socket[] = [];
+  const policy = onePolicy({ host: 'dual.test', port: 80, allowed_ips: ['127.0.0.1', '10.0.0.0/8'] });
+  const { proxy } = await startProxy(t, policy, {
+    connectTimeoutMs: 60_000, // far longer than the test may take
+    hosts: { 'dual.test': ['2001:db8::1', '2001:db8::2', '10.0.0.1', '127.0.0.1'] },
+    connect: (address) => {
+      dialed.push(address);
+      if (address === '127.0.0.1') return net.connect({ host: '127.0.0.1', port: portOf(server) });
+      const s = new net.Socket(); // a route that drops packets: neither connects nor fails
+      silent.push(s);
+      return s;
+    },
+  });
+  const r = await within(10_000, forwardRequest(proxy, 'http://dual.test/x'));
+  t.equal(r.status, 200, 'served through the address that answers');
+  t.same(dialed, ['2001:db8::1', '10.0.0.1', '2001:db8::2', '127.0.0.1'], 'families alternate, each in the resolver\'s order');
+  t.ok(silent.every((s) => s.destroyed), 'the attempts still running are closed once one connects');
+
+  // A failure starts the next attempt at once; when every address fails, the last error is the answer.
+  const refused: string[] = [];
+  const down = await startProxy(t, onePolicy({ host: 'down.test', port: 80, allowed_ips: ['10.0.0.0/8'] }), {
+    connectTimeoutMs: 60_000,
+    hosts: { 'down.test': ['10.0.0.1', '10.0.0.2'] },
+    connect: (address) => {
+      refused.push(address);
+      const s = new net.Socket();
+      setImmediate(() => s.destroy(Object.assign(new Error('connect ECONNREFUSED'), { code: 'ECONNREFUSED' })));
+      return s;
+    },
+  });
+  const d = await within(10_000, forwardRequest(down.proxy, 'http://down.test/x'));
+  t.equal(d.status, 502);
+  t.match(JSON.parse(d.body), { reason: 'connect to upstream failed: ECONNREFUSED' });
+  t.same(refused, ['10.0.0.1', '10.0.0.2']);
+});
+
 t.test('decision log lines never carry header values', async (t) => {
   const server = await startHttp(t);
   const lines: string[] = [];
