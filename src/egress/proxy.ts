@@ -701,16 +701,20 @@ class EgressServer implements EgressProxy {
         : this.#opts.connect!(addr.text, port);
       this.#track(s, feed);
       running.push(s);
+      const drop = (): void => {
+        const k = running.indexOf(s);
+        if (k >= 0) running.splice(k, 1);
+      };
       s.once('error', (err: Error) => {
         if (settled) return;
-        running.splice(running.indexOf(s), 1);
+        drop();
         s.destroy();
         last = err;
         attempt();
       });
       s.once('connect', () => {
         if (settled) return;
-        running.splice(running.indexOf(s), 1);
+        drop();
         settle();
         done({ addr, sock: s, feed });
       });
