@@ -80,6 +80,19 @@ export class NameCache {
     return p;
   }
 
+  /**
+   * A connection to `address`, one of `host`'s kept addresses, worked where
+   * the ones before it did not answer: list it first from now on (RFC 8305
+   * 4), so later connections do not wait for those again.
+   */
+  prefer(host: string, address: string): void {
+    const kept = this.#kept.get(host);
+    if (!kept) return;
+    const i = kept.addrs.indexOf(address);
+    if (i <= 0) return;
+    kept.addrs = [address, ...kept.addrs.slice(0, i), ...kept.addrs.slice(i + 1)];
+  }
+
   /** Lookups running now (for tests and logs). */
   get running(): number {
     return this.#running;

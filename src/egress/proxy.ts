@@ -253,6 +253,11 @@ function upgradeReason(protocol: string): string {
   return `upgrade to ${named}: a rest endpoint lets only WebSocket upgrades through (requests after another switch could not be checked)`;
 }
 
+/** The DNS name a target's addresses were looked up for, or null for an IP literal. */
+function nameOf(t: Target): string | null {
+  return t.host.kind === 'name' ? t.host.name : null;
+}
+
 function jsonResponse(status: number, body: object): Buffer {
   const json = JSON.stringify(body);
   return Buffer.from(
@@ -649,9 +654,11 @@ class EgressServer implements EgressProxy {
    * after ATTEMPT_DELAY_MS (at once after a failure), the earlier ones left
    * running. The first to connect wins and the others are closed. So an
    * address that never answers (an IPv6 route that drops packets, say)
-   * delays a connection by the attempt delay, not the whole timeout.
+   * delays a connection by the attempt delay, not the whole timeout. When
+   * the addresses are a kept answer for `name` and another than the first
+   * connects, the name cache lists it first from then on.
    */
-  #dial(addrs: IpAddr[], port: number, done: (r: Dialed | DialFailure) => void): void {
+  #dial(addrs: IpAddr[], port: number, name: string | null, done: (r: Dialed | DialFailure) => void): void {
     const order = addrs.length > 1 ? interleaveFamilies(addrs) : addrs;
     const running: Socket[] = [];
     let next = 0;
@@ -716,6 +723,7 @@ class EgressServer implements EgressProxy {
         if (settled) return;
         drop();
         settle();
+        if (name !== null && addr !== addrs[0]) this.#names.prefer(name, addr.text);
         done({ addr, sock: s, feed });
       });
       if (next < order.length) stagger = setTimeout(attempt, ATTEMPT_DELAY_MS);
@@ -745,9 +753,9 @@ class EgressServer implements EgressProxy {
     return up;
   }
 
-  #open(key: string, addrs: IpAddr[], port: number): Promise<Upstream | DialFailure> {
+  #open(t: Target, addrs: IpAddr[]): Promise<Upstream | DialFailure> {
     return new Promise((resolve) =>
-      this.#dial(addrs, port, (r) => resolve('sock' in r ? this.#upstream(`${key}:${port}`, r) : r)),
+      this.#dial(addrs, t.port, nameOf(t), (r) => resolve('sock' in r ? this.#upstream(`${t.key}:${t.port}`, r) : r)),
     );
   }
 
@@ -834,7 +842,7 @@ class EgressServer implements EgressProxy {
     // Logged before a dial (which may fail); on a kept-alive upstream, after the head is out (below).
     if (dial) this.#emitAllowed(v, t, endpoint, req.method, path);
     if (!up) {
-      const o = await this.#open(t.key, addrs!, t.port);
+      const o = await this.#open(t, addrs!);
       if (!('sock' in o)) {
         this.#finish(client, cr, jsonResponse(o.status, { error: STATUS_CODES[o.status], host: t.key, port: t.port, reason: o.reason }));
         return { outcome: 'close', up: null };
@@ -882,7 +890,7 @@ class EgressServer implements EgressProxy {
       reason: endpoint.rest ? 'endpoint allows destination; each request checked at L7' : 'endpoint allows destination',
       layer: 'L4',
     });
-    this.#dial(r.addrs, t.port, (d) => this.#tunnel(client, cr, t, endpoint, d));
+    this.#dial(r.addrs, t.port, nameOf(t), (d) => this.#tunnel(client, cr, t, endpoint, d));
   }
 
   #tunnel(client: Socket, cr: SocketReader, t: Target, endpoint: CompiledEndpoint, d: Dialed | DialFailure): void {

@@ -125,6 +125,20 @@ t.test('at most maxEntries names are kept, the oldest dropped first', async (t) 
   l.answer('a.test', ['203.0.113.1']);
 });
 
+t.test('prefer: an address that worked is listed first in the kept answer from then on', async (t) => {
+  const l = controlled();
+  const names = new NameCache({ lookup: l.lookup });
+  const p = names.resolve('dual.test');
+  l.answer('dual.test', ['2001:db8::1', '203.0.113.1', '203.0.113.2']);
+  const first = await p;
+  names.prefer('dual.test', '203.0.113.2');
+  t.same(names.resolve('dual.test'), ['203.0.113.2', '2001:db8::1', '203.0.113.1']);
+  t.same(first, ['2001:db8::1', '203.0.113.1', '203.0.113.2'], 'an answer already handed out is not changed');
+  names.prefer('dual.test', '198.51.100.9');
+  names.prefer('other.test', '203.0.113.1');
+  t.same(names.resolve('dual.test'), ['203.0.113.2', '2001:db8::1', '203.0.113.1'], 'unknown addresses and names change nothing');
+});
+
 t.test('the system resolver behind it: localhost through getaddrinfo', async (t) => {
   const names = new NameCache();
   const addrs = await names.resolve('localhost');

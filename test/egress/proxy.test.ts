@@ -335,7 +335,7 @@ t.test('upstream failures: 502 on refused, 504 on connect timeout', async (t) =>
   t.match(JSON.parse(r2.body), { reason: /timed out/ });
 });
 
-t.test('an address that never answers costs the attempt delay, not the connect timeout: the next one is tried beside it (Happy Eyeballs)', async (t) => {
+t.test('an address that never answers costs the attempt delay, not the connect timeout: the next one is tried beside it, and first from then on (Happy Eyeballs)', async (t) => {
   const server = await startHttp(t);
   const dialed: string[] = [];
   const silent: net.Socket[] = [];
@@ -355,6 +355,8 @@ t.test('an address that never answers costs the attempt delay, not the connect t
   t.equal(r.status, 200, 'served through the address that answers');
   t.same(dialed, ['2001:db8::1', '10.0.0.1', '2001:db8::2', '127.0.0.1'], 'families alternate, each in the resolver\'s order');
   t.ok(silent.every((s) => s.destroyed), 'the attempts still running are closed once one connects');
+  t.equal((await within(10_000, forwardRequest(proxy, 'http://dual.test/y'))).status, 200);
+  t.same(dialed.slice(4), ['127.0.0.1'], 'the next connection tries the address that worked first, and needs no other');
 
   // A failure starts the next attempt at once; when every address fails, the last error is the answer.
   const refused: string[] = [];
