@@ -405,8 +405,12 @@ t.test('L7 tunnel: thousands of pipelined requests meeting responses already rea
   const N = 3000;
   const RESPONSE = 'HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n';
   let received = '';
+  let upstreamClosed!: () => void;
+  const upstreamDone = new Promise<void>((r) => (upstreamClosed = r));
   const upstream = await startTcp(t, (s) => {
     s.on('data', (c: Buffer) => (received += c.toString('latin1')));
+    // The client may have every response before this side has read every request: wait for the proxy to close it.
+    s.on('end', () => upstreamClosed());
     s.write(RESPONSE.repeat(N));
   });
   const port = portOf(upstream);
@@ -424,6 +428,7 @@ t.test('L7 tunnel: thousands of pipelined requests meeting responses already rea
     tun.sock.write(`GET /other HTTP/1.1\r\nHost: ${API}\r\n\r\n`);
     t.equal((await tun.bytes.response()).status, 403);
     await tun.bytes.closed();
+    await upstreamDone;
   })());
   const forwarded = received.split('\r\n\r\n').filter(Boolean);
   t.equal(forwarded.length, N, 'the upstream saw each allowed request and not the denied one');
