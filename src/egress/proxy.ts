@@ -10,7 +10,7 @@ import type { Logger } from '../log.js';
 import { isoNow } from '../iso-time.js';
 import { DecisionField, type EgressDecision } from './decision.js';
 import { interleaveFamilies, internalReason, parseIp, type IpAddr } from './ip.js';
-import { TunnelHost, parseAbsoluteTarget, parseHostPort, stripQuery, tunnelTarget, type Target } from './target.js';
+import { TunnelHost, parseAbsoluteTarget, parseHostPort, stripQuery, tunnelPath, type Target } from './target.js';
 import {
   CompiledPolicy,
   canonicalPath,
@@ -251,6 +251,11 @@ function relay(src: Socket, dst: Socket, feed: ReadFeed | null): void {
 function upgradeReason(protocol: string): string {
   const named = /^[A-Za-z0-9.+_-]{1,32}(\/[A-Za-z0-9.+_-]{1,16})?$/.test(protocol) ? protocol : 'another protocol';
   return `upgrade to ${named}: a rest endpoint lets only WebSocket upgrades through (requests after another switch could not be checked)`;
+}
+
+/** An L7 refusal at an `enforcement: audit` endpoint: logged as such, and let through. */
+function auditOnly(reason: string): Extract<Verdict, { ok: true }> {
+  return { ok: true, action: 'audit', layer: 'L7', reason: `${reason} (audit only: allowed)` };
 }
 
 /** The DNS name a target's addresses were looked up for, or null for an IP literal. */
@@ -600,7 +605,7 @@ class EgressServer implements EgressProxy {
     // After a switch to another protocol than WebSocket (h2c: HTTP/2 requests), requests could no longer be checked.
     const v = c.allowed && upgradeOther ? { allowed: false, reason: upgradeReason(upgradeOther) } : c;
     if (v.allowed) return { ok: true, action: 'allow', layer: 'L7', reason: v.reason };
-    if (ep.audit) return { ok: true, action: 'audit', layer: 'L7', reason: `${v.reason} (audit only: allowed)` };
+    if (ep.audit) return auditOnly(v.reason);
     return { ok: false, status: 403, layer: 'L7', reason: v.reason };
   }
 
@@ -726,7 +731,11 @@ class EgressServer implements EgressProxy {
         if (name !== null && addr !== addrs[0]) this.#names.prefer(name, addr.text);
         done({ addr, sock: s, feed });
       });
-      if (next < order.length) stagger = setTimeout(attempt, ATTEMPT_DELAY_MS);
+      if (next < order.length) {
+        stagger = setTimeout(attempt, ATTEMPT_DELAY_MS);
+        // The dial's own: cleared when it settles; never what keeps a closing process alive.
+        stagger.unref();
+      }
     };
     const timer = this.#deadlines.add(Date.now() + this.#connectTimeoutMs, () => {
       if (settled) return;
@@ -996,20 +1005,20 @@ class EgressServer implements EgressProxy {
       }
       const policy = this.#policy;
       const ep = policy?.match(t.key, t.port) ?? null;
-      const { path: target, authority } = tunnelTarget(req.target);
+      const target = tunnelPath(req.target);
       const path = stripQuery(target);
       let v = this.#check(ep, policy !== null, req.method, target, req.upgradeOther);
       if (!v.ok) {
         this.#deny(client, cr, v.status, t, ep, v.layer, v.reason, req.method, path);
         return this.#restEnd(s);
       }
-      const elsewhere = s.host.mismatch(req, authority);
+      const elsewhere = s.host.mismatch(req);
       if (elsewhere !== null) {
         if (!ep!.audit) {
           this.#deny(client, cr, 403, t, ep, 'L7', elsewhere, req.method, path);
           return this.#restEnd(s);
         }
-        v = { ok: true, action: 'audit', layer: 'L7', reason: `${elsewhere} (audit only: allowed)` };
+        v = auditOnly(elsewhere);
       }
       if (up.internal && !endpointCoversIp(ep!, up.addr)) {
         this.#deny(client, cr, 403, t, ep, 'L4', `internal address ${up.addr.text} no longer allowed`, req.method, path);

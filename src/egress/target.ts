@@ -85,12 +85,17 @@ export function stripQuery(target: string): string {
   return q < 0 ? target : target.slice(0, q);
 }
 
-/** A request inside a tunnel: the path to check, and the authority when its target is an absolute URI. */
-export function tunnelTarget(target: string): { path: string; authority: string | null } {
-  if (target.startsWith('/')) return { path: target, authority: null };
+/** The path of a request inside a tunnel: origin-form as it is, an absolute URI's path. */
+export function tunnelPath(target: string): string {
+  if (target.charCodeAt(0) === 0x2f) return target;
   const m = ABSOLUTE_URI.exec(target);
-  if (!m) return { path: target, authority: null };
-  return { path: originForm(m[3]!), authority: m[2]! };
+  return m ? originForm(m[3]!) : target;
+}
+
+/** The authority of an absolute-URI target; null for origin-form and anything else. */
+function uriAuthority(target: string): string | null {
+  if (target.charCodeAt(0) === 0x2f) return null;
+  return ABSOLUTE_URI.exec(target)?.[2] ?? null;
 }
 
 function sameBytes(raw: Buffer, from: number, end: number, b: Buffer): boolean {
@@ -120,7 +125,8 @@ export class TunnelHost {
   ) {}
 
   /** null when `req` names the tunnel's host or none; otherwise why not (for the 403 and the decision line). */
-  mismatch(req: RequestHead, authority: string | null): string | null {
+  mismatch(req: RequestHead): string | null {
+    const authority = uriAuthority(req.target);
     if (authority !== null) {
       const a = parseHostPort(authority, this.port);
       if (typeof a === 'string') return `the request URI's authority is not a valid host (${a})`;
