@@ -10,6 +10,8 @@ export interface EgressDecision {
   path?: string;
   policy?: string;
   endpoint?: string;
+  /** The executables of the client's processes, when a policy that names binaries decided it. */
+  binary?: string;
   reason: string;
   layer: 'L4' | 'L7';
 }
@@ -35,6 +37,7 @@ let midPort = -1;
 let midJson = '';
 let tailPolicy: string | undefined;
 let tailEndpoint: string | undefined;
+let tailBinary: string | undefined;
 let tailReason: string | undefined;
 let tailLayer = '';
 let tailJson = '';
@@ -60,12 +63,13 @@ function keep(d: EgressDecision): void {
     methodJson = opt('method', d.method);
     headBytes = undefined;
   }
-  if (d.policy !== tailPolicy || d.endpoint !== tailEndpoint || d.reason !== tailReason || d.layer !== tailLayer) {
+  if (d.policy !== tailPolicy || d.endpoint !== tailEndpoint || d.binary !== tailBinary || d.reason !== tailReason || d.layer !== tailLayer) {
     tailPolicy = d.policy;
     tailEndpoint = d.endpoint;
+    tailBinary = d.binary;
     tailReason = d.reason;
     tailLayer = d.layer;
-    tailJson = `${opt('policy', d.policy)}${opt('endpoint', d.endpoint)},"reason":${str(d.reason)},"layer":${str(d.layer)}}`;
+    tailJson = `${opt('policy', d.policy)}${opt('endpoint', d.endpoint)}${opt('binary', d.binary)},"reason":${str(d.reason)},"layer":${str(d.layer)}}`;
     tailBytes = undefined;
   }
 }

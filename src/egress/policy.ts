@@ -2,6 +2,7 @@ import { Type, type Static, type TSchema } from '@sinclair/typebox';
 import { Value } from '@sinclair/typebox/value';
 import { parse as parseYaml } from 'yaml';
 import { normalizeHost, parseCidr, cidrContains, sameIp, type Cidr, type IpAddr } from './ip.js';
+import type { Caller } from './caller.js';
 
 /*
  * The network policy: a compatible subset of the reference schema. TypeBox
@@ -35,14 +36,14 @@ export const EndpointSchema = Type.Object(
   { additionalProperties: false },
 );
 
-/** Recorded but not enforced: the proxy cannot see which binary opened a connection. */
-export const BinarySchema = Type.Object({ path: Type.String({ minLength: 1 }) }, { additionalProperties: false });
+/** An executable allowed to use the policy's endpoints: an absolute path, or a glob (`*` one segment, `**` any depth). */
+export const BinarySchema = Type.Object({ path: Type.String({ minLength: 1, maxLength: 4096 }) }, { additionalProperties: false });
 
 export const NetworkPolicySchema = Type.Object(
   {
     name: Type.Optional(Type.String({ maxLength: 256 })),
     endpoints: Type.Array(EndpointSchema, { maxItems: 4096 }),
-    binaries: Type.Optional(Type.Array(BinarySchema)),
+    binaries: Type.Optional(Type.Array(BinarySchema, { maxItems: 1024 })),
   },
   { additionalProperties: false },
 );
@@ -122,6 +123,14 @@ function checkPathGlob(field: string, path: string): void {
   if (/[?#\s]/.test(path)) throw new PolicyError(field, `path glob must not contain '?', '#' or whitespace`);
 }
 
+function checkBinaryPath(field: string, path: string): void {
+  if (!path.startsWith('/')) throw new PolicyError(field, `binary path must be absolute: '${path}'`);
+  if (/[\0\s]/.test(path)) throw new PolicyError(field, 'binary path must not contain whitespace or NUL');
+  if (path.split('/').some((seg) => seg === '.' || seg === '..')) {
+    throw new PolicyError(field, `binary path must not contain '.' or '..' segments: '${path}'`);
+  }
+}
+
 function checkMethod(field: string, method: string): void {
   if (!METHOD_RE.test(method)) throw new PolicyError(field, `invalid method '${method}'`);
 }
@@ -139,6 +148,7 @@ export function parsePolicy(input: unknown): Policy {
   const policy = input as Policy;
   for (const [key, np] of Object.entries(policy.network_policies)) {
     const base = `network_policies.${key}`;
+    np.binaries?.forEach((b, i) => checkBinaryPath(`${base}.binaries[${i}].path`, b.path));
     np.endpoints.forEach((ep, i) => {
       const f = `${base}.endpoints[${i}]`;
       checkHostPattern(`${f}.host`, ep.host);
@@ -205,6 +215,8 @@ export interface CompiledEndpoint {
   denyRules: CompiledRule[];
   allowedIps: Cidr[];
   audit: boolean;
+  /** The policy's `binaries`, compiled; null: any process may use the endpoint. */
+  binaries: RegExp[] | null;
 }
 
 /** `*` is one path segment, `**` (a whole segment) any depth including none. */
@@ -232,9 +244,13 @@ export interface L7Verdict {
 /** A validated policy turned into matchers. Immutable: `setPolicy` swaps whole generations. */
 export class CompiledPolicy {
   readonly endpoints: CompiledEndpoint[] = [];
+  /** Some endpoint names binaries: a connection's caller must be known to decide it. */
+  readonly needsCaller: boolean;
 
   constructor(policy: Policy) {
     for (const [key, np] of Object.entries(policy.network_policies)) {
+      // An empty list restricts nothing, as in the reference schema.
+      const binaries = np.binaries?.length ? np.binaries.map((b) => compilePathGlob(b.path)) : null;
       for (const ep of np.endpoints) {
         const ports = new Set<number>([...(ep.port !== undefined ? [ep.port] : []), ...(ep.ports ?? [])]);
         let hostKind: CompiledEndpoint['hostKind'] = 'exact';
@@ -267,15 +283,22 @@ export class CompiledPolicy {
           denyRules: (ep.deny_rules ?? []).map((r) => compileRule(r.method, r.path)),
           allowedIps: (ep.allowed_ips ?? []).map((c) => parseCidr(c)!),
           audit: ep.enforcement === 'audit',
+          binaries,
         });
       }
     }
+    this.needsCaller = this.endpoints.some((ep) => ep.binaries !== null);
   }
 
-  /** The first endpoint (policy order, then endpoint order) that covers host:port. `host` is normalised. */
-  match(host: string, port: number): CompiledEndpoint | null {
+  /**
+   * The first endpoint (policy order, then endpoint order) that covers
+   * host:port and, when its policy names binaries, `caller` (see
+   * `callerAllowed`); `ANY_CALLER` skips that check. `host` is normalised.
+   */
+  match(host: string, port: number, caller: Caller | typeof ANY_CALLER | null = null): CompiledEndpoint | null {
     for (const ep of this.endpoints) {
       if (!ep.ports.has(port)) continue;
+      if (ep.binaries !== null && caller !== ANY_CALLER && (caller === null || !callerAllowed(ep.binaries, caller))) continue;
       if (ep.hostKind === 'exact') {
         if (ep.host === host) return ep;
       } else if (host.endsWith(ep.host) && host.length > ep.host.length) {
@@ -285,6 +308,20 @@ export class CompiledPolicy {
     }
     return null;
   }
+}
+
+/** `match`'s caller for a question about hosts alone: which endpoint covers host:port whatever process asks. */
+export const ANY_CALLER = Symbol('any caller');
+
+/**
+ * Whether every process holding the connection is, or descends (inside the
+ * sandbox) from, one of the binaries: its executable or an ancestor's
+ * matches a path or glob (an agent's `node` spawning `git`). An
+ * unidentified caller matches none.
+ */
+export function callerAllowed(binaries: readonly RegExp[], caller: Caller): boolean {
+  if ('unknown' in caller) return false;
+  return caller.procs.every((p) => binaries.some((re) => re.test(p.exe) || p.ancestors.some((a) => re.test(a))));
 }
 
 /** Is this resolved (or literal) address permitted for the endpoint despite being internal? */

@@ -9,9 +9,11 @@ import { send, SENT, FULL } from './raw-write.js';
 import type { Logger } from '../log.js';
 import { isoNow } from '../iso-time.js';
 import { DecisionField, type EgressDecision } from './decision.js';
+import { describeCaller, identifyCaller, type Caller } from './caller.js';
 import { interleaveFamilies, internalReason, parseIp, type IpAddr } from './ip.js';
 import { TunnelHost, parseAbsoluteTarget, parseHostPort, stripQuery, tunnelPath, type Target } from './target.js';
 import {
+  ANY_CALLER,
   CompiledPolicy,
   canonicalPath,
   checkRequest,
@@ -59,6 +61,11 @@ export interface EgressProxyOptions {
   maxConnections?: number;
   onDecision?: (d: EgressDecision) => void;
   /**
+   * The process whose descendants are the sandbox's processes, for policies
+   * that name `binaries` (caller.ts); default this process.
+   */
+  callerRoot?: number;
+  /**
    * Test seam: opens the upstream TCP connection to an already checked
    * address. Default `net.connect`. Never given a host name.
    */
@@ -101,6 +108,11 @@ interface Tracked {
   readonly sock: Socket;
   feed: ReadFeed | null;
   linger: Deadline | null;
+  /** A client's processes, looked up once, when a policy that names binaries first decides one of its intents. */
+  caller: Promise<Caller> | null;
+  /** The same, once known, and as decisions name it. */
+  known: Caller | null;
+  binary: string | undefined;
 }
 const TRACKED = Symbol('egress.tracked');
 type TrackedSocket = Socket & { [TRACKED]?: Link<Tracked> };
@@ -447,7 +459,7 @@ class EgressServer implements EgressProxy {
   #track(s: Socket, feed: ReadFeed | null): void {
     s.setNoDelay(true);
     s.on('error', noop); // errors surface through readers and pipelines; never crash the process
-    (s as TrackedSocket)[TRACKED] = this.#sockets.add({ sock: s, feed, linger: null });
+    (s as TrackedSocket)[TRACKED] = this.#sockets.add({ sock: s, feed, linger: null, caller: null, known: null, binary: undefined });
     s.once('close', this.#untrack);
     if (feed) s.once('close', feed.release);
   }
@@ -526,12 +538,14 @@ class EgressServer implements EgressProxy {
 
   /** One allowed (or audited) L7 request: the decision line shared by both front doors. */
   #emitAllowed(
+    client: Socket,
     v: Extract<Verdict, { ok: true }>,
     t: { key: string; port: number },
     ep: CompiledEndpoint,
     method: string,
     path: string,
   ): void {
+    const binary = this.#binaryOf(client);
     this.#emit({
       time: isoNow(),
       action: v.action,
@@ -541,6 +555,7 @@ class EgressServer implements EgressProxy {
       path,
       policy: ep.policy,
       endpoint: ep.label,
+      ...(binary !== undefined ? { binary } : {}),
       reason: v.reason,
       layer: v.layer,
     });
@@ -557,6 +572,7 @@ class EgressServer implements EgressProxy {
     method?: string,
     path?: string,
   ): void {
+    const binary = this.#binaryOf(client);
     this.#emit({
       time: isoNow(),
       action: 'deny',
@@ -565,6 +581,7 @@ class EgressServer implements EgressProxy {
       ...(method !== undefined ? { method } : {}),
       ...(path !== undefined ? { path } : {}),
       ...(ep ? { policy: ep.policy, endpoint: ep.label } : {}),
+      ...(binary !== undefined ? { binary } : {}),
       reason,
       layer,
     });
@@ -578,6 +595,7 @@ class EgressServer implements EgressProxy {
     };
     if (method !== undefined) body.method = method;
     if (path !== undefined) body.path = path;
+    if (binary !== undefined) body.binary = binary;
     this.#finish(client, cr, jsonResponse(status, body));
   }
 
@@ -607,6 +625,58 @@ class EgressServer implements EgressProxy {
     if (v.allowed) return { ok: true, action: 'allow', layer: 'L7', reason: v.reason };
     if (ep.audit) return auditOnly(v.reason);
     return { ok: false, status: 403, layer: 'L7', reason: v.reason };
+  }
+
+  /**
+   * The endpoint and verdict for one intent under `policy`. `caller` is the
+   * client's processes when the policy names binaries (else null): an
+   * endpoint of a policy whose binaries the caller is not among is passed
+   * over, and when that leaves none, the refusal names the caller and the
+   * first such policy (audit: allowed, and logged so).
+   */
+  #decide(
+    policy: CompiledPolicy | null,
+    t: { key: string; port: number },
+    caller: Caller | null,
+    method?: string,
+    target?: string,
+    upgradeOther?: string | null,
+  ): { ep: CompiledEndpoint | null; v: Verdict } {
+    const ep = policy?.match(t.key, t.port, caller) ?? null;
+    if (ep || caller === null || policy === null) return { ep, v: this.#check(ep, policy !== null, method, target, upgradeOther) };
+    const cover = policy.match(t.key, t.port, ANY_CALLER);
+    if (!cover) return { ep: null, v: this.#check(null, true) };
+    const reason = `${describeCaller(caller)} is not among the binaries of policy '${cover.policy}'`;
+    if (!cover.audit) return { ep: cover, v: { ok: false, status: 403, layer: 'L4', reason } };
+    const v = this.#check(cover, true, method, target, upgradeOther);
+    return { ep: cover, v: v.ok ? { ok: true, action: 'audit', layer: v.layer, reason: `${reason} (audit only: allowed)` } : v };
+  }
+
+  /** The processes behind a client connection, looked up once per connection. */
+  #callerOf(client: Socket): Promise<Caller> {
+    const tracked = (client as TrackedSocket)[TRACKED]?.value;
+    if (tracked?.caller) return tracked.caller;
+    const p = identifyCaller(client, { root: this.#opts.callerRoot ?? process.pid }).then(
+      (c) => c,
+      (err: unknown): Caller => ({ unknown: `process lookup failed: ${(err as NodeJS.ErrnoException).code ?? 'error'}` }),
+    );
+    if (!tracked) return p;
+    tracked.caller = p.then((c) => {
+      tracked.known = c;
+      tracked.binary = describeCaller(c);
+      return c;
+    });
+    return tracked.caller;
+  }
+
+  /** The client's caller when already looked up, for the synchronous paths. */
+  #knownCaller(client: Socket): Caller | null {
+    return (client as TrackedSocket)[TRACKED]?.value.known ?? null;
+  }
+
+  /** What decisions on this client name as its binary: set once a policy that names binaries looked it up. */
+  #binaryOf(client: Socket): string | undefined {
+    return (client as TrackedSocket)[TRACKED]?.value.binary;
   }
 
   /**
@@ -816,9 +886,9 @@ class EgressServer implements EgressProxy {
       return { outcome: 'close', up };
     }
     const policy = this.#policy;
-    const ep = policy?.match(t.key, t.port) ?? null;
+    const caller = policy?.needsCaller ? await this.#callerOf(client) : null;
+    const { ep, v } = this.#decide(policy, t, caller, req.method, t.path, req.upgradeOther);
     const path = stripQuery(t.path);
-    const v = this.#check(ep, policy !== null, req.method, t.path, req.upgradeOther);
     if (!v.ok) {
       this.#deny(client, cr, v.status, t, ep, v.layer, v.reason, req.method, path);
       return { outcome: 'close', up };
@@ -849,7 +919,7 @@ class EgressServer implements EgressProxy {
     }
     const dial = !up;
     // Logged before a dial (which may fail); on a kept-alive upstream, after the head is out (below).
-    if (dial) this.#emitAllowed(v, t, endpoint, req.method, path);
+    if (dial) this.#emitAllowed(client, v, t, endpoint, req.method, path);
     if (!up) {
       const o = await this.#open(t, addrs!);
       if (!('sock' in o)) {
@@ -859,7 +929,7 @@ class EgressServer implements EgressProxy {
       up = o;
     }
     const exchange = this.#exchangeAsync(client, cr, up, req, forwardHead(req, t.path, t.authority));
-    if (!dial) this.#emitAllowed(v, t, endpoint, req.method, path);
+    if (!dial) this.#emitAllowed(client, v, t, endpoint, req.method, path);
     const outcome = await exchange;
     return { outcome, up: outcome === 'handed-off' ? null : up };
   }
@@ -871,32 +941,50 @@ class EgressServer implements EgressProxy {
     // No idle timeout on tunnels (a CONNECT after plain requests had one).
     if (client.timeout) client.setTimeout(0);
     const policy = this.#policy;
-    const ep = policy?.match(t.key, t.port) ?? null;
-    const v = this.#check(ep, policy !== null);
+    if (policy?.needsCaller) {
+      this.#callerOf(client).then(
+        (caller) => this.#connectFor(client, cr, t, policy, caller),
+        (err: unknown) => this.#failed(client, err),
+      );
+    } else this.#connectFor(client, cr, t, policy, null);
+  }
+
+  #connectFor(client: Socket, cr: SocketReader, t: Target, policy: CompiledPolicy | null, caller: Caller | null): void {
+    if (client.destroyed) return;
+    const { ep, v } = this.#decide(policy, t, caller);
     if (!v.ok) return this.#deny(client, cr, v.status, t, ep, v.layer, v.reason);
     const endpoint = ep!;
     const r = this.#resolveChecked(t, endpoint);
     if (r instanceof Promise) {
       r.then(
-        (c) => this.#connectChecked(client, cr, t, endpoint, c),
+        (c) => this.#connectChecked(client, cr, t, endpoint, v, c),
         (err: unknown) => this.#failed(client, err),
       );
-    } else this.#connectChecked(client, cr, t, endpoint, r);
+    } else this.#connectChecked(client, cr, t, endpoint, v, r);
   }
 
-  #connectChecked(client: Socket, cr: SocketReader, t: Target, endpoint: CompiledEndpoint, r: Checked): void {
+  #connectChecked(
+    client: Socket,
+    cr: SocketReader,
+    t: Target,
+    endpoint: CompiledEndpoint,
+    v: Extract<Verdict, { ok: true }>,
+    r: Checked,
+  ): void {
     if ('deny' in r) return this.#deny(client, cr, 403, t, endpoint, 'L4', r.deny);
     if ('error' in r) {
       return this.#finish(client, cr, jsonResponse(502, { error: 'Bad Gateway', host: t.key, port: t.port, reason: r.error }));
     }
+    const binary = this.#binaryOf(client);
     this.#emit({
       time: isoNow(),
-      action: 'allow',
+      action: v.action,
       host: t.key,
       port: t.port,
       policy: endpoint.policy,
       endpoint: endpoint.label,
-      reason: endpoint.rest ? 'endpoint allows destination; each request checked at L7' : 'endpoint allows destination',
+      ...(binary !== undefined ? { binary } : {}),
+      reason: v.action === 'audit' ? v.reason : endpoint.rest ? 'endpoint allows destination; each request checked at L7' : 'endpoint allows destination',
       layer: 'L4',
     });
     this.#dial(r.addrs, t.port, nameOf(t), (d) => this.#tunnel(client, cr, t, endpoint, d));
@@ -935,7 +1023,7 @@ class EgressServer implements EgressProxy {
     if (first === undefined) return cr.onReadable(() => this.#restTunnel(client, cr, up, t));
     if (first === 0x16) {
       // TLS ClientHello: we cannot see requests; pass it at L4 and say so.
-      const ep = this.#policy?.match(t.key, t.port);
+      const ep = this.#policy?.match(t.key, t.port, ANY_CALLER);
       this.#log.warn({ host: t.key, port: t.port }, 'TLS inside a rest tunnel: L7 rules not enforced');
       this.#emit({
         time: isoNow(),
@@ -1004,10 +1092,26 @@ class EgressServer implements EgressProxy {
         return this.#restEnd(s);
       }
       const policy = this.#policy;
-      const ep = policy?.match(t.key, t.port) ?? null;
+      let caller: Caller | null = null;
+      if (policy?.needsCaller) {
+        caller = this.#knownCaller(client);
+        // A policy that names binaries came in after the CONNECT: look the caller up once, then decide this request.
+        if (caller === null) {
+          this.#callerOf(client).then(
+            () => this.#restRequest(s, head),
+            (err: unknown) => {
+              this.#failed(client, err);
+              this.#restEnd(s);
+            },
+          );
+          return;
+        }
+      }
       const target = tunnelPath(req.target);
       const path = stripQuery(target);
-      let v = this.#check(ep, policy !== null, req.method, target, req.upgradeOther);
+      const d = this.#decide(policy, t, caller, req.method, target, req.upgradeOther);
+      const ep = d.ep;
+      let v = d.v;
       if (!v.ok) {
         this.#deny(client, cr, v.status, t, ep, v.layer, v.reason, req.method, path);
         return this.#restEnd(s);
@@ -1028,7 +1132,7 @@ class EgressServer implements EgressProxy {
       try {
         this.#exchange(newExchange(client, cr, up, req, s.onOutcome), req.raw);
       } finally {
-        this.#emitAllowed(v, t, ep!, req.method, path);
+        this.#emitAllowed(client, v, t, ep!, req.method, path);
       }
     } catch (err) {
       this.#failed(client, err);

@@ -1,4 +1,5 @@
 import { once } from 'node:events';
+import { realpathSync } from 'node:fs';
 import { createServer, type Server } from 'node:http';
 import { connect } from 'node:net';
 import t from 'tap';
@@ -262,4 +263,62 @@ t.test('a sandbox cannot front for another host: curl with a Host header of its 
   t.match(JSON.parse(tun.stdout.replace(/ 403$/, '')), { layer: 'L7', reason: /the Host header names evil\.test, not the tunnel's host 127\.0\.0\.1/ });
   const ok = await exec(gw.url, 'front', `curl -s -p http://127.0.0.1:${port}/`);
   t.equal(ok.stdout, `host=127.0.0.1:${port}`, 'its own Host passes');
+});
+
+t.test('binaries: in a real sandbox only the listed executable reaches the endpoint, and the logs name it', async (t) => {
+  const http = createServer((_req, res) => res.end('ok'));
+  const port = await listen(http);
+  t.teardown(() => http.close());
+  const curl = realpathSync('/usr/bin/curl');
+  const gw = await startGateway(t);
+  const policy = {
+    version: 1,
+    network_policies: { local: { endpoints: [{ host: '127.0.0.1', port }], binaries: [{ path: curl }] } },
+  };
+  await api(gw.url, 'POST', '/v1/sandboxes', { name: 'bins', policy });
+  await waitForPhase(gw.app, 'bins', 'Ready');
+  const ok = await exec(gw.url, 'bins', `curl -s http://127.0.0.1:${port}/`);
+  t.equal(ok.stdout, 'ok', 'curl, run by the exec, is listed');
+  const other = await exec(
+    gw.url,
+    'bins',
+    `d=$(mktemp -d) && cp ${curl} "$d/fetch" && "$d/fetch" -s -w ' %{http_code}' http://127.0.0.1:${port}/; rm -rf "$d"`,
+  );
+  t.match(other.stdout, / 403$/, 'a copy of curl at another path is not');
+  const body = JSON.parse(other.stdout.replace(/ 403$/, '')) as Record<string, unknown>;
+  t.match(body, { policy: 'local', binary: /\/fetch \(via / });
+  t.match(body.reason, /is not among the binaries of policy 'local'/);
+
+  // The test process is not one of the sandbox's processes: unidentified, refused.
+  const proxyPort = Number(new URL((await exec(gw.url, 'bins', 'echo $HTTP_PROXY')).stdout.trim()).port);
+  const sock = connect(proxyPort, '127.0.0.1');
+  t.teardown(() => sock.destroy());
+  await once(sock, 'connect');
+  sock.write(`GET http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);
+  let got = '';
+  sock.on('data', (c: Buffer) => (got += c.toString()));
+  await once(sock, 'end');
+  t.match(got, /^HTTP\/1\.1 403/);
+  t.match(got, /unidentified process/);
+
+  // Info lines reach the gateway in batches: follow the log until the allow is there (10 s at most).
+  const allowed = new RegExp(`"action":"allow"[^\\n]*"binary":"${curl.replace(/\//g, '\\/')} \\(via `);
+  const abort = new AbortController();
+  const timer = setTimeout(() => abort.abort(), 10_000);
+  t.teardown(() => {
+    clearTimeout(timer);
+    abort.abort();
+  });
+  let logs = '';
+  try {
+    const follow = await fetch(`${gw.url}/v1/sandboxes/bins/logs?follow=true`, { signal: abort.signal });
+    for await (const chunk of follow.body as unknown as AsyncIterable<Uint8Array>) {
+      logs += Buffer.from(chunk).toString();
+      if (allowed.test(logs)) break;
+    }
+  } catch {
+    // aborted by the deadline: the assertion below says so
+  }
+  abort.abort();
+  t.match(logs, allowed, 'the allow names curl and the shell that ran it');
 });

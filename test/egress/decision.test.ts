@@ -27,10 +27,12 @@ function randomDecision(rnd: (n: number) => number): EgressDecision {
   const path = maybe();
   const policy = maybe();
   const endpoint = maybe();
+  const binary = maybe();
   if (method !== undefined) d.method = method;
   if (path !== undefined) d.path = path;
   if (policy !== undefined) d.policy = policy;
   if (endpoint !== undefined) d.endpoint = endpoint;
+  if (binary !== undefined) d.binary = binary;
   d.reason = randomString(rnd);
   d.layer = rnd(2) === 0 ? 'L4' : 'L7';
   return d as EgressDecision;
@@ -42,7 +44,7 @@ function randomDecision(rnd: (n: number) => number): EgressDecision {
  * runs that repeat most of the decision before, as the proxy's do.
  */
 function repeatingDecisions(rnd: (n: number) => number, n: number, freshOdds: number): EgressDecision[] {
-  const keys = ['time', 'action', 'host', 'port', 'method', 'path', 'policy', 'endpoint', 'reason', 'layer'] as const;
+  const keys = ['time', 'action', 'host', 'port', 'method', 'path', 'policy', 'endpoint', 'binary', 'reason', 'layer'] as const;
   const out: EgressDecision[] = [];
   let prev = randomDecision(rnd);
   for (let i = 0; i < n; i++) {

@@ -7,6 +7,10 @@ function withEndpoint(ep: Record<string, unknown>): unknown {
   return { version: 1, network_policies: { github: { endpoints: [ep] } } };
 }
 
+function withBinaries(binaries: unknown[]): unknown {
+  return { version: 1, network_policies: { github: { endpoints: [{ host: 'api.github.com', port: 443 }], binaries } } };
+}
+
 t.test('valid policies parse (YAML and JSON)', async (t) => {
   const yaml = `
 version: 1
@@ -54,6 +58,10 @@ t.test('invalid policies throw PolicyError naming the field', async (t) => {
     ['bad method', withEndpoint({ host: 'a.b.com', port: 1, protocol: 'rest', rules: [{ allow: { method: 'GE T', path: '/' } }] }), /rules\[0\]\.allow\.method/],
     ['relative path glob', withEndpoint({ host: 'a.b.com', port: 1, protocol: 'rest', access: 'full', deny_rules: [{ method: 'GET', path: 'x/**' }] }), /deny_rules\[0\]\.path/],
     ['unknown field', withEndpoint({ host: 'a.b.com', port: 1, tls: 'terminate' }), /endpoints\[0\]/],
+    ['relative binary', withBinaries([{ path: '/usr/bin/curl' }, { path: 'curl' }]), /^network_policies\.github\.binaries\[1\]\.path: binary path must be absolute/],
+    ['binary with ..', withBinaries([{ path: '/usr/bin/../../tmp/x' }]), /binaries\[0\]\.path: .*'\.\.'/],
+    ['binary with a space', withBinaries([{ path: '/usr/bin/cu rl' }]), /binaries\[0\]\.path: .*whitespace/],
+    ['binary without path', withBinaries([{ name: 'curl' }]), /binaries\/?\[?0/],
     ['bad version', { version: 2, network_policies: {} }, /^version/],
     ['missing network_policies', { version: 1 }, /network_policies/],
     ['not an object', 'nope', /policy must be an object/],
@@ -140,4 +148,31 @@ t.test('access presets, rules, deny_rules win', async (t) => {
   t.notOk(checkRequest(rules, 'GET', '/repos/o/secrets/x').allowed, 'deny_rules win over rules');
   t.ok(checkRequest(rules, 'PATCH', '/any/x').allowed, 'method *');
   t.notOk(checkRequest(rules, 'GET', '/other').allowed);
+});
+
+t.test('binaries: compiled per policy; match passes over endpoints whose binaries the caller is not among', async (t) => {
+  const p = new CompiledPolicy(
+    parsePolicy({
+      version: 1,
+      network_policies: {
+        tools: { endpoints: [{ host: 'api.github.com', port: 443 }], binaries: [{ path: '/usr/bin/curl' }, { path: '/opt/agent/**' }] },
+        any: { endpoints: [{ host: 'pypi.example.com', port: 443 }], binaries: [] },
+      },
+    }),
+  );
+  t.equal(p.needsCaller, true);
+  const caller = (exe: string, ...ancestors: string[]) => ({ procs: [{ pid: 1, exe, ancestors }] });
+  t.equal(p.match('api.github.com', 443, caller('/usr/bin/curl'))?.policy, 'tools');
+  t.equal(p.match('api.github.com', 443, caller('/usr/bin/wget')), null);
+  t.equal(p.match('api.github.com', 443, caller('/usr/bin/wget', '/usr/bin/dash', '/opt/agent/bin/node'))?.policy, 'tools', 'an ancestor, by glob');
+  t.equal(p.match('api.github.com', 443, caller('/opt/agentx/node')), null, '** stays under its directory');
+  t.equal(
+    p.match('api.github.com', 443, { procs: [{ pid: 1, exe: '/usr/bin/curl', ancestors: [] }, { pid: 2, exe: '/usr/bin/wget', ancestors: [] }] }),
+    null,
+    'every process holding the connection must be listed',
+  );
+  t.equal(p.match('api.github.com', 443, { unknown: 'gone' }), null, 'an unidentified caller matches no restricted endpoint');
+  t.equal(p.match('api.github.com', 443), null, 'no caller given: restricted endpoints pass over');
+  t.equal(p.match('pypi.example.com', 443, caller('/usr/bin/wget'))?.policy, 'any', 'an empty list restricts nothing');
+  t.equal(new CompiledPolicy(parsePolicy(withEndpoint({ host: 'a.b.com', port: 1 }))).needsCaller, false);
 });
