@@ -7,8 +7,9 @@
  *    local address is the client's and whose remote address is the proxy's
  *    listening one: its inode;
  * 2. the process tree is read from /proc/<pid>/stat (this kernel may have no
- *    /proc/<pid>/task/<tid>/children), and the descendants of `root` are
- *    searched for a descriptor that is `socket:[inode]`;
+ *    /proc/<pid>/task/<tid>/children), and the descendants of `root` (the
+ *    supervisor, itself not a candidate) are searched for a descriptor that
+ *    is `socket:[inode]`;
  * 3. each holder's executable is /proc/<pid>/exe, as the kernel resolved it
  *    (symlinks followed, `/bin/sh` is `/usr/bin/dash` on Debian), and its
  *    ancestors' executables up to, not including, `root`.
@@ -42,7 +43,7 @@ export interface ConnectionEnds {
 }
 
 export interface CallerOptions {
-  /** The process whose descendants may be callers (itself included); default this process. */
+  /** The process whose descendants may be callers (not itself); default this process. */
   root?: number;
   /** Default '/proc'. */
   proc?: string;
@@ -75,11 +76,12 @@ function spellings(a: IpAddr): { file: 'tcp' | 'tcp6'; hex: string }[] {
 
 /** The inode of the socket with this local and remote end, from one /proc/net table; null when absent. */
 export function findSocketInode(table: string, localHex: string, remoteHex: string): string | null {
-  for (const line of table.split('\n')) {
-    const f = line.trim().split(/\s+/);
-    if (f[1] === localHex && f[2] === remoteHex) return f[9] ?? null;
-  }
-  return null;
+  // The kernel writes the two ends one space apart; only the matching line is split (a table may hold thousands).
+  const at = table.indexOf(` ${localHex} ${remoteHex} `);
+  if (at < 0) return null;
+  const end = table.indexOf('\n', at);
+  const f = table.slice(table.lastIndexOf('\n', at) + 1, end < 0 ? undefined : end).trim().split(/\s+/);
+  return f[1] === localHex && f[2] === remoteHex ? (f[9] ?? null) : null;
 }
 
 /** Parent pid from the text of /proc/<pid>/stat; the command name may hold spaces and parentheses. */
@@ -90,21 +92,17 @@ export function parentOf(stat: string): number | null {
   return Number.isInteger(ppid) ? ppid : null;
 }
 
-async function inodeOf(proc: string, ends: ConnectionEnds): Promise<string | null> {
+/** /proc/net/tcp's spelling of an accepted connection's client end and the proxy's end, per table. */
+function wanted(ends: ConnectionEnds): { file: 'tcp' | 'tcp6'; local: string; remote: string }[] {
   const client = ends.remoteAddress ? parseIp(ends.remoteAddress) : null;
   const server = ends.localAddress ? parseIp(ends.localAddress) : null;
-  if (!client || !server || !ends.remotePort || !ends.localPort) return null;
-  const tables = new Map<string, string | null>();
+  if (!client || !server || !ends.remotePort || !ends.localPort) return [];
+  const out: { file: 'tcp' | 'tcp6'; local: string; remote: string }[] = [];
   for (const c of spellings(client)) {
     const s = spellings(server).find((x) => x.file === c.file);
-    if (!s) continue;
-    if (!tables.has(c.file)) tables.set(c.file, await readFile(`${proc}/net/${c.file}`, 'latin1').catch(() => null));
-    const table = tables.get(c.file);
-    if (!table) continue;
-    const inode = findSocketInode(table, `${c.hex}:${hexPort(ends.remotePort)}`, `${s.hex}:${hexPort(ends.localPort)}`);
-    if (inode && inode !== '0') return inode;
+    if (s) out.push({ file: c.file, local: `${c.hex}:${hexPort(ends.remotePort)}`, remote: `${s.hex}:${hexPort(ends.localPort)}` });
   }
-  return null;
+  return out;
 }
 
 /** Parent of every process on the machine (or in this pid namespace). */
@@ -121,6 +119,7 @@ async function processTree(proc: string): Promise<Map<number, number>> {
   return parents;
 }
 
+/** Every descendant of `root`, not `root` itself (the supervisor is nobody's caller). */
 function descendants(parents: Map<number, number>, root: number): number[] {
   const children = new Map<number, number[]>();
   for (const [pid, ppid] of parents) {
@@ -130,44 +129,132 @@ function descendants(parents: Map<number, number>, root: number): number[] {
   }
   const out = [root];
   for (let i = 0; i < out.length; i++) out.push(...(children.get(out[i]!) ?? []));
-  return out;
+  return out.slice(1);
 }
 
-async function holds(proc: string, pid: number, link: string): Promise<boolean> {
+/** The `socket:[inode]` descriptors of a process that are among `links`. */
+async function socketsOf(proc: string, pid: number, links: ReadonlySet<string>): Promise<string[]> {
   const fds = await readdir(`${proc}/${pid}/fd`).catch(() => [] as string[]);
-  for (const fd of fds) {
-    if ((await readlink(`${proc}/${pid}/fd/${fd}`).catch(() => null)) === link) return true;
-  }
-  return false;
+  const targets = await Promise.all(fds.map((fd) => readlink(`${proc}/${pid}/fd/${fd}`).catch(() => null)));
+  return targets.filter((l): l is string => l !== null && links.has(l));
 }
 
-const exeOf = (proc: string, pid: number): Promise<string | null> => readlink(`${proc}/${pid}/exe`).catch(() => null);
+interface Pending {
+  readonly ends: ConnectionEnds;
+  readonly resolve: (c: Caller) => void;
+}
 
-/** The processes (descendants of `root`) holding the client end of an accepted connection. */
-export async function identifyCaller(ends: ConnectionEnds, opts: CallerOptions = {}): Promise<Caller> {
-  const proc = opts.proc ?? '/proc';
-  const root = opts.root ?? process.pid;
-  const inode = await inodeOf(proc, ends);
-  if (inode === null) return { unknown: 'the connection is not in /proc/net/tcp (not from this host, or already closed)' };
-  const parents = await processTree(proc);
-  const tree = descendants(parents, root);
-  const link = `socket:[${inode}]`;
-  const held = await Promise.all(tree.map((pid) => holds(proc, pid, link)));
-  const holders = tree.filter((_, i) => held[i]);
-  if (holders.length === 0) return { unknown: "no process of the sandbox's own holds the connection" };
-  const procs: CallerProcess[] = [];
-  for (const pid of holders) {
-    const exe = await exeOf(proc, pid);
-    if (exe === null) return { unknown: `the executable of process ${pid} cannot be read` };
-    const ancestors: string[] = [];
-    // The chain ends below `root` (the supervisor is nobody's grant); 64 steps at most.
-    for (let p = pid === root ? undefined : parents.get(pid), n = 0; p !== undefined && p !== root && n < 64; p = parents.get(p), n++) {
-      const a = await exeOf(proc, p);
-      if (a !== null) ancestors.push(a);
-    }
-    procs.push({ pid, exe, ancestors });
+/**
+ * Finds callers in rounds. Listing /proc/net/tcp walks the kernel's whole
+ * established-socket hash table (262144 buckets on this VM: about 5 ms of
+ * kernel time a read, however few sockets there are), and every lookup
+ * would read the descriptors of every process of the sandbox; so a round
+ * reads each once for every lookup asked for before it started. A lookup
+ * asked for during a round waits for the next one, which starts when that
+ * one ends: its connection, accepted before it asked, is then in the table.
+ * One round at a time; nothing held between rounds.
+ */
+export class CallerFinder {
+  readonly #proc: string;
+  readonly #root: number;
+  #queued: Pending[] = [];
+  #running = false;
+
+  constructor(opts: CallerOptions = {}) {
+    this.#proc = opts.proc ?? '/proc';
+    this.#root = opts.root ?? process.pid;
   }
-  return { procs };
+
+  /** The processes (descendants of the root) holding the client end of an accepted connection. */
+  find(ends: ConnectionEnds): Promise<Caller> {
+    return new Promise((resolve) => {
+      this.#queued.push({ ends, resolve });
+      if (!this.#running) this.#next();
+    });
+  }
+
+  #next(): void {
+    const batch = this.#queued;
+    this.#queued = [];
+    if (batch.length === 0) {
+      this.#running = false;
+      return;
+    }
+    this.#running = true;
+    this.#round(batch).then(
+      () => this.#next(),
+      (err: unknown) => {
+        const why: Caller = { unknown: `process lookup failed: ${(err as NodeJS.ErrnoException).code ?? 'error'}` };
+        for (const p of batch) p.resolve(why);
+        this.#next();
+      },
+    );
+  }
+
+  async #round(batch: Pending[]): Promise<void> {
+    const proc = this.#proc;
+    // The table first, alone: read beside the tree's many small reads, it queues behind them in libuv's threads (twice as long).
+    const tables = new Map<string, Promise<string | null>>();
+    const table = (file: string): Promise<string | null> => {
+      let t = tables.get(file);
+      if (!t) tables.set(file, (t = readFile(`${proc}/net/${file}`, 'latin1').catch(() => null)));
+      return t;
+    };
+    const inodes = new Map<Pending, string>();
+    for (const p of batch) {
+      for (const w of wanted(p.ends)) {
+        const text = await table(w.file);
+        const inode = text ? findSocketInode(text, w.local, w.remote) : null;
+        if (inode && inode !== '0') {
+          inodes.set(p, `socket:[${inode}]`);
+          break;
+        }
+      }
+      if (!inodes.has(p)) p.resolve({ unknown: 'the connection is not in /proc/net/tcp (not from this host, or already closed)' });
+    }
+    if (inodes.size === 0) return;
+    const parents = await processTree(proc);
+    const tree = descendants(parents, this.#root);
+    const links = new Set(inodes.values());
+    const held = await Promise.all(tree.map((pid) => socketsOf(proc, pid, links)));
+    const holders = new Map<string, number[]>();
+    tree.forEach((pid, i) => {
+      for (const l of held[i]!) {
+        let list = holders.get(l);
+        if (!list) holders.set(l, (list = []));
+        list.push(pid);
+      }
+    });
+    const exes = new Map<number, Promise<string | null>>();
+    const exeOf = (pid: number): Promise<string | null> => {
+      let e = exes.get(pid);
+      if (!e) exes.set(pid, (e = readlink(`${proc}/${pid}/exe`).catch(() => null)));
+      return e;
+    };
+    for (const [p, link] of inodes) p.resolve(await this.#describe(holders.get(link) ?? [], parents, exeOf));
+  }
+
+  async #describe(pids: number[], parents: Map<number, number>, exeOf: (pid: number) => Promise<string | null>): Promise<Caller> {
+    if (pids.length === 0) return { unknown: "no process of the sandbox's own holds the connection" };
+    const procs: CallerProcess[] = [];
+    for (const pid of pids) {
+      const exe = await exeOf(pid);
+      if (exe === null) return { unknown: `the executable of process ${pid} cannot be read` };
+      const ancestors: string[] = [];
+      // The chain ends below the root; 64 steps at most.
+      for (let p = parents.get(pid), n = 0; p !== undefined && p !== this.#root && n < 64; p = parents.get(p), n++) {
+        const a = await exeOf(p);
+        if (a !== null) ancestors.push(a);
+      }
+      procs.push({ pid, exe, ancestors });
+    }
+    return { procs };
+  }
+}
+
+/** One lookup on its own round (tests, tools); the proxy keeps one `CallerFinder`. */
+export function identifyCaller(ends: ConnectionEnds, opts: CallerOptions = {}): Promise<Caller> {
+  return new CallerFinder(opts).find(ends);
 }
 
 const MAX_SHOWN = 200;

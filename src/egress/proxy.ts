@@ -9,7 +9,7 @@ import { send, SENT, FULL } from './raw-write.js';
 import type { Logger } from '../log.js';
 import { isoNow } from '../iso-time.js';
 import { DecisionField, type EgressDecision } from './decision.js';
-import { describeCaller, identifyCaller, type Caller } from './caller.js';
+import { CallerFinder, describeCaller, type Caller } from './caller.js';
 import { interleaveFamilies, internalReason, parseIp, type IpAddr } from './ip.js';
 import { TunnelHost, parseAbsoluteTarget, parseHostPort, stripQuery, tunnelPath, type Target } from './target.js';
 import {
@@ -341,6 +341,7 @@ class EgressServer implements EgressProxy {
   readonly #log: Logger;
   readonly #opts: EgressProxyOptions;
   readonly #names: NameCache;
+  readonly #callers: CallerFinder;
   readonly #connectTimeoutMs: number;
   readonly #idleTimeoutMs: number;
   /** Every open socket (a LinkedSet, not a Set: see linked-set.ts). */
@@ -366,6 +367,7 @@ class EgressServer implements EgressProxy {
     this.#connectTimeoutMs = opts.connectTimeoutMs ?? 10_000;
     this.#names = new NameCache({ lookup: opts.resolve ?? systemLookup, ttlMs: opts.dnsTtlMs, timeoutMs: this.#connectTimeoutMs });
     this.#idleTimeoutMs = opts.idleTimeoutMs ?? 300_000;
+    this.#callers = new CallerFinder({ root: opts.callerRoot ?? process.pid });
     this.#policy = opts.policy ? new CompiledPolicy(parsePolicy(opts.policy)) : null;
     this.#version = opts.policyVersion ?? 0;
     const shortest = Math.min(this.#connectTimeoutMs, this.#idleTimeoutMs || Infinity);
@@ -656,10 +658,7 @@ class EgressServer implements EgressProxy {
   #callerOf(client: Socket): Promise<Caller> {
     const tracked = (client as TrackedSocket)[TRACKED]?.value;
     if (tracked?.caller) return tracked.caller;
-    const p = identifyCaller(client, { root: this.#opts.callerRoot ?? process.pid }).then(
-      (c) => c,
-      (err: unknown): Caller => ({ unknown: `process lookup failed: ${(err as NodeJS.ErrnoException).code ?? 'error'}` }),
-    );
+    const p = this.#callers.find(client);
     if (!tracked) return p;
     tracked.caller = p.then((c) => {
       tracked.known = c;

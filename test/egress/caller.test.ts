@@ -4,7 +4,7 @@ import net from 'node:net';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { realpathSync } from 'node:fs';
-import { describeCaller, findSocketInode, identifyCaller, parentOf, type Caller } from '../../src/egress/caller.js';
+import { CallerFinder, describeCaller, findSocketInode, identifyCaller, parentOf, type Caller } from '../../src/egress/caller.js';
 import { within } from './fixtures/helpers.js';
 
 t.test('parentOf reads the field after the last parenthesis', async (t) => {
@@ -72,13 +72,19 @@ t.test('a child process holding the connection: its executable, and its ancestor
   })());
 });
 
-t.test('the root itself, and a connection from outside the root\'s tree', async (t) => {
+t.test('the root is nobody\'s caller; a connection from outside the root\'s tree is unidentified', async (t) => {
   const own = await identifyServer(t);
   await within(10_000, (async () => {
     const pending = own.next();
     const s = net.connect(own.port, '127.0.0.1');
     t.teardown(() => s.destroy());
-    t.match(await pending, { procs: [{ pid: process.pid, exe: realpathSync(process.execPath), ancestors: [] }] });
+    t.match(await pending, { unknown: /no process of the sandbox's own/ }, 'this process, the root, is not a candidate');
+
+    const parent = await identifyServer(t, process.ppid);
+    const p1 = parent.next();
+    const s1 = net.connect(parent.port, '127.0.0.1');
+    t.teardown(() => s1.destroy());
+    t.match(await p1, { procs: [{ pid: process.pid, exe: realpathSync(process.execPath), ancestors: [] }] }, 'rooted at the parent: this process');
 
     // Rooted at a sleeping child: this process's connection is not one of its descendants'.
     const sleeper = child(t, '/bin/sleep', ['30']);
@@ -90,6 +96,36 @@ t.test('the root itself, and a connection from outside the root\'s tree', async 
     const c = await p2;
     t.match(c, { unknown: /no process of the sandbox's own/ });
     t.match(describeCaller(c), /^unidentified process/);
+  })());
+});
+
+t.test('lookups asked for at once share rounds, and each gets its own connection\'s holders', async (t) => {
+  const server = net.createServer();
+  server.listen(0, '127.0.0.1');
+  await once(server, 'listening');
+  t.teardown(() => server.close());
+  const port = (server.address() as net.AddressInfo).port;
+  const finder = new CallerFinder({ root: process.pid });
+  await within(20_000, (async () => {
+    const N = 24;
+    const accepted: net.Socket[] = [];
+    server.on('connection', (s) => accepted.push(s));
+    const kids = Array.from({ length: N }, (_, i) =>
+      child(t, i % 2 ? '/bin/sh' : '/usr/bin/curl', i % 2 ? ['-c', `/usr/bin/curl -s -m 8 http://127.0.0.1:${port}/; true`] : ['-s', '-m', '8', `http://127.0.0.1:${port}/`]),
+    );
+    while (accepted.length < N) await once(server, 'connection');
+    const found = await Promise.all(accepted.map((s) => finder.find(s)));
+    const kidPids = new Set(kids.map((k) => k.pid));
+    for (const c of found) {
+      t.ok('procs' in c && c.procs.length === 1, 'one holder');
+      if (!('procs' in c)) continue;
+      const p = c.procs[0]!;
+      t.equal(p.exe, CURL);
+      // curl started directly has no ancestor below the root; under sh it has sh, whose pid is the child's.
+      t.same(p.ancestors, kidPids.has(p.pid) ? [] : [SH]);
+    }
+    t.equal(new Set(found.map((c) => ('procs' in c ? c.procs[0]!.pid : 0))).size, N, 'a different process for each connection');
+    for (const s of accepted) s.destroy();
   })());
 });
 
@@ -111,7 +147,7 @@ t.test('IPv6 loopback connections are found in tcp6', async (t) => {
     const s = net.connect(port, '::1');
     t.teardown(() => s.destroy());
     const [sock] = await accepted;
-    t.match(await identifyCaller(sock), { procs: [{ pid: process.pid }] });
+    t.match(await identifyCaller(sock, { root: process.ppid }), { procs: [{ pid: process.pid }] });
     sock.destroy();
   })());
 });
