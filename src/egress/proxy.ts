@@ -83,6 +83,8 @@ export interface EgressProxy {
 
 const CONNECT_HEAD_LIMIT = 8 * 1024;
 const HEAD_LIMIT = 64 * 1024;
+/** A head over its limit is bad input like any other: 400 (the contract's status), the reason naming the limits. */
+const HEAD_TOO_LARGE = 'request head too large (a CONNECT head may be 8 KiB, any other 64 KiB)';
 const LINGER_MS = 2000;
 /** Happy Eyeballs: how long an upstream connect attempt runs alone before the next address is tried too (RFC 8305 5). */
 const ATTEMPT_DELAY_MS = 250;
@@ -493,7 +495,7 @@ class EgressServer implements EgressProxy {
     if (idle) this.#deadlines.delete(idle);
     if (client.destroyed) return;
     if (head === null || head === 'truncated') return this.#finish(client, cr);
-    if (head === 'too-large') return this.#reject(client, cr, 431, 'request head too large');
+    if (head === 'too-large') return this.#reject(client, cr, 400, HEAD_TOO_LARGE);
     const req = parseRequestHead(head);
     if (typeof req === 'string') return this.#reject(client, cr, 400, req);
     if (req.method === 'CONNECT') return this.#connect(client, cr, req);
@@ -859,7 +861,7 @@ class EgressServer implements EgressProxy {
         if (r.outcome === 'close') return;
         const head = await cr.readHead(HEAD_LIMIT, CONNECT_HEAD_LIMIT);
         if (head === null || head === 'truncated') return;
-        if (head === 'too-large') return this.#reject(client, cr, 431, 'request head too large');
+        if (head === 'too-large') return this.#reject(client, cr, 400, HEAD_TOO_LARGE);
         const next = parseRequestHead(head);
         if (typeof next === 'string') return this.#reject(client, cr, 400, next);
         req = next;
@@ -1082,7 +1084,7 @@ class EgressServer implements EgressProxy {
     try {
       if (head === null || head === 'truncated') return this.#restEnd(s);
       if (head === 'too-large') {
-        this.#reject(client, cr, 431, 'request head too large');
+        this.#reject(client, cr, 400, HEAD_TOO_LARGE);
         return this.#restEnd(s);
       }
       const req = parseRequestHead(head);
