@@ -23,12 +23,16 @@ export function registerPolicyCommands(program: Command, io: CliIo): void {
 
   policy
     .command('set')
-    .description('replace the network policy from a YAML or JSON file (- = stdin); applied live')
+    .description('replace the network policy from a YAML or JSON file (- or none: stdin); applied live')
     .argument('<name>')
-    .argument('<file>')
-    .action(async (name: string, file: string, _opts: unknown, cmd: Command) => {
+    .argument('[file]', 'YAML or JSON policy; - or omitted: read from stdin')
+    .action(async (name: string, file: string | undefined, _opts: unknown, cmd: Command) => {
       const ctx = contextOf(io, cmd);
-      const result = await ctx.client.setPolicy(name, await readPolicyFile(file, io));
+      // Waiting on a terminal for a policy nobody is typing would look like a hang.
+      if ((file === undefined || file === '-') && (io.stdin as { isTTY?: boolean }).isTTY) {
+        throw new UsageError('policy set: give a policy file, or pipe one in (openshell policy set NAME < policy.yaml)');
+      }
+      const result = await ctx.client.setPolicy(name, await readPolicyFile(file ?? '-', io));
       if (ctx.output === 'json') printJson(io.stdout, result);
       else {
         const how = result.applied ? 'applied live' : 'stored; the supervisor applies it when it reconnects';

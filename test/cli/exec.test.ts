@@ -122,6 +122,15 @@ t.test('sandbox upload / download, policy set / get, logs', async (t) => {
   const yaml = await cli(['policy', 'get', 'fs'], { env });
   t.match(yaml.stdout, /host: api\.github\.com/);
 
+  const piped = await cli(['policy', 'set', 'fs', '-o', 'json'], {
+    env,
+    stdin: 'version: 1\nnetwork_policies:\n  piped:\n    endpoints: [{host: pypi.org, port: 443}]\n',
+  });
+  t.equal(piped.code, 0, `policy set without a file reads stdin: ${piped.stderr}`);
+  const pipedState = JSON.parse((await cli(['policy', 'get', 'fs', '-o', 'json'], { env })).stdout) as typeof state;
+  t.same(Object.keys(pipedState.policy.network_policies), ['piped']);
+  t.ok(pipedState.version > state.version, 'a new version');
+
   const badPolicy = join(dir, 'bad.yaml');
   writeFileSync(badPolicy, 'version: [unclosed\n');
   const bad = await cli(['policy', 'set', 'fs', badPolicy], { env });
