@@ -10,8 +10,8 @@ export interface EgressDecision {
   path?: string;
   policy?: string;
   endpoint?: string;
-  /** The executables of the client's processes, when a policy that names binaries decided it. */
-  binary?: string;
+  /** The executables of the client's processes, when a policy that names binaries decided it (undefined: left out). */
+  binary?: string | undefined;
   reason: string;
   layer: 'L4' | 'L7';
 }

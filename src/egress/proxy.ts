@@ -549,7 +549,6 @@ class EgressServer implements EgressProxy {
     method: string,
     path: string,
   ): void {
-    const binary = this.#binaryOf(client);
     this.#emit({
       time: isoNow(),
       action: v.action,
@@ -559,7 +558,8 @@ class EgressServer implements EgressProxy {
       path,
       policy: ep.policy,
       endpoint: ep.label,
-      ...(binary !== undefined ? { binary } : {}),
+      // A key always (undefined: left out of the JSON), not a spread: one literal, one hidden class, per L7 request.
+      binary: this.#binaryOf(client),
       reason: v.reason,
       layer: v.layer,
     });
@@ -632,22 +632,21 @@ class EgressServer implements EgressProxy {
   }
 
   /**
-   * The endpoint and verdict for one intent under `policy`. `caller` is the
-   * client's processes when the policy names binaries (else null): an
-   * endpoint of a policy whose binaries the caller is not among is passed
-   * over, and when that leaves none, the refusal names the caller and the
-   * first such policy (audit: allowed, and logged so).
+   * When no endpoint allows an intent for its caller (the client's
+   * processes, known because the policy names binaries): the endpoint that
+   * would cover it for another caller, if any, and the verdict. The refusal
+   * names the caller and that endpoint's policy; at an audit endpoint it is
+   * logged and let through (after the endpoint's own L7 check). Only this
+   * path makes an object: intents under other policies make none.
    */
-  #decide(
-    policy: CompiledPolicy | null,
+  #binaryMiss(
+    policy: CompiledPolicy,
     t: { key: string; port: number },
-    caller: Caller | null,
+    caller: Caller,
     method?: string,
     target?: string,
     upgradeOther?: string | null,
   ): { ep: CompiledEndpoint | null; v: Verdict } {
-    const ep = policy?.match(t.key, t.port, caller) ?? null;
-    if (ep || caller === null || policy === null) return { ep, v: this.#check(ep, policy !== null, method, target, upgradeOther) };
     const cover = policy.match(t.key, t.port, ANY_CALLER);
     if (!cover) return { ep: null, v: this.#check(null, true) };
     const reason = `${describeCaller(caller)} is not among the binaries of policy '${cover.policy}'`;
@@ -888,7 +887,10 @@ class EgressServer implements EgressProxy {
     }
     const policy = this.#policy;
     const caller = policy?.needsCaller ? await this.#callerOf(client) : null;
-    const { ep, v } = this.#decide(policy, t, caller, req.method, t.path, req.upgradeOther);
+    let ep = policy?.match(t.key, t.port, caller) ?? null;
+    let v: Verdict;
+    if (ep === null && caller !== null) ({ ep, v } = this.#binaryMiss(policy!, t, caller, req.method, t.path, req.upgradeOther));
+    else v = this.#check(ep, policy !== null, req.method, t.path, req.upgradeOther);
     const path = stripQuery(t.path);
     if (!v.ok) {
       this.#deny(client, cr, v.status, t, ep, v.layer, v.reason, req.method, path);
@@ -952,7 +954,10 @@ class EgressServer implements EgressProxy {
 
   #connectFor(client: Socket, cr: SocketReader, t: Target, policy: CompiledPolicy | null, caller: Caller | null): void {
     if (client.destroyed) return;
-    const { ep, v } = this.#decide(policy, t, caller);
+    let ep = policy?.match(t.key, t.port, caller) ?? null;
+    let v: Verdict;
+    if (ep === null && caller !== null) ({ ep, v } = this.#binaryMiss(policy!, t, caller));
+    else v = this.#check(ep, policy !== null);
     if (!v.ok) return this.#deny(client, cr, v.status, t, ep, v.layer, v.reason);
     const endpoint = ep!;
     const r = this.#resolveChecked(t, endpoint);
@@ -976,7 +981,6 @@ class EgressServer implements EgressProxy {
     if ('error' in r) {
       return this.#finish(client, cr, jsonResponse(502, { error: 'Bad Gateway', host: t.key, port: t.port, reason: r.error }));
     }
-    const binary = this.#binaryOf(client);
     this.#emit({
       time: isoNow(),
       action: v.action,
@@ -984,7 +988,7 @@ class EgressServer implements EgressProxy {
       port: t.port,
       policy: endpoint.policy,
       endpoint: endpoint.label,
-      ...(binary !== undefined ? { binary } : {}),
+      binary: this.#binaryOf(client),
       reason: v.action === 'audit' ? v.reason : endpoint.rest ? 'endpoint allows destination; each request checked at L7' : 'endpoint allows destination',
       layer: 'L4',
     });
@@ -1110,9 +1114,10 @@ class EgressServer implements EgressProxy {
       }
       const target = tunnelPath(req.target);
       const path = stripQuery(target);
-      const d = this.#decide(policy, t, caller, req.method, target, req.upgradeOther);
-      const ep = d.ep;
-      let v = d.v;
+      let ep = policy?.match(t.key, t.port, caller) ?? null;
+      let v: Verdict;
+      if (ep === null && caller !== null) ({ ep, v } = this.#binaryMiss(policy!, t, caller, req.method, target, req.upgradeOther));
+      else v = this.#check(ep, policy !== null, req.method, target, req.upgradeOther);
       if (!v.ok) {
         this.#deny(client, cr, v.status, t, ep, v.layer, v.reason, req.method, path);
         return this.#restEnd(s);

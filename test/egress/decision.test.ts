@@ -161,3 +161,11 @@ t.test("the supervisor logger writes a decision's bytes (writeDecision) as the s
   t.equal(lines.length, decisions.length);
   t.equal(bad, 0, '20000 decisions, each mostly the one before');
 });
+
+t.test('a binary key that is undefined is left out, as JSON.stringify leaves it out', async (t) => {
+  const d: EgressDecision = { time: 'T', action: 'allow', host: 'h', port: 80, method: 'GET', path: '/a', policy: 'p', endpoint: 'h:80', binary: undefined, reason: 'r', layer: 'L7' };
+  t.equal(decisionJson(d), JSON.stringify(d));
+  t.notMatch(decisionJson(d), /binary/);
+  const named = { ...d, binary: '/usr/bin/curl (via /usr/bin/dash)' };
+  t.equal(decisionJson(named), JSON.stringify(named));
+});
