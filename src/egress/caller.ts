@@ -51,6 +51,13 @@ export interface CallerOptions {
 
 const LITTLE = endianness() === 'LE';
 
+/** `map`'s value for `key`, made and kept on first use. */
+function entry<K, V>(map: Map<K, V>, key: K, make: () => V): V {
+  let v = map.get(key);
+  if (v === undefined) map.set(key, (v = make()));
+  return v;
+}
+
 /** A 32-bit word as /proc/net/tcp prints it: the in-memory (network order) bytes read as a host-order integer. */
 function word(n: number): string {
   const v = LITTLE ? ((n & 0xff) << 24) | ((n & 0xff00) << 8) | ((n >>> 8) & 0xff00) | (n >>> 24) : n;
@@ -122,11 +129,7 @@ async function processTree(proc: string): Promise<Map<number, number>> {
 /** Every descendant of `root`, not `root` itself (the supervisor is nobody's caller). */
 function descendants(parents: Map<number, number>, root: number): number[] {
   const children = new Map<number, number[]>();
-  for (const [pid, ppid] of parents) {
-    let list = children.get(ppid);
-    if (!list) children.set(ppid, (list = []));
-    list.push(pid);
-  }
+  for (const [pid, ppid] of parents) entry(children, ppid, () => []).push(pid);
   const out = [root];
   for (let i = 0; i < out.length; i++) out.push(...(children.get(out[i]!) ?? []));
   return out.slice(1);
@@ -195,11 +198,8 @@ export class CallerFinder {
     const proc = this.#proc;
     // The table first, alone: read beside the tree's many small reads, it queues behind them in libuv's threads (twice as long).
     const tables = new Map<string, Promise<string | null>>();
-    const table = (file: string): Promise<string | null> => {
-      let t = tables.get(file);
-      if (!t) tables.set(file, (t = readFile(`${proc}/net/${file}`, 'latin1').catch(() => null)));
-      return t;
-    };
+    const table = (file: string): Promise<string | null> =>
+      entry(tables, file, () => readFile(`${proc}/net/${file}`, 'latin1').catch(() => null));
     const inodes = new Map<Pending, string>();
     for (const p of batch) {
       for (const w of wanted(p.ends)) {
@@ -219,18 +219,10 @@ export class CallerFinder {
     const held = await Promise.all(tree.map((pid) => socketsOf(proc, pid, links)));
     const holders = new Map<string, number[]>();
     tree.forEach((pid, i) => {
-      for (const l of held[i]!) {
-        let list = holders.get(l);
-        if (!list) holders.set(l, (list = []));
-        list.push(pid);
-      }
+      for (const l of held[i]!) entry(holders, l, () => []).push(pid);
     });
     const exes = new Map<number, Promise<string | null>>();
-    const exeOf = (pid: number): Promise<string | null> => {
-      let e = exes.get(pid);
-      if (!e) exes.set(pid, (e = readlink(`${proc}/${pid}/exe`).catch(() => null)));
-      return e;
-    };
+    const exeOf = (pid: number): Promise<string | null> => entry(exes, pid, () => readlink(`${proc}/${pid}/exe`).catch(() => null));
     for (const [p, link] of inodes) p.resolve(await this.#describe(holders.get(link) ?? [], parents, exeOf));
   }
 
@@ -250,11 +242,6 @@ export class CallerFinder {
     }
     return { procs };
   }
-}
-
-/** One lookup on its own round (tests, tools); the proxy keeps one `CallerFinder`. */
-export function identifyCaller(ends: ConnectionEnds, opts: CallerOptions = {}): Promise<Caller> {
-  return new CallerFinder(opts).find(ends);
 }
 
 const MAX_SHOWN = 200;

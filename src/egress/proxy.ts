@@ -334,6 +334,12 @@ interface Dialed {
 
 type DialFailure = { status: number; reason: string };
 
+/** An intent's endpoint (the one that allows it, or the one whose binaries refused it) and verdict. */
+interface Decided {
+  ep: CompiledEndpoint | null;
+  v: Verdict;
+}
+
 type Verdict =
   | { ok: true; action: 'allow' | 'audit'; layer: 'L4' | 'L7'; reason: string }
   | { ok: false; status: number; layer: 'L4' | 'L7'; reason: string };
@@ -344,6 +350,8 @@ class EgressServer implements EgressProxy {
   readonly #opts: EgressProxyOptions;
   readonly #names: NameCache;
   readonly #callers: CallerFinder;
+  /** `#decide`'s answer, reused: read at once by whoever asked. */
+  readonly #decided: Decided = { ep: null, v: { ok: false, status: 403, layer: 'L4', reason: '' } };
   readonly #connectTimeoutMs: number;
   readonly #idleTimeoutMs: number;
   /** Every open socket (a LinkedSet, not a Set: see linked-set.ts). */
@@ -632,27 +640,38 @@ class EgressServer implements EgressProxy {
   }
 
   /**
-   * When no endpoint allows an intent for its caller (the client's
-   * processes, known because the policy names binaries): the endpoint that
-   * would cover it for another caller, if any, and the verdict. The refusal
-   * names the caller and that endpoint's policy; at an audit endpoint it is
-   * logged and let through (after the endpoint's own L7 check). Only this
-   * path makes an object: intents under other policies make none.
+   * The endpoint and verdict for one intent under `policy`. `caller` is the
+   * client's processes when the policy names binaries (else null): an
+   * endpoint of a policy whose binaries the caller is not among is passed
+   * over. When that leaves none but one would cover the intent for another
+   * caller, the refusal names the caller and that endpoint's policy; at an
+   * audit endpoint it is logged and let through (after the endpoint's own
+   * L7 check). The answer is one object of the server's, read at once by
+   * the caller (no allocation per request).
    */
-  #binaryMiss(
-    policy: CompiledPolicy,
+  #decide(
+    policy: CompiledPolicy | null,
     t: { key: string; port: number },
-    caller: Caller,
+    caller: Caller | null,
     method?: string,
     target?: string,
     upgradeOther?: string | null,
-  ): { ep: CompiledEndpoint | null; v: Verdict } {
-    const cover = policy.match(t.key, t.port, ANY_CALLER);
-    if (!cover) return { ep: null, v: this.#check(null, true) };
-    const reason = `${describeCaller(caller)} is not among the binaries of policy '${cover.policy}'`;
-    if (!cover.audit) return { ep: cover, v: { ok: false, status: 403, layer: 'L4', reason } };
-    const v = this.#check(cover, true, method, target, upgradeOther);
-    return { ep: cover, v: v.ok ? { ok: true, action: 'audit', layer: v.layer, reason: `${reason} (audit only: allowed)` } : v };
+  ): Decided {
+    const d = this.#decided;
+    const ep = policy?.match(t.key, t.port, caller) ?? null;
+    const cover = ep === null && caller !== null ? policy!.match(t.key, t.port, ANY_CALLER) : null;
+    d.ep = ep ?? cover;
+    if (cover === null) {
+      d.v = this.#check(ep, policy !== null, method, target, upgradeOther);
+      return d;
+    }
+    const reason = `${describeCaller(caller!)} is not among the binaries of policy '${cover.policy}'`;
+    if (!cover.audit) d.v = { ok: false, status: 403, layer: 'L4', reason };
+    else {
+      const v = this.#check(cover, true, method, target, upgradeOther);
+      d.v = v.ok ? { ok: true, action: 'audit', layer: v.layer, reason: `${reason} (audit only: allowed)` } : v;
+    }
+    return d;
   }
 
   /** The processes behind a client connection, looked up once per connection. */
@@ -887,10 +906,7 @@ class EgressServer implements EgressProxy {
     }
     const policy = this.#policy;
     const caller = policy?.needsCaller ? await this.#callerOf(client) : null;
-    let ep = policy?.match(t.key, t.port, caller) ?? null;
-    let v: Verdict;
-    if (ep === null && caller !== null) ({ ep, v } = this.#binaryMiss(policy!, t, caller, req.method, t.path, req.upgradeOther));
-    else v = this.#check(ep, policy !== null, req.method, t.path, req.upgradeOther);
+    const { ep, v } = this.#decide(policy, t, caller, req.method, t.path, req.upgradeOther);
     const path = stripQuery(t.path);
     if (!v.ok) {
       this.#deny(client, cr, v.status, t, ep, v.layer, v.reason, req.method, path);
@@ -954,10 +970,7 @@ class EgressServer implements EgressProxy {
 
   #connectFor(client: Socket, cr: SocketReader, t: Target, policy: CompiledPolicy | null, caller: Caller | null): void {
     if (client.destroyed) return;
-    let ep = policy?.match(t.key, t.port, caller) ?? null;
-    let v: Verdict;
-    if (ep === null && caller !== null) ({ ep, v } = this.#binaryMiss(policy!, t, caller));
-    else v = this.#check(ep, policy !== null);
+    const { ep, v } = this.#decide(policy, t, caller);
     if (!v.ok) return this.#deny(client, cr, v.status, t, ep, v.layer, v.reason);
     const endpoint = ep!;
     const r = this.#resolveChecked(t, endpoint);
@@ -1114,10 +1127,9 @@ class EgressServer implements EgressProxy {
       }
       const target = tunnelPath(req.target);
       const path = stripQuery(target);
-      let ep = policy?.match(t.key, t.port, caller) ?? null;
-      let v: Verdict;
-      if (ep === null && caller !== null) ({ ep, v } = this.#binaryMiss(policy!, t, caller, req.method, target, req.upgradeOther));
-      else v = this.#check(ep, policy !== null, req.method, target, req.upgradeOther);
+      const d = this.#decide(policy, t, caller, req.method, target, req.upgradeOther);
+      const ep = d.ep;
+      let v = d.v;
       if (!v.ok) {
         this.#deny(client, cr, v.status, t, ep, v.layer, v.reason, req.method, path);
         return this.#restEnd(s);

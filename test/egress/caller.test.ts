@@ -4,7 +4,7 @@ import net from 'node:net';
 import { spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { realpathSync } from 'node:fs';
-import { CallerFinder, describeCaller, findSocketInode, identifyCaller, parentOf, type Caller } from '../../src/egress/caller.js';
+import { CallerFinder, describeCaller, findSocketInode, parentOf, type Caller } from '../../src/egress/caller.js';
 import { within } from './fixtures/helpers.js';
 
 t.test('parentOf reads the field after the last parenthesis', async (t) => {
@@ -37,7 +37,7 @@ async function identifyServer(t: Test, root?: number): Promise<{ port: number; n
     next: async () => {
       const [sock] = (await once(server, 'connection')) as [net.Socket];
       try {
-        return await identifyCaller(sock, root !== undefined ? { root } : {});
+        return await new CallerFinder(root !== undefined ? { root } : {}).find(sock);
       } finally {
         sock.destroy();
       }
@@ -147,7 +147,7 @@ t.test('IPv6 loopback connections are found in tcp6', async (t) => {
     const s = net.connect(port, '::1');
     t.teardown(() => s.destroy());
     const [sock] = await accepted;
-    t.match(await identifyCaller(sock, { root: process.ppid }), { procs: [{ pid: process.pid }] });
+    t.match(await new CallerFinder({ root: process.ppid }).find(sock), { procs: [{ pid: process.pid }] });
     sock.destroy();
   })());
 });
