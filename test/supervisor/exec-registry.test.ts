@@ -93,7 +93,8 @@ t.test('quiet execs hold no spool files or descriptors', async (t) => {
 });
 
 t.test('finished execs expire with their spool files', async (t) => {
-  const { registry, spoolDir } = await setup(t, { finishedRetentionMs: 50 });
+  // Long enough that the spool is still there when first listed on a loaded machine (50 ms lost that race once in CI).
+  const { registry, spoolDir } = await setup(t, { finishedRetentionMs: 1000 });
   const h = registry.start(op(['echo', 'bye']));
   await h.wait();
   t.same(await readdir(spoolDir), [`${h.execId}.stdout`]);
