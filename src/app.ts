@@ -9,6 +9,7 @@ import { OpenShellError } from './errors.js';
 import { join } from 'node:path';
 import { createServerFactory } from './http/server-factory.js';
 import { listenUnix, MAX_UNIX_PATH, type UnixListener } from './http/unix-listener.js';
+import { createDriver } from './drivers/index.js';
 import { Gateway, type GatewayDeps } from './gateway.js';
 import { REDACT_PATHS } from './log.js';
 import { errorHandler, notFoundHandler } from './routes/error-handler.js';
@@ -41,7 +42,8 @@ export async function buildApp(config: Config, deps: GatewayDeps = {}): Promise<
     ajv: { customOptions: { removeAdditional: false, coerceTypes: false, allErrors: false } },
   }).withTypeProvider<TypeBoxTypeProvider>();
 
-  const gateway = new Gateway(config, app.log, deps);
+  const driver = deps.driver ?? (await createDriver(config, app.log));
+  const gateway = new Gateway(config, app.log, { ...deps, driver });
   app.decorate('openshell', gateway);
   app.setErrorHandler(errorHandler);
   app.setNotFoundHandler(notFoundHandler);

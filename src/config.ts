@@ -36,6 +36,22 @@ export const ConfigSchema = Type.Object({
   execBodyLimitBytes: Type.Integer({ minimum: 1024, default: 64 * 1_048_576 }),
   /** `Accept: application/json` exec: bytes kept per output stream (the tail); the rest is counted, flagged and dropped. */
   execBufferLimitBytes: Type.Integer({ minimum: 1024, maximum: 1_073_741_824, default: 16 * 1_048_576 }),
+  /** `auto`: the strongest confinement the host supports, failing closed; `none`: unconfined, only when asked for by name. */
+  isolation: Type.Union([Type.Literal('auto'), Type.Literal('none')], { default: 'auto' }),
+  /** Image for sandboxes created without one (docker and kubernetes drivers). */
+  defaultImage: Type.String({ default: '' }),
+  /** The Docker/Podman API socket or URL (`unix:///var/run/docker.sock`). */
+  dockerHost: Type.String({ default: 'unix:///var/run/docker.sock' }),
+  /** The network sandbox containers join. */
+  dockerNetwork: Type.String({ default: 'bridge' }),
+  /** Namespace of sandbox Pods; empty = the gateway's own (in-cluster) or `default`. */
+  k8sNamespace: Type.String({ default: '' }),
+  /** Path of a kubeconfig; empty = in-cluster config when in a Pod, else ~/.kube/config. */
+  kubeconfig: Type.String({ default: '' }),
+  /** The image carrying the supervisor bundle (Kubernetes init container); empty = the gateway's own image. */
+  supervisorImage: Type.String({ default: '' }),
+  /** A Pod Pending longer than this (unschedulable, pulling) puts its sandbox in Error. */
+  k8sStartTimeoutMs: Type.Integer({ minimum: 1000, maximum: 3_600_000, default: 300_000 }),
 });
 export type Config = Static<typeof ConfigSchema>;
 
@@ -64,6 +80,14 @@ const OPTIONS: Option[] = [
   { flag: 'log-level', env: 'OPENSHELL_LOG_LEVEL', key: 'logLevel' },
   { flag: 'warm-supervisors', env: 'OPENSHELL_WARM_SUPERVISORS', key: 'warmSupervisors', number: true },
   { flag: 'exec-buffer-limit-bytes', env: 'OPENSHELL_EXEC_BUFFER_LIMIT_BYTES', key: 'execBufferLimitBytes', number: true },
+  { flag: 'isolation', env: 'OPENSHELL_ISOLATION', key: 'isolation' },
+  { flag: 'default-image', env: 'OPENSHELL_DEFAULT_IMAGE', key: 'defaultImage' },
+  { flag: 'docker-host', env: 'DOCKER_HOST', key: 'dockerHost' },
+  { flag: 'docker-network', env: 'OPENSHELL_DOCKER_NETWORK', key: 'dockerNetwork' },
+  { flag: 'k8s-namespace', env: 'OPENSHELL_K8S_NAMESPACE', key: 'k8sNamespace' },
+  { flag: 'kubeconfig', env: 'KUBECONFIG', key: 'kubeconfig' },
+  { flag: 'supervisor-image', env: 'OPENSHELL_SUPERVISOR_IMAGE', key: 'supervisorImage' },
+  { flag: 'k8s-start-timeout-ms', env: 'OPENSHELL_K8S_START_TIMEOUT_MS', key: 'k8sStartTimeoutMs', number: true },
 ];
 
 export class ConfigError extends Error {

@@ -1,5 +1,4 @@
 import type { Config } from './config.js';
-import { ProcessDriver } from './drivers/process.js';
 import type { ComputeDriver } from './drivers/types.js';
 import type { Logger } from './log.js';
 import { GatewayMetrics } from './metrics.js';
@@ -15,6 +14,7 @@ import { openStore, type SandboxStore } from './store/index.js';
 
 export interface GatewayDeps {
   store?: SandboxStore;
+  /** The compute driver; buildApp makes the one `--driver` names (drivers/index.ts). */
   driver?: ComputeDriver;
   /** Validates network policies (the egress policy engine). */
   validatePolicy?: (policy: unknown) => unknown;
@@ -45,7 +45,8 @@ export class Gateway {
     this.config = config;
     this.log = log;
     this.store = deps.store ?? openStore(config.db);
-    this.driver = deps.driver ?? createDriver(config, log);
+    if (!deps.driver) throw new Error('Gateway needs a compute driver (see createDriver)');
+    this.driver = deps.driver;
     this.sandboxes = new SandboxService({
       config,
       store: this.store,
@@ -135,20 +136,5 @@ export class Gateway {
     await this.sandboxes.close();
     await this.driver.close();
     await this.store.close();
-  }
-}
-
-function createDriver(config: Config, log: Logger): ComputeDriver {
-  switch (config.driver) {
-    case 'process':
-      return new ProcessDriver({
-        stateDir: config.stateDir,
-        log,
-        warmPool: config.warmSupervisors,
-        // Supervisors dial back over TLS; a self-signed gateway cert must be trusted by them.
-        supervisorEnv: config.tlsCert ? { NODE_EXTRA_CA_CERTS: config.tlsCert } : {},
-      });
-    default:
-      throw new Error(`--driver ${config.driver}: not available in this build yet (use --driver process)`);
   }
 }

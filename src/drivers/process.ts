@@ -25,6 +25,8 @@ export interface ProcessDriverOptions {
   warmPool?: number;
   /** Free space /dev/shm needs for spools to go there (default MIN_SHM_FREE_BYTES). */
   minShmFreeBytes?: number;
+  /** `--isolation`: what the supervisor confines its sandbox with (default `auto`). */
+  isolation?: 'auto' | 'none';
 }
 
 /** What a warm supervisor receives on stdin (one JSON line): it becomes this sandbox's supervisor. */

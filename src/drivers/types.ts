@@ -1,3 +1,5 @@
+import type { Resources } from '../schemas/sandbox.js';
+
 /** What a driver needs to start one sandbox workload. */
 export interface SandboxSpec {
   id: string;
@@ -10,6 +12,8 @@ export interface SandboxSpec {
   token: string;
   /** The URL the supervisor dials. */
   endpoint: string;
+  /** Enforced limits (container limits, or the supervisor's cgroup on the host). */
+  resources: Resources;
 }
 
 /** The backend's view of one workload. */

@@ -108,6 +108,7 @@ export class SandboxService {
       mainProcess: { state: 'Pending', exitCode: null, signal: null } satisfies MainProcess,
       createdAt: now,
       expiresAt: body.ttlSeconds ? new Date(Date.now() + body.ttlSeconds * 1000).toISOString() : null,
+      resources: body.resources ?? {},
     };
     const record = await this.#insert(base, body.name);
     this.#events.emit('change', record);
@@ -121,6 +122,7 @@ export class SandboxService {
         env: record.env,
         token,
         endpoint: this.#o.sandboxEndpoint(),
+        resources: record.resources ?? {},
       });
     } catch (err) {
       this.#log.error({ err, sandboxId: record.id }, 'driver could not create the sandbox');
@@ -369,7 +371,8 @@ export function toSandbox(r: SandboxRecord): Sandbox {
     createdAt: r.createdAt,
     expiresAt: r.expiresAt,
     policyVersion: r.policyVersion,
-    conditions: [r.condition],
+    conditions: r.isolated ? [r.condition, r.isolated] : [r.condition],
     mainProcess: r.mainProcess,
+    resources: r.resources ?? {},
   };
 }

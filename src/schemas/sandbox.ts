@@ -14,7 +14,8 @@ export const PhaseSchema = Type.Union([
 export type Phase = Static<typeof PhaseSchema>;
 
 export const ConditionSchema = Type.Object({
-  type: Type.Literal('Ready'),
+  /** `Ready`: the supervisor session; `Isolated`: the confinement the sandbox runs in (reason = the mode). */
+  type: Type.Union([Type.Literal('Ready'), Type.Literal('Isolated')]),
   status: Type.Union([Type.Literal('True'), Type.Literal('False')]),
   reason: Type.String(),
   message: Type.String(),
@@ -38,6 +39,19 @@ export const EnvSchema = Type.Record(Type.String({ pattern: ENV_KEY_PATTERN }), 
   additionalProperties: false,
 });
 
+/** Enforced limits of a sandbox (every driver). Bounds keep out what no engine would accept. */
+export const ResourcesSchema = Type.Object(
+  {
+    /** CPU cores (fractions allowed): a CFS quota of cpus x the period. */
+    cpus: Type.Optional(Type.Number({ exclusiveMinimum: 0, maximum: 1024 })),
+    memoryMb: Type.Optional(Type.Integer({ minimum: 16, maximum: 16_777_216 })),
+    pids: Type.Optional(Type.Integer({ minimum: 16, maximum: 4_194_304 })),
+    diskMb: Type.Optional(Type.Integer({ minimum: 1, maximum: 1_073_741_824 })),
+  },
+  { additionalProperties: false },
+);
+export type Resources = Static<typeof ResourcesSchema>;
+
 export const SandboxSchema = Type.Object(
   {
     id: Type.String(),
@@ -53,6 +67,7 @@ export const SandboxSchema = Type.Object(
     policyVersion: Type.Integer(),
     conditions: Type.Array(ConditionSchema),
     mainProcess: MainProcessSchema,
+    resources: ResourcesSchema,
   },
   { $id: 'Sandbox' },
 );
@@ -67,6 +82,7 @@ export const CreateSandboxBodySchema = Type.Object(
     policy: Type.Optional(Type.Unknown()),
     labels: Type.Optional(LabelsSchema),
     ttlSeconds: Type.Optional(Type.Integer({ minimum: 1, maximum: 31_536_000 })),
+    resources: Type.Optional(ResourcesSchema),
   },
   { additionalProperties: false },
 );

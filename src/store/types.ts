@@ -1,4 +1,4 @@
-import type { Condition, MainProcess, Phase } from '../schemas/sandbox.js';
+import type { Condition, MainProcess, Phase, Resources } from '../schemas/sandbox.js';
 
 /** A sandbox as persisted: the API view plus what only the gateway sees. */
 export interface SandboxRecord {
@@ -15,7 +15,11 @@ export interface SandboxRecord {
   tokenHash: string;
   phase: Phase;
   condition: Condition;
+  /** The `Isolated` condition, once the supervisor reported its confinement (absent before). */
+  isolated?: Condition | null;
   mainProcess: MainProcess;
+  /** Enforced limits asked for at create (absent in records written before they existed). */
+  resources?: Resources;
   createdAt: string;
   expiresAt: string | null;
   /** Bumped by every write; updates are compare-and-set on it. */

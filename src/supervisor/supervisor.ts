@@ -1,4 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
+import { readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -39,6 +40,9 @@ export interface SupervisorOptions {
 /** Variables that configure the supervisor and never reach sandbox processes. */
 const INTERNAL_ENV = [
   'OPENSHELL_SANDBOX_TOKEN',
+  'OPENSHELL_SANDBOX_TOKEN_FILE',
+  'OPENSHELL_ISOLATION',
+  'OPENSHELL_BUNDLE_DIR',
   'OPENSHELL_ENDPOINT',
   'OPENSHELL_SSH_SOCKET',
   'OPENSHELL_SPOOL_DIR',
@@ -52,6 +56,11 @@ export function supervisorOptionsFromEnv(env: NodeJS.ProcessEnv, command: string
     if (!value) throw new Error(`${name} is required`);
     return value;
   };
+  // A driver that cannot use a pipe (a container) hands the token over in a file of a per-sandbox mount.
+  const tokenFile = env.OPENSHELL_SANDBOX_TOKEN_FILE;
+  if (!env.OPENSHELL_SANDBOX_TOKEN && tokenFile) {
+    env = { ...env, OPENSHELL_SANDBOX_TOKEN: readFileSync(tokenFile, 'utf8').trim() };
+  }
   const sandboxEnv: Record<string, string> = {};
   for (const [k, v] of Object.entries(env)) if (v !== undefined && !INTERNAL_ENV.includes(k)) sandboxEnv[k] = v;
   return {

@@ -31,6 +31,7 @@ function snapshot(name: string, phase: Sandbox['phase'], reason: string, message
     policyVersion: 1,
     conditions: [{ type: 'Ready', status: phase === 'Ready' ? 'True' : 'False', reason, message, lastTransitionTime: '' }],
     mainProcess: { state: 'Pending', exitCode: null, signal: null },
+    resources: {},
   };
 }
 

@@ -3,6 +3,7 @@ import t from 'tap';
 import WebSocket from 'ws';
 import { testConfig } from '../../src/config.js';
 import { Gateway } from '../../src/gateway.js';
+import { createDriver } from '../../src/drivers/index.js';
 import { silentLogger } from '../../src/log.js';
 import { SessionRegistry, type RegisteredSession } from '../../src/relay/sessions.js';
 import type { Sandbox } from '../../src/schemas/sandbox.js';
@@ -87,7 +88,8 @@ t.test('registry: remove-if-current and waitForSession', async (t) => {
 
 t.test('register-before-store race: a session that registers before the row exists still promotes it', async (t) => {
   const stateDir = tempDir(t);
-  const gateway = new Gateway(testConfig({ stateDir }), silentLogger);
+  const config = testConfig({ stateDir });
+  const gateway = new Gateway(config, silentLogger, { driver: await createDriver(config, silentLogger) });
   t.teardown(() => gateway.close());
   await gateway.start();
   const id = 'sbx_race0000000000';
@@ -105,7 +107,8 @@ t.test('register-before-store race: a session that registers before the row exis
 
 t.test('compare-and-set: concurrent writers never lose each other’s updates', async (t) => {
   const stateDir = tempDir(t);
-  const gateway = new Gateway(testConfig({ stateDir, db: `sqlite:${stateDir}/cas.db` }), silentLogger);
+  const config = testConfig({ stateDir, db: `sqlite:${stateDir}/cas.db` });
+  const gateway = new Gateway(config, silentLogger, { driver: await createDriver(config, silentLogger) });
   t.teardown(() => gateway.close());
   const rec = await gateway.store.insert(storeRow('sbx_cas', 'cas'));
   const a = await gateway.store.update(rec.id, rec.resourceVersion, { labels: { a: '1' } });

@@ -1,0 +1,21 @@
+import type { Config } from '../config.js';
+import type { Logger } from '../log.js';
+import { ProcessDriver } from './process.js';
+import type { ComputeDriver } from './types.js';
+
+/** The compute driver `--driver` names. Drivers load their client library only when chosen. */
+export async function createDriver(config: Config, log: Logger): Promise<ComputeDriver> {
+  switch (config.driver) {
+    case 'process':
+      return new ProcessDriver({
+        stateDir: config.stateDir,
+        log,
+        warmPool: config.warmSupervisors,
+        isolation: config.isolation,
+        // Supervisors dial back over TLS; a self-signed gateway cert must be trusted by them.
+        supervisorEnv: config.tlsCert ? { NODE_EXTRA_CA_CERTS: config.tlsCert } : {},
+      });
+    default:
+      throw new Error(`--driver ${config.driver}: not available in this build yet (use --driver process)`);
+  }
+}
