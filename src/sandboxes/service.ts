@@ -357,7 +357,7 @@ function condition(
   return { type: 'Ready', status, reason, message, lastTransitionTime };
 }
 
-/** The API view of a record: no token hash, no policy body. */
+/** The API view of a record: no token hash, no policy body, env names without their values. */
 export function toSandbox(r: SandboxRecord): Sandbox {
   return {
     id: r.id,
@@ -367,7 +367,7 @@ export function toSandbox(r: SandboxRecord): Sandbox {
     image: r.image,
     command: r.command,
     labels: r.labels,
-    env: r.env,
+    env: Object.keys(r.env),
     createdAt: r.createdAt,
     expiresAt: r.expiresAt,
     policyVersion: r.policyVersion,
