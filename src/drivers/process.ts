@@ -118,6 +118,7 @@ export class ProcessDriver implements ComputeDriver {
       OPENSHELL_SANDBOX_TOKEN: spec.token,
       OPENSHELL_ENDPOINT: spec.endpoint,
       OPENSHELL_WORKDIR: workspace,
+      OPENSHELL_SANDBOX_DIR: dir,
       OPENSHELL_SSH_SOCKET: this.sshSocketPath(spec.id),
       OPENSHELL_SPOOL_DIR: this.spoolDir(spec.id),
       OPENSHELL_PROXY_LISTEN: '127.0.0.1:0',

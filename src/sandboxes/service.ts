@@ -187,6 +187,13 @@ export class SandboxService {
     return toSandbox(target);
   }
 
+  /** Deletes every sandbox of this driver (a gateway on an in-memory store, stopping); resolves once all are removed. */
+  async deleteAll(): Promise<void> {
+    const records = (await this.#o.store.list()).filter((r) => r.driver === this.#o.driver.name);
+    await Promise.allSettled(records.map((r) => this.delete(r.name)));
+    await Promise.allSettled(this.#deletes.values());
+  }
+
   /** Resolves once a delete in progress has removed the sandbox. */
   async deleted(id: string): Promise<void> {
     await this.#deletes.get(id);

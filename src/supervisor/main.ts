@@ -52,6 +52,8 @@ export async function runSupervisor(argv: string[], env: NodeJS.ProcessEnv, run:
   };
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
+  // Stopped itself: its sandbox is gone and nothing would ever adopt it.
+  void supervisor.gone.then(() => process.exit(0));
   return supervisor;
 }
 

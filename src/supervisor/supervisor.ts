@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { join } from 'node:path';
@@ -34,6 +34,8 @@ export interface SupervisorOptions {
   proxyMaxConnections?: number;
   /** Where the entrypoint's stdout/stderr go (a log file descriptor); default: the supervisor's own. */
   stdioFd?: number;
+  /** The sandbox's directory (process driver): the supervisor exits once it is gone. */
+  sandboxDir?: string;
   log?: Logger;
 }
 
@@ -48,6 +50,7 @@ const INTERNAL_ENV = [
   'OPENSHELL_SPOOL_DIR',
   'OPENSHELL_PROXY_LISTEN',
   'OPENSHELL_WORKDIR',
+  'OPENSHELL_SANDBOX_DIR',
 ];
 
 export function supervisorOptionsFromEnv(env: NodeJS.ProcessEnv, command: string[]): SupervisorOptions {
@@ -75,8 +78,12 @@ export function supervisorOptionsFromEnv(env: NodeJS.ProcessEnv, command: string
     proxyListen: env.OPENSHELL_PROXY_LISTEN || '127.0.0.1:3128',
     proxyIdleTimeoutMs: positiveInt(env.OPENSHELL_EGRESS_IDLE_TIMEOUT_MS),
     proxyMaxConnections: nonNegativeInt(env.OPENSHELL_EGRESS_MAX_CONNECTIONS),
+    ...(env.OPENSHELL_SANDBOX_DIR ? { sandboxDir: env.OPENSHELL_SANDBOX_DIR } : {}),
   };
 }
+
+/** How often a supervisor checks that its sandbox directory is still there. */
+const SANDBOX_DIR_CHECK_MS = 2000;
 
 type ExecModule = typeof import('./exec-registry.js');
 type EgressModule = typeof import('../egress/index.js');
@@ -110,6 +117,14 @@ export class Supervisor {
   #markReady: () => void = () => undefined;
   readonly #ready = new Promise<void>((resolve) => (this.#markReady = resolve));
   #closed = false;
+  #dirTimer: NodeJS.Timeout | undefined;
+  #markGone: (reason: string) => void = () => undefined;
+  /**
+   * Resolves with the reason when the supervisor has stopped itself because
+   * its sandbox is gone: its directory removed, or the gateway does not know
+   * it. Nothing could ever adopt it again; `main.ts` exits.
+   */
+  readonly gone = new Promise<string>((resolve) => (this.#markGone = resolve));
   /** Relays to a TLS or loopback endpoint send zero masking keys (see needsMasking). */
   readonly #zeroMask: boolean;
 
@@ -128,6 +143,7 @@ export class Supervisor {
       log: this.#log,
       onWelcome: (welcome) => this.#onWelcome(welcome),
       onMessage: (message) => this.#onMessage(message),
+      onUnknown: (status) => this.#giveUp(`the gateway does not know this sandbox (${status})`),
     });
   }
 
@@ -147,6 +163,12 @@ export class Supervisor {
    * so their module loading never delays the hello.
    */
   start(): Promise<void> {
+    const dir = this.#o.sandboxDir;
+    if (dir) {
+      this.#dirTimer = setInterval(() => {
+        if (!existsSync(dir)) this.#giveUp(`the sandbox directory ${dir} is gone`);
+      }, SANDBOX_DIR_CHECK_MS).unref();
+    }
     this.#control.start();
     const grace = setTimeout(() => this.#bringUp(), EGRESS_GRACE_MS);
     grace.unref();
@@ -212,10 +234,17 @@ export class Supervisor {
     }
   }
 
+  #giveUp(reason: string): void {
+    if (this.#closed) return;
+    this.#log.warn({ reason }, 'the sandbox is gone; the supervisor stops');
+    void this.close(reason).finally(() => this.#markGone(reason));
+  }
+
   async close(reason: string): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     this.#log.info({ reason }, 'supervisor stopping');
+    clearInterval(this.#dirTimer);
     clearInterval(this.#logTimer);
     clearTimeout(this.#bringUpTimer);
     this.#control.close();
