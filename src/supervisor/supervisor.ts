@@ -12,6 +12,8 @@ import { ControlClient, needsMasking, wsUrl } from './control-client.js';
 import { createSupervisorLogger, LogRing } from './log.js';
 
 export const SUPERVISOR_VERSION = '0.1.0';
+/** Log lines go to the gateway at most this often (see forwardLog). */
+const LOG_INTERVAL_MS = 200;
 /** How long the entrypoint waits for a first session before starting anyway. */
 const EGRESS_GRACE_MS = 1000;
 
@@ -99,12 +101,15 @@ export class Supervisor {
   readonly #o: SupervisorOptions;
   readonly #log: Logger;
   readonly #control: ControlClient;
-  /** Log lines (JSON text) for the gateway, sent every 200 ms: the newest 2000 (the gateway keeps 2000 per sandbox). */
+  /** Log lines (JSON text) for the gateway, sent at most every LOG_INTERVAL_MS: the newest 2000 (the gateway keeps 2000 per sandbox). */
   readonly #pendingLogs = new LogRing(2000);
   /** Warnings and errors (denied egress among them) for the gateway, apart: a flood of info lines cannot push them out before they are sent. */
   readonly #pendingWarnings = new LogRing(500, 256 * 1024);
   readonly #relays = new Map<string, WebSocket>();
   #logTimer: NodeJS.Timeout | undefined;
+  #logImmediate: NodeJS.Immediate | undefined;
+  /** When log lines last went to the gateway. */
+  #lastLogSend = 0;
   #keepalive = { intervalMs: 10_000, timeoutMs: 30_000 };
   #main: ChildProcess | undefined;
   #mainState: MainProcessMessage | undefined;
@@ -245,7 +250,8 @@ export class Supervisor {
     this.#closed = true;
     this.#log.info({ reason }, 'supervisor stopping');
     clearInterval(this.#dirTimer);
-    clearInterval(this.#logTimer);
+    clearTimeout(this.#logTimer);
+    clearImmediate(this.#logImmediate);
     clearTimeout(this.#bringUpTimer);
     this.#control.close();
     for (const ws of this.#relays.values()) ws.terminate();
@@ -414,21 +420,41 @@ export class Supervisor {
     this.#control.send(state);
   }
 
-  /** Queues a log line of pino `level`, its UTF-8 JSON in `bytes[start, end)`, for the gateway (lines are batched every 200 ms). */
+  /**
+   * Queues a log line of pino `level`, its UTF-8 JSON in `bytes[start, end)`,
+   * for the gateway. A line goes out at the end of its event-loop turn when
+   * nothing was sent in the last LOG_INTERVAL_MS, else with the interval's
+   * other lines when the interval ends: no line waits longer than the
+   * interval, and a flood costs one message per interval.
+   */
   forwardLog(bytes: Buffer, start: number, end: number, level: number): void {
     (level >= 40 ? this.#pendingWarnings : this.#pendingLogs).pushBytes(bytes, start, end);
-    this.#logTimer ??= setTimeout(() => {
-      this.#logTimer = undefined;
+    this.#scheduleLogs();
+  }
+
+  #scheduleLogs(): void {
+    if (this.#logTimer || this.#logImmediate || this.#closed) return;
+    const wait = this.#lastLogSend + LOG_INTERVAL_MS - Date.now();
+    const flush = () => {
+      this.#logTimer = this.#logImmediate = undefined;
       this.#flushLogs();
-    }, 200).unref();
+    };
+    if (wait <= 0) this.#logImmediate = setImmediate(flush).unref();
+    else this.#logTimer = setTimeout(flush, wait).unref();
   }
 
   #flushLogs(): void {
+    // Not connected: the welcome of the next session sends them.
     if (this.#pendingLogs.size + this.#pendingWarnings.size === 0 || !this.#control.connected) return;
     // Warnings first; the gateway puts a batch in time order.
     if (this.#control.sendLogLines([this.#pendingWarnings, this.#pendingLogs])) {
+      this.#lastLogSend = Date.now();
       this.#pendingWarnings.clear();
       this.#pendingLogs.clear();
+    } else {
+      // The session is closing: try again an interval on, unless its successor's welcome comes first.
+      this.#lastLogSend = Date.now();
+      this.#scheduleLogs();
     }
   }
 }
