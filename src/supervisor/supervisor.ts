@@ -11,7 +11,7 @@ import type { Resources } from '../schemas/sandbox.js';
 import { closeWebSocket, keepAlive } from '../relay/heartbeat.js';
 import { ControlClient, needsMasking, wsUrl } from './control-client.js';
 import type { Confinement } from './isolation/confinement.js';
-import { SANDBOX_HOME, SANDBOX_USER, SANDBOX_WORKSPACE } from './isolation/spec.js';
+import { SANDBOX_HOME, SANDBOX_ROOT, SANDBOX_USER, SANDBOX_WORKSPACE } from './isolation/spec.js';
 import { createSupervisorLogger, LogRing } from './log.js';
 
 export const SUPERVISOR_VERSION = '0.1.0';
@@ -246,7 +246,7 @@ export class Supervisor {
         policyVersion: 0,
         // The proxy logs every decision on this logger; info lines are forwarded to the gateway.
         log,
-        ...(confined ? { callerNetDir: confined.netDir } : {}),
+        ...(confined ? { callerNetDir: confined.netDir, callerExeRoot: SANDBOX_ROOT } : {}),
         ...(this.#o.proxyIdleTimeoutMs ? { idleTimeoutMs: this.#o.proxyIdleTimeoutMs } : {}),
         ...(this.#o.proxyMaxConnections !== undefined ? { maxConnections: this.#o.proxyMaxConnections } : {}),
       });
