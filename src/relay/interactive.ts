@@ -16,6 +16,10 @@ export interface InteractiveOptions {
   timeoutSeconds?: number;
   cols?: number;
   rows?: number;
+  /** Idempotent start (and resume: a retry with the same id joins the exec). */
+  requestId?: string;
+  /** With `requestId`, when it joins an existing exec: output from these offsets. */
+  offsets?: { stdout: number; stderr: number };
   /** Liveness on the caller's socket: pings, and termination after this much silence. */
   keepalive?: { intervalMs: number; timeoutMs: number };
   log: Logger;
@@ -50,8 +54,9 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
         ...(opts.user ? { user: opts.user } : {}),
         ...(opts.env ? { env: opts.env } : {}),
         ...(opts.timeoutSeconds ? { timeoutSeconds: opts.timeoutSeconds } : {}),
+        ...(opts.requestId ? { requestId: opts.requestId } : {}),
       },
-      { signal: abort.signal, interactiveStdin: true, cols: opts.cols, rows: opts.rows },
+      { signal: abort.signal, interactiveStdin: true, cols: opts.cols, rows: opts.rows, offsets: opts.offsets },
     );
   } catch (err) {
     const code = isOpenShellError(err) ? err.code : 'INTERNAL';
