@@ -76,7 +76,7 @@ export class ExecRun implements AsyncIterable<RunEvent> {
   execId: string;
   #ws: WebSocket;
   readonly #start: ExecStartOp | ExecAttachOp;
-  readonly #abandonGraceMs: number;
+  #abandonGraceMs: number;
   readonly #onRelease: ((ws: WebSocket) => void) | undefined;
   readonly #resume: ResumeOptions | undefined;
   /** The relay was handed back for another exec: never send or close on it again. */
@@ -166,9 +166,14 @@ export class ExecRun implements AsyncIterable<RunEvent> {
     this.#send({ op: 'resize', cols, rows });
   }
 
-  /** The caller went away: kill the process group and drop the relay. */
-  abort(): void {
+  /**
+   * The caller went away: kill the process group and drop the relay. A run
+   * with an abandon grace (its caller named a requestId) is killed only if
+   * nobody re-attaches in time, unless `now` (the caller said it was done).
+   */
+  abort(now = false): void {
     this.#aborted = true;
+    if (now) this.#abandonGraceMs = 0;
     // While re-attaching, the kill waits for the new relay (see #adopt); the run ends now.
     if (this.#resuming) {
       this.#finish({ type: 'error', code: 'RELAY_LOST', message: 'the caller went away while the relay was being re-established' });

@@ -61,10 +61,14 @@ export class ExecService {
     const ws = await this.#broker.acquireExec(record.id, opts.signal);
     const noInput = !opts.interactiveStdin && (!stdin || stdin.length === 0);
     if (noInput) start.closeStdin = true;
+    // Body stdin rides in the start op when it fits one frame: the start is then atomic (a
+    // requestId retry can never meet a process that got half of it).
+    const inline = !opts.interactiveStdin && stdin !== undefined && stdin.length > 0 && stdin.length <= INLINE_STDIN_MAX;
+    if (inline) start.stdin = stdin.toString('base64');
     const log = this.#log;
-    // Resume needs nothing to re-send: stdin from the body is confirmed by the
-    // supervisor before a resume may happen; a caller streaming stdin or a tty is never resumed.
-    const resumable = !opts.interactiveStdin && !start.tty && this.#resumeWindowMs > 0;
+    // Resume needs nothing to re-send: streamed stdin is confirmed by the supervisor
+    // (`stdinClosed`) before a resume may happen (ExecRun); a tty is never resumed.
+    const resumable = !start.tty && this.#resumeWindowMs > 0;
     const run = new ExecRun(ws, start, {
       onRelease: (relay) => this.#broker.releaseExec(record.id, relay),
       // A caller that named a requestId may retry: its leaving kills the group only if it does not come back.
@@ -87,8 +91,8 @@ export class ExecService {
     void run.ended.then(() => this.#active.delete(run));
     this.#metrics?.started();
     this.#log.debug({ sandboxId: record.id, execId }, 'exec started');
-    if (stdin && stdin.length > 0) run.writeStdin(stdin);
-    if (!opts.interactiveStdin && !noInput) run.closeStdin();
+    if (!inline && stdin && stdin.length > 0) run.writeStdin(stdin);
+    if (!opts.interactiveStdin && !noInput && !inline) run.closeStdin();
     return run;
   }
 
@@ -259,6 +263,9 @@ export class ExecService {
     this.#metrics?.finished(durationMs, outcome);
   }
 }
+
+/** Body stdin up to this size goes in the start op (the relay's frames may be 64 MiB). */
+const INLINE_STDIN_MAX = 16 * 1024 * 1024;
 
 /** How long a caller that named a requestId has to come back when the gateway has no resume window. */
 const ABANDON_GRACE_MS = 15_000;

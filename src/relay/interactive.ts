@@ -35,7 +35,13 @@ export interface InteractiveOptions {
  */
 export async function serveInteractiveExec(client: WebSocket, execs: ExecService, opts: InteractiveOptions): Promise<void> {
   const abort = new AbortController();
-  client.once('close', () => abort.abort());
+  // A caller that closes cleanly is done with the exec (killed at once); a lost
+  // connection (1006) may come back with its requestId (killed after a grace).
+  let cleanClose = false;
+  client.once('close', (code: number) => {
+    cleanClose = code !== 1006;
+    abort.abort();
+  });
   if (opts.keepalive) keepAlive(client, opts.keepalive);
   // Until the exec runs, stop reading the caller: what it sends waits in the
   // kernel, not in gateway memory (only frames already parsed are held here).
@@ -107,7 +113,7 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
   client.on('message', onInput);
   if (!inputPaused && client.readyState !== client.CLOSED) client.resume();
   abort.signal.addEventListener('abort', () => {
-    if (!run.finished) run.abort();
+    if (!run.finished) run.abort(cleanClose);
   });
 
   let outcome = 'aborted';
@@ -135,7 +141,7 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
       closeWebSocket(client, 1000, 'exit');
     } else if (event.type === 'error') {
       outcome = 'error';
-      sendStatus(client, { status: 'Failure', reason: event.code, message: event.message });
+      sendStatus(client, { status: 'Failure', reason: event.code, message: event.message, ...(event.resumable ? { resumable: true } : {}) });
       closeWebSocket(client, 4502, event.code);
     }
   }

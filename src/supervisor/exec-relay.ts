@@ -70,6 +70,8 @@ export function serveExecRelay(
   let keep = false;
   /** A kept exec ended: dropping frames until `release`. */
   let releasing = false;
+  /** This relay joined an exec started earlier (by requestId or execId): its stdin belongs to that start, so none is taken here. */
+  let joined = false;
 
   const closed = new Promise<void>((resolve) => {
     if (ws.readyState === WebSocket.CLOSED) return resolve();
@@ -133,6 +135,7 @@ export function serveExecRelay(
     terminal = false;
     keep = false;
     releasing = false;
+    joined = false;
     until = null;
     delivered[0] = delivered[1] = 0;
     rlog = baseLog;
@@ -220,11 +223,14 @@ export function serveExecRelay(
     const from = op.op === 'attach' || existing ? op.offsets : undefined;
     const offsets = { stdout: Number(from?.stdout ?? 0), stderr: Number(from?.stderr ?? 0) };
     const started: ExecEv = { ev: 'started', execId: handle.execId, pid: handle.pid, ...(existing ? { existing: true } : {}) };
+    joined = existing;
+    if (op.op === 'start' && !existing && typeof op.stdin === 'string') {
+      // Inline stdin makes the start atomic: a retry never finds a process with half its input.
+      if (op.stdin.length > 0) handle.writeStdin(Buffer.from(op.stdin, 'base64'));
+      handle.closeStdin();
+    }
     if (op.op === 'start' && op.detach === true) {
-      if (!existing) {
-        if (typeof op.stdin === 'string' && op.stdin.length > 0) handle.writeStdin(Buffer.from(op.stdin, 'base64'));
-        handle.closeStdin();
-      }
+      if (!existing) handle.closeStdin();
       answer(started, 'detached');
       return;
     }
@@ -297,7 +303,7 @@ export function serveExecRelay(
     const h = handle!;
     switch (op?.op) {
       case 'closeStdin':
-        h.closeStdin();
+        if (!joined) h.closeStdin();
         sendJson({ ev: 'stdinClosed' });
         break;
       case 'signal':
@@ -344,6 +350,7 @@ export function serveExecRelay(
     }
     if (terminal || !handle) return;
     if (isBinary) {
+      if (joined) return;
       const h = handle;
       if (!h.writeStdin(toBuffer(data))) {
         // Backpressure to the gateway: stop reading the socket until the child takes more.
