@@ -120,9 +120,7 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
   for await (const event of run) {
     if (event.type === 'stdout' || event.type === 'stderr') {
       if (client.readyState !== client.OPEN) continue;
-      const frame = Buffer.allocUnsafe(event.data.length + 1);
-      frame[0] = event.type === 'stdout' ? Channel.stdout : Channel.stderr;
-      event.data.copy(frame, 1);
+      const frame = channelFrame(event.type === 'stdout' ? Channel.stdout : Channel.stderr, event.data);
       // Backpressure: past the high-water mark, wait until the caller's socket
       // took this frame; meanwhile the run's queue fills and pauses the relay,
       // which reaches the process. A caller that stops reading stops the exec.
@@ -148,8 +146,26 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
   execs.finished(Date.now() - started, outcome);
 }
 
+/**
+ * `[channel][data]` for the caller. Output data is a view into the relay's
+ * frame (`[stream][offset:8][bytes]`), whose byte before it is spent (the
+ * offset's last one, or output already delivered): the channel byte is
+ * written there and the frame is a view too, with no copy of the bulk.
+ */
+function channelFrame(channel: number, data: Buffer): Buffer {
+  if (data.byteOffset >= 1 && data.buffer.byteLength >= data.byteOffset + data.length) {
+    const frame = Buffer.from(data.buffer, data.byteOffset - 1, data.length + 1);
+    frame[0] = channel;
+    return frame;
+  }
+  const frame = Buffer.allocUnsafe(data.length + 1);
+  frame[0] = channel;
+  data.copy(frame, 1);
+  return frame;
+}
+
 /** Bytes the gateway buffers for a caller's WebSocket before it stops taking output from the relay. */
-const SEND_HIGH_WATER = 1024 * 1024;
+const SEND_HIGH_WATER = 4 * 1024 * 1024;
 
 /** Sends a frame and resolves once it reached the socket, or the socket closed. */
 function sendFlushed(client: WebSocket, frame: Buffer): Promise<void> {

@@ -20,7 +20,7 @@ import { ExecError, type ExecHandle, type ExecRegistry, type ExecSink, type Exec
  * event. A child writing in small pieces (coreutils write 8 KiB at a time)
  * then costs one frame per 64 KiB, not one per write.
  */
-const FRAME_BYTES = 64 * 1024;
+const FRAME_BYTES = 256 * 1024;
 const COALESCE_MS = 1;
 /** Stop reading the exec's output while more than this is queued on the socket. */
 const HIGH_WATER = 4 * 1024 * 1024;
