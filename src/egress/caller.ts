@@ -47,6 +47,8 @@ export interface CallerOptions {
   root?: number;
   /** Default '/proc'. */
   proc?: string;
+  /** Where the TCP tables of the callers' network namespace are; default `<proc>/net` (this process's). */
+  netDir?: string;
 }
 
 const LITTLE = endianness() === 'LE';
@@ -159,12 +161,14 @@ interface Pending {
  */
 export class CallerFinder {
   readonly #proc: string;
+  readonly #netDir: string;
   readonly #root: number;
   #queued: Pending[] = [];
   #running = false;
 
   constructor(opts: CallerOptions = {}) {
     this.#proc = opts.proc ?? '/proc';
+    this.#netDir = opts.netDir ?? `${this.#proc}/net`;
     this.#root = opts.root ?? process.pid;
   }
 
@@ -199,7 +203,7 @@ export class CallerFinder {
     // The table first, alone: read beside the tree's many small reads, it queues behind them in libuv's threads (twice as long).
     const tables = new Map<string, Promise<string | null>>();
     const table = (file: string): Promise<string | null> =>
-      entry(tables, file, () => readFile(`${proc}/net/${file}`, 'latin1').catch(() => null));
+      entry(tables, file, () => readFile(`${this.#netDir}/${file}`, 'latin1').catch(() => null));
     const inodes = new Map<Pending, string>();
     for (const p of batch) {
       for (const w of wanted(p.ends)) {
