@@ -19,10 +19,13 @@ if ! dpkg -s busybox-static >/dev/null 2>&1; then
 fi
 
 mkdir -p "$cache"
-marker() { printf 'openshell-test image %s\n' "$1" >"$2/etc/openshell-test-image"; }
+# The marker is under /usr: a confined sandbox sees the image's /usr, not all of its /etc.
+# Bump the version when the images change: tests import <name>-v<version>.tar as openshell-test/<name>:v<version>.
+version=2
+marker() { mkdir -p "$2/usr/share"; printf 'openshell-test image %s\n' "$1" | tee "$2/etc/openshell-test-image" >"$2/usr/share/openshell-test-image"; }
 
 # The busybox-only image: /bin/busybox and its applet links, nothing else.
-if [ ! -s "$cache/busybox.tar" ]; then
+if [ ! -s "$cache/busybox-v$version.tar" ]; then
   root=$(mktemp -d "$cache/busybox.XXXXXX")
   mkdir -p "$root/bin" "$root/etc" "$root/tmp" "$root/root"
   cp /bin/busybox "$root/bin/busybox"
@@ -30,12 +33,12 @@ if [ ! -s "$cache/busybox.tar" ]; then
   printf 'root:x:0:0:root:/root:/bin/sh\nnobody:x:65534:65534:nobody:/:/bin/false\n' >"$root/etc/passwd"
   printf 'root:x:0:\nnogroup:x:65534:\n' >"$root/etc/group"
   marker busybox "$root"
-  tar -C "$root" -cf "$cache/busybox.tar.tmp" . && mv "$cache/busybox.tar.tmp" "$cache/busybox.tar"
+  tar -C "$root" -cf "$cache/busybox-v$version.tar.tmp" . && mv "$cache/busybox-v$version.tar.tmp" "$cache/busybox-v$version.tar"
   rm -rf "$root"
 fi
 
 # The Debian image: debootstrap --variant=minbase from the mirror apt already uses.
-if [ ! -s "$cache/debian.tar" ]; then
+if [ ! -s "$cache/debian-v$version.tar" ]; then
   mirror=$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\/debian\)[[:space:]]*$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)
   [ -n "$mirror" ] || mirror=$(awk '$1=="deb" && $2 ~ /\/debian\/?$/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
   [ -n "$mirror" ] || { echo "docker-test-setup: no Debian mirror in apt's sources" >&2; exit 1; }
@@ -45,6 +48,6 @@ if [ ! -s "$cache/debian.tar" ]; then
     { echo "docker-test-setup: debootstrap failed, see $cache/debootstrap.log" >&2; rm -rf "$root"; exit 1; }
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
   marker debian "$root"
-  tar -C "$root" --numeric-owner -cf "$cache/debian.tar.tmp" . && mv "$cache/debian.tar.tmp" "$cache/debian.tar"
+  tar -C "$root" --numeric-owner -cf "$cache/debian-v$version.tar.tmp" . && mv "$cache/debian-v$version.tar.tmp" "$cache/debian-v$version.tar"
   rm -rf "$root"
 fi

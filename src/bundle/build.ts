@@ -17,11 +17,12 @@ import { fileURLToPath } from 'node:url';
 import { BUNDLE_MANIFEST, type BundleManifest } from './manifest.js';
 
 /** The tools the confinement runs (bubblewrap, util-linux, iproute2, nftables, coreutils). */
-export const BUNDLE_TOOLS = ['bwrap', 'nsenter', 'setpriv', 'ip', 'nft', 'sleep'] as const;
+export const BUNDLE_TOOLS = ['bwrap', 'nsenter', 'setpriv', 'setsid', 'ip', 'nft', 'sleep'] as const;
 const TOOL_PACKAGES: Record<string, string> = {
   bwrap: 'bubblewrap',
   nsenter: 'util-linux',
   setpriv: 'util-linux',
+  setsid: 'util-linux',
   ip: 'iproute2',
   nft: 'nftables',
   sleep: 'coreutils',

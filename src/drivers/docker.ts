@@ -8,6 +8,7 @@ import type { Logger } from '../log.js';
 import { BUNDLE_MANIFEST, BUNDLE_MOUNT, bundleDir, supervisorArgv, type BundleManifest } from '../bundle/manifest.js';
 import { SUPERVISOR_NODE_FLAGS } from '../paths.js';
 import { CONFINEMENT_CAPABILITIES } from '../supervisor/isolation/capabilities.js';
+import { seccompProfile } from './docker-seccomp.js';
 import type { BackendState, ComputeDriver, SandboxSpec } from './types.js';
 
 export const LABEL_ID = 'openshell.sandbox.id';
@@ -21,6 +22,7 @@ const SECRET_DIR = '/run/openshell-secret';
 /** Docker refuses smaller memory limits ("Minimum memory limit allowed is 6MB"). */
 const MIN_MEMORY_BYTES = 6 * 1024 * 1024;
 /** Storage drivers whose containers take a `size` storage option (overlay2 only on xfs with pquota). */
+const SECCOMP = seccompProfile();
 const SIZED_STORAGE = new Set(['btrfs', 'zfs', 'devicemapper', 'windowsfilter']);
 
 export interface DockerDriverOptions {
@@ -151,8 +153,10 @@ export class DockerDriver implements ComputeDriver {
       // Host networking shares the host's ports: each proxy takes a free one instead of :3128.
       ...(this.#o.network === 'host' ? { OPENSHELL_PROXY_LISTEN: '127.0.0.1:0' } : {}),
     };
+    const name = containerName(this.#tag, spec.name);
+    await this.#removeOrphan(name, spec.id);
     const container = await this.#docker.createContainer({
-      name: containerName(this.#tag, spec.name),
+      name,
       Image: image,
       Entrypoint: supervisorArgv(bundle.manifest, BUNDLE_MOUNT, SUPERVISOR_NODE_FLAGS, command),
       Cmd: [],
@@ -167,6 +171,8 @@ export class DockerDriver implements ComputeDriver {
         CapDrop: ['ALL'],
         CapAdd: [...CONFINEMENT_CAPABILITIES],
         Privileged: false,
+        // Docker's default seccomp profile refuses pivot_root (bwrap needs it): see docker-seccomp.ts.
+        SecurityOpt: [`seccomp=${SECCOMP}`, 'no-new-privileges:true'],
         RestartPolicy: { Name: 'no' },
         ...limits,
       },
@@ -178,6 +184,31 @@ export class DockerDriver implements ComputeDriver {
       throw new Error(`container for ${spec.name} did not start: ${engineMessage(err)}`, { cause: err });
     }
     this.#log.info({ sandboxId: spec.id, container: container.id.slice(0, 12), image }, 'container started');
+  }
+
+  /**
+   * A container of this gateway that holds the name but belongs to another
+   * sandbox id is an orphan (names are unique among live sandboxes: its
+   * sandbox is gone from the store, e.g. a state dir restored from a backup).
+   */
+  async #removeOrphan(name: string, id: string): Promise<void> {
+    let info: Docker.ContainerInspectInfo;
+    try {
+      info = await this.#docker.getContainer(name).inspect();
+    } catch (err) {
+      if (statusOf(err) === 404) return;
+      throw err;
+    }
+    const labels = info.Config.Labels ?? {};
+    if (labels[LABEL_GATEWAY] !== this.#tag) throw new Error(`container name ${name} is taken by a container this gateway does not own`);
+    if (labels[LABEL_ID] === id) return;
+    this.#log.warn({ container: info.Id.slice(0, 12), orphanOf: labels[LABEL_ID] }, 'removing an orphaned sandbox container');
+    this.#deleting.add(labels[LABEL_ID] ?? '');
+    try {
+      await this.#docker.getContainer(info.Id).remove({ force: true, v: true });
+    } finally {
+      this.#deleting.delete(labels[LABEL_ID] ?? '');
+    }
   }
 
   /** `resources` as container limits; what the engine would refuse is refused here, naming the field. */

@@ -8,7 +8,7 @@ import { WebSocket } from 'ws';
 import { packageRoot } from '../../src/paths.js';
 import type { Sandbox } from '../../src/schemas/sandbox.js';
 import { dockerEngine, IMAGES, MARKER, type Engine } from '../helpers/docker.js';
-import { api, startGateway, tempDir, waitForPhase, type TestGateway } from '../helpers/gateway.js';
+import { api, startGateway, tempDir, waitForPhase, waitForSandbox, type TestGateway } from '../helpers/gateway.js';
 import { killHard, spawnGateway } from '../helpers/gateway-process.js';
 
 const run = promisify(execFile);
@@ -88,6 +88,35 @@ async function tests(engine: Engine): Promise<void> {
     });
   }
 
+  t.test('the sandbox is confined inside the container: not root, no capabilities, no way to the gateway around the proxy', async (t) => {
+    const gw = await gateway(t);
+    await api(gw.url, 'POST', '/v1/sandboxes', { name: 'sbx-confined', image: IMAGES.debian });
+    await waitForPhase(gw.app, 'sbx-confined', 'Ready', 30_000);
+    const isolated = await waitForSandbox(gw.app, 'sbx-confined', (s) => s.conditions.some((c) => c.type === 'Isolated'), 'Isolated', 10_000);
+    t.match(isolated.conditions.find((c) => c.type === 'Isolated'), { status: 'True', reason: 'namespaces' });
+    const port = new URL(gw.url).port;
+    const probe = await exec(gw, 'sbx-confined', [
+      'bash',
+      '-c',
+      [
+        'echo "uid $(id -u)"',
+        "grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status",
+        `(exec 3<>/dev/tcp/127.0.0.1/${port}) 2>/dev/null && echo "gateway port open" || echo "gateway port closed"`,
+        'ls /run/openshell-gateway /run/openshell-secret 2>/dev/null || echo "no gateway socket, no secret"',
+        'kill -9 1 2>/dev/null && echo "killed pid 1" || echo "pid 1 survives"',
+        'ps -e -o comm= 2>/dev/null | grep -c openshell-super || true',
+      ].join('; '),
+    ]);
+    t.comment(probe.stdout + probe.stderr);
+    t.notMatch(probe.stdout, /^uid 0$/m, 'not root');
+    t.match(probe.stdout, /CapEff:\s+0+\n/);
+    t.match(probe.stdout, /CapBnd:\s+0+\n/);
+    t.match(probe.stdout, /NoNewPrivs:\s+1/);
+    t.match(probe.stdout, /gateway port closed/, 'no direct TCP to the gateway, even on the host network');
+    t.match(probe.stdout, /no gateway socket, no secret/);
+    t.equal((await exec(gw, 'sbx-confined', ['echo', 'still'])).stdout, 'still\n', 'the supervisor still serves');
+  });
+
   t.test('WebSocket exec with a tty, file upload and download, and OpenSSH run inside the container', async (t) => {
     const gw = await gateway(t);
     const name = 'sbx-io';
@@ -111,9 +140,9 @@ async function tests(engine: Engine): Promise<void> {
         check();
       });
     const send = (channel: number, payload: string) => ws.send(Buffer.concat([Buffer.from([channel]), Buffer.from(payload)]));
-    send(0, `tty; cat ${MARKER}\n`);
+    send(0, `test -t 0 && echo "on a $(echo tty)"; cat ${MARKER}\n`);
     await until(/openshell-test image busybox/);
-    t.match(output, /\/dev\/pts\/\d+/, 'a real tty in the container');
+    t.match(output, /on a tty/, 'a real tty in the container');
     send(0, 'exit 4\n');
     await closed;
     t.match(status, { exitCode: 4 });

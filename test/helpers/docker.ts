@@ -22,8 +22,11 @@ const LEASES = join(ENGINE_DIR, 'leases');
 const LOCK = join(ENGINE_DIR, 'start.lock');
 
 /** The test images and the marker file baked into each. */
-export const IMAGES = { debian: 'openshell-test/debian', busybox: 'openshell-test/busybox' } as const;
-export const MARKER = '/etc/openshell-test-image';
+export const IMAGE_VERSION = 2;
+export const IMAGES = { debian: `openshell-test/debian:v${IMAGE_VERSION}`, busybox: `openshell-test/busybox:v${IMAGE_VERSION}` } as const;
+/** Baked into each image (also at /etc/openshell-test-image); under /usr, which a confined sandbox sees. */
+export const MARKER = '/usr/share/openshell-test-image';
+const tarOf = (name: string) => join(CACHE, `${name}-v${IMAGE_VERSION}.tar`);
 
 export interface Engine {
   host: string;
@@ -37,7 +40,7 @@ export async function dockerEngine(): Promise<Engine | { skip: string }> {
     if (!(await which(bin))) return { skip: `${bin} not installed (scripts/docker-test-setup.sh installs docker.io)` };
   }
   for (const name of Object.keys(IMAGES)) {
-    if (!existsSync(join(CACHE, `${name}.tar`))) return { skip: `${join(CACHE, `${name}.tar`)} missing (run scripts/docker-test-setup.sh)` };
+    if (!existsSync(tarOf(name))) return { skip: `${tarOf(name)} missing (run scripts/docker-test-setup.sh)` };
   }
   mkdirSync(LEASES, { recursive: true });
   // The tap runner is this file's parent: its after script releases the lease.
@@ -127,7 +130,7 @@ async function ensureImages(): Promise<void> {
     try {
       await docker('image', 'inspect', '--format', '{{.Id}}', tag);
     } catch {
-      await docker('import', join(CACHE, `${name}.tar`), tag);
+      await docker('import', tarOf(name), tag);
     }
   }
 }
