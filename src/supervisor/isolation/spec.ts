@@ -109,7 +109,8 @@ export function initArgs(spec: ConfinementSpec): string[] {
   bind('--bind', spec.workspace, `${r}${SANDBOX_WORKSPACE}`);
   for (const b of spec.extraBinds) {
     bind(b.writable ? '--bind' : '--ro-bind', b.host, `${r}${b.sandbox}`);
-    bind('--symlink', `${r.slice(1)}${b.sandbox}`, b.sandbox);
+    // Absolute: a relative target resolves from the link's directory, wrong for a nested path such as /opt/openshell.
+    bind('--symlink', `${r}${b.sandbox}`, b.sandbox);
   }
   a.push('--chdir', '/');
   return a;
