@@ -15,6 +15,18 @@ export async function createDriver(config: Config, log: Logger): Promise<Compute
         // Supervisors dial back over TLS; a self-signed gateway cert must be trusted by them.
         supervisorEnv: config.tlsCert ? { NODE_EXTRA_CA_CERTS: config.tlsCert } : {},
       });
+    case 'kubernetes': {
+      const { KubernetesDriver } = await import('./kubernetes.js');
+      return new KubernetesDriver({
+        log,
+        namespace: config.k8sNamespace,
+        kubeconfig: config.kubeconfig,
+        supervisorImage: config.supervisorImage,
+        defaultImage: config.defaultImage,
+        startTimeoutMs: config.k8sStartTimeoutMs,
+        isolation: config.isolation,
+      });
+    }
     default:
       throw new Error(`--driver ${config.driver}: not available in this build yet (use --driver process)`);
   }
