@@ -80,6 +80,8 @@ export interface KubernetesDriverOptions {
   resyncMs?: number;
   /** Server-side timeout of one watch request (default 240–360 s, spread). */
   watchTimeoutSeconds?: number;
+  /** A watch stream silent this much longer than its server timeout is taken for dead (default 30 s). */
+  watchIdleGraceMs?: number;
   /** How long delete waits for the Pod object to go (default 60 s); past it the Pod is left terminating. */
   deleteWaitMs?: number;
 }
@@ -315,7 +317,14 @@ export function apiError(what: string, err: unknown): OpenShellError {
     const status = parseStatus(err.body);
     const msg = status?.message ?? (typeof err.body === 'string' ? err.body.slice(0, 500) : `HTTP ${err.code}`);
     const text = `kubernetes ${what}: ${msg}`;
-    if (err.code === 403) return new OpenShellError('PERMISSION_DENIED', `PERMISSION_DENIED: ${text}`, { cause: err, details: status });
+    if (err.code === 403) {
+      // RBAC says "User … cannot <verb> resource …"; admission (quota, LimitRange, PodSecurity) also answers 403.
+      if (/cannot [a-z]+ resource/.test(msg)) {
+        return new OpenShellError('PERMISSION_DENIED', `PERMISSION_DENIED: ${text}`, { cause: err, details: status });
+      }
+      if (/exceeded quota/.test(msg)) return new OpenShellError('RESOURCE_EXHAUSTED', text, { cause: err, details: status });
+      return new OpenShellError('INVALID_ARGUMENT', text, { cause: err, details: status });
+    }
     if (err.code === 401) return new OpenShellError('UNAUTHENTICATED', `UNAUTHENTICATED: ${text}`, { cause: err });
     if (err.code === 409) return new OpenShellError('CONFLICT', text, { cause: err, details: status });
     if (err.code === 400 || err.code === 422) return new OpenShellError('INVALID_ARGUMENT', text, { cause: err, details: status });
@@ -342,6 +351,17 @@ function parseStatus(body: unknown): K8sStatus | null {
     }
   }
   return body && typeof body === 'object' ? (body as K8sStatus) : null;
+}
+
+/** The watch's own errors carry only `statusCode` and the status text. */
+function watchError(what: string, err: unknown): OpenShellError {
+  const code = (err as { statusCode?: number } | null)?.statusCode;
+  if (code === 403) {
+    return new OpenShellError('PERMISSION_DENIED', `PERMISSION_DENIED: kubernetes ${what}: forbidden (HTTP 403): the Role lacks "watch" on pods`, { cause: err });
+  }
+  if (code === 401) return new OpenShellError('UNAUTHENTICATED', `UNAUTHENTICATED: kubernetes ${what}: HTTP 401`, { cause: err });
+  if (code) return new OpenShellError('INTERNAL', `kubernetes ${what}: HTTP ${code} ${(err as Error).message}`, { cause: err });
+  return apiError(what, err);
 }
 
 function isStatus(err: unknown, code: number): boolean {
@@ -381,6 +401,8 @@ export class KubernetesDriver implements ComputeDriver {
   #closed = false;
   /** Counters for tests and the benchmark. */
   readonly stats = { lists: 0, watches: 0, gone410: 0, watchErrors: 0 };
+  /** Why the last list or watch failed (null once one succeeds): the watch has no caller to throw to. */
+  watchError: OpenShellError | null = null;
 
   constructor(opts: KubernetesDriverOptions) {
     this.#o = opts;
@@ -582,11 +604,13 @@ export class KubernetesDriver implements ComputeDriver {
         const list = await this.#api.listNamespacedPod({ namespace: this.namespace, labelSelector: SELECTOR });
         rv = list.metadata?.resourceVersion ?? '';
         this.#replace(list.items);
+        this.watchError = null;
         backoff = 500;
       } catch (err) {
         if (this.#closed) break;
         this.stats.watchErrors++;
-        this.#log.warn({ err: apiError(`list pods in ${this.namespace}`, err), retryInMs: backoff }, 'pod list failed');
+        this.watchError = apiError(`list pods in ${this.namespace}`, err);
+        this.#log.error({ err: this.watchError, retryInMs: backoff }, 'pod list failed');
         await this.#sleep(backoff);
         backoff = Math.min(backoff * 2, 30_000);
         continue;
@@ -605,7 +629,8 @@ export class KubernetesDriver implements ComputeDriver {
           break;
         }
         this.stats.watchErrors++;
-        this.#log.warn({ err: end.err, retryInMs: backoff }, 'pod watch failed; relisting');
+        this.watchError = watchError(`watch pods in ${this.namespace}`, end.err);
+        this.#log.error({ err: this.watchError, retryInMs: backoff }, 'pod watch failed; relisting');
         await this.#sleep(backoff);
         backoff = Math.min(backoff * 2, 30_000);
         break;
@@ -627,7 +652,7 @@ export class KubernetesDriver implements ComputeDriver {
       let idle: NodeJS.Timeout;
       const armIdle = () => {
         clearTimeout(idle);
-        idle = setTimeout(() => local.abort(), (timeoutSeconds + 30) * 1000).unref();
+        idle = setTimeout(() => local.abort(), timeoutSeconds * 1000 + (this.#o.watchIdleGraceMs ?? 30_000)).unref();
       };
       armIdle();
       const finish = (end: WatchEnd) => {
