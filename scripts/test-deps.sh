@@ -4,7 +4,7 @@
 set -euo pipefail
 
 # command -> Debian package
-declare -A need=( [ssh]=openssh-client [tar]=tar [curl]=curl [setsid]=util-linux )
+declare -A need=( [ssh]=openssh-client [tar]=tar [curl]=curl [setsid]=util-linux [openssl]=openssl )
 for extra in "$@"; do need[${extra%%=*}]=${extra#*=}; done
 
 missing=()
