@@ -2,11 +2,11 @@
 // uses (resources, namespace, images); anything else in kustomization.yaml fails loudly,
 // so the tests never pass on a rendering that kubectl would not produce.
 import { readFileSync } from 'node:fs';
-import { dirname, join, resolve } from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { join } from 'node:path';
 import { parseAllDocuments, parse } from 'yaml';
+import { packageRoot } from '../../src/paths.js';
 
-export const DEPLOY_DIR = resolve(dirname(fileURLToPath(import.meta.url)), '../../deploy/kubernetes');
+export const DEPLOY_DIR = join(packageRoot(), 'deploy', 'kubernetes');
 
 export interface K8sObject {
   apiVersion: string;
