@@ -467,7 +467,8 @@ export class KubernetesDriver implements ComputeDriver {
     } catch (err) {
       throw apiError(`create pods ${body.metadata!.name} in ${this.namespace}`, err);
     }
-    this.#remember(pod);
+    // Not put in the cache here: only the list+watch stream does, so a list that began before
+    // this create can never take the new Pod for one deleted underneath us.
     try {
       await this.#api.createNamespacedSecret({ namespace: this.namespace, body: buildSecret(spec, pod, this.namespace) });
     } catch (err) {
