@@ -103,7 +103,9 @@ if ! have kube-apiserver "$K8S_VERSION"; then
 package tools
 EOF
     go get "k8s.io/kubernetes/cmd/kube-apiserver@$K8S_VERSION"
-    nice -n 10 go build -ldflags "$ldflags" -o "$BIN/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
+    v=k8s.io/component-base/version
+    nice -n 10 go build -ldflags "$ldflags -X $v.gitVersion=$K8S_VERSION -X $v.gitMajor=1 -X $v.gitMinor=$(echo "$K8S_VERSION" | cut -d. -f2)" \
+      -o "$BIN/kube-apiserver.tmp" k8s.io/kubernetes/cmd/kube-apiserver
     mv "$BIN/kube-apiserver.tmp" "$BIN/kube-apiserver"
     echo "$K8S_VERSION" >"$BIN/.kube-apiserver.version"
   ) || fail "building kube-apiserver $K8S_VERSION failed (see the lines above)"

@@ -206,6 +206,8 @@ export async function startKubeApiServer(t: Teardown, opts: { readyTimeoutMs?: n
       `--etcd-servers=${etcdUrl}`,
       '--bind-address=127.0.0.1',
       '--advertise-address=127.0.0.1',
+      // The kubernetes Service's endpoints may not be loopback: no reconciler (nothing dials it here).
+      '--endpoint-reconciler-type=none',
       `--secure-port=${port}`,
       `--cert-dir=${certDir}`,
       '--authorization-mode=RBAC',
