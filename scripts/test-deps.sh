@@ -6,7 +6,7 @@ set -euo pipefail
 # command -> Debian package. The confinement tools (bwrap, nsenter, setpriv,
 # setsid, ip, nft) are what a sandbox needs on its host.
 declare -A need=( [ssh]=openssh-client [tar]=tar [curl]=curl [setsid]=util-linux [nsenter]=util-linux
-  [setpriv]=util-linux [bwrap]=bubblewrap [ip]=iproute2 [nft]=nftables )
+  [setpriv]=util-linux [bwrap]=bubblewrap [ip]=iproute2 [nft]=nftables [openssl]=openssl )
 # path -> Debian package: what the tests run inside confined sandboxes, which see
 # the host's /usr only (not PATH entries elsewhere).
 declare -A need_path=( [/usr/bin/python3]=python3 [/usr/lib/openssh/sftp-server]=openssh-sftp-server
