@@ -110,6 +110,15 @@ export class Gateway {
       case 'log':
         this.logs.append(session.sandboxId, message.lines);
         break;
+      case 'isolation':
+        void this.sandboxes
+          .setIsolation(session.sandboxId, {
+            ok: message.ok === true,
+            mode: typeof message.mode === 'string' ? message.mode : 'unknown',
+            message: typeof message.message === 'string' ? message.message : '',
+          })
+          .catch((err: unknown) => this.log.error({ err }, 'could not record the isolation state'));
+        break;
       case 'mainProcess':
         void this.sandboxes
           .setMainProcess(session.sandboxId, {

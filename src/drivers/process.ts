@@ -6,6 +6,7 @@ import { join, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
 import type { Logger } from '../log.js';
 import { SUPERVISOR_NODE_FLAGS, supervisorEntry } from '../paths.js';
+import { removeSandboxCgroups } from '../supervisor/isolation/cgroups.js';
 import type { BackendState, ComputeDriver, SandboxSpec } from './types.js';
 
 export interface ProcessDriverOptions {
@@ -138,6 +139,8 @@ export class ProcessDriver implements ComputeDriver {
       OPENSHELL_SSH_SOCKET: this.sshSocketPath(spec.id),
       OPENSHELL_SPOOL_DIR: this.spoolDir(spec.id),
       OPENSHELL_PROXY_LISTEN: '127.0.0.1:0',
+      OPENSHELL_ISOLATION: this.#opts.isolation ?? 'auto',
+      OPENSHELL_RESOURCES: JSON.stringify(spec.resources ?? {}),
     };
     const warm = this.#takeWarm();
     const child = warm
@@ -292,6 +295,7 @@ export class ProcessDriver implements ComputeDriver {
       }
       // Anything the supervisor started and left behind (it may have been SIGKILLed).
       killTagged(id);
+      removeSandboxCgroups(id);
       this.#running.delete(id);
       await rm(this.sandboxDir(id), { recursive: true, force: true });
       await rm(this.spoolDir(id), { recursive: true, force: true });

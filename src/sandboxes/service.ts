@@ -221,6 +221,34 @@ export class SandboxService {
     );
   }
 
+  /**
+   * Records how the supervisor confined the sandbox (condition `Isolated`). A
+   * confinement that failed (not one turned off by `--isolation none`) puts
+   * the sandbox in Error: nothing may run in it.
+   */
+  async setIsolation(id: string, state: { ok: boolean; mode: string; message: string }): Promise<SandboxRecord | null> {
+    const reason = state.ok ? state.mode : state.mode === 'none' ? 'Disabled' : 'ConfinementFailed';
+    const updated = await this.#mutate(id, (r) => {
+      const prev = r.isolated;
+      if (prev && prev.reason === reason && prev.message === state.message) return null;
+      const now = new Date().toISOString();
+      const status = state.ok ? 'True' : 'False';
+      const isolated: Condition = {
+        type: 'Isolated',
+        status,
+        reason,
+        message: state.message,
+        lastTransitionTime: prev && prev.status === status ? prev.lastTransitionTime : now,
+      };
+      return { isolated };
+    });
+    if (!state.ok && state.mode !== 'none') {
+      return this.markError(id, 'ConfinementFailed', `the sandbox could not be confined: ${state.message}`);
+    }
+    if (!state.ok) this.#log.warn({ sandboxId: id }, 'sandbox runs unconfined (--isolation none)');
+    return updated;
+  }
+
   async setMainProcess(id: string, mainProcess: MainProcess): Promise<SandboxRecord | null> {
     return this.#mutate(id, () => ({ mainProcess }));
   }

@@ -9,8 +9,11 @@
  * byte on stdout, and wait for one JSON assignment on stdin (environment,
  * working directory, log file, command) to become that sandbox's supervisor.
  * EOF before an assignment (the gateway went away) ends the process.
+ *
+ * `--check`: load every module and native addon the supervisor uses, print
+ * what loaded as one JSON line and exit (proves a bundle works in an image).
  */
-import { openSync, writeSync } from 'node:fs';
+import { openSync, readFileSync, writeSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { Supervisor, supervisorOptionsFromEnv } from './supervisor.js';
 import { createSupervisorLogger } from './log.js';
@@ -77,6 +80,23 @@ export async function runWarm(): Promise<Supervisor | null> {
   return runSupervisor(['--', ...assignment.command], process.env, { stdioFd: fd });
 }
 
+/** Loads what a sandbox's supervisor loads lazily; answers with the native addons mapped into this process. */
+export async function checkSupervisor(): Promise<{ version: string; node: string; addons: string[] }> {
+  const [{ SUPERVISOR_VERSION }] = await Promise.all([
+    import('./supervisor.js'),
+    import('../egress/index.js'),
+    import('./exec-registry.js'),
+    import('./exec-relay.js'),
+    import('./sshd.js'),
+    import('./pty.js'),
+    // ws loads it on first use and falls back to JavaScript silently; the map below tells which.
+    import('bufferutil' as string),
+  ]);
+  const maps = readFileSync('/proc/self/maps', 'utf8');
+  const addons = [...new Set(maps.match(/[^/\s]+\.node$/gm) ?? [])].sort();
+  return { version: SUPERVISOR_VERSION, node: process.version, addons };
+}
+
 function readLine(stream: NodeJS.ReadableStream): Promise<string | null> {
   return new Promise((resolve) => {
     let buffer = '';
@@ -101,14 +121,19 @@ function readLine(stream: NodeJS.ReadableStream): Promise<string | null> {
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const argv = process.argv.slice(2);
-  const started = argv[0] === '--warm' ? runWarm() : runSupervisor(argv, process.env);
-  started.then(
-    (supervisor) => {
+  const fail = (err: unknown) => {
+    process.stderr.write(`openshell supervisor: ${(err as Error).message}\n`);
+    process.exit(2);
+  };
+  if (argv[0] === '--check') {
+    checkSupervisor().then((report) => {
+      process.stdout.write(`${JSON.stringify(report)}\n`);
+      process.exit(0);
+    }, fail);
+  } else {
+    const started = argv[0] === '--warm' ? runWarm() : runSupervisor(argv, process.env);
+    started.then((supervisor) => {
       if (!supervisor) process.exit(0);
-    },
-    (err: unknown) => {
-      process.stderr.write(`openshell supervisor: ${(err as Error).message}\n`);
-      process.exit(2);
-    },
-  );
+    }, fail);
+  }
 }
