@@ -41,11 +41,11 @@ export async function runSupervisor(argv: string[], env: NodeJS.ProcessEnv, run:
   supervisor = new Supervisor(options);
   void supervisor.start();
   let stopping = false;
-  const stop = (signal: NodeJS.Signals) => {
+  const stop = (why: string) => {
     if (stopping) return;
     stopping = true;
     const force = setTimeout(() => process.exit(1), 5000).unref();
-    (supervisor as Supervisor).close(`signal ${signal}`).then(
+    (supervisor as Supervisor).close(why).then(
       () => {
         clearTimeout(force);
         process.exit(0);
@@ -53,10 +53,10 @@ export async function runSupervisor(argv: string[], env: NodeJS.ProcessEnv, run:
       () => process.exit(1),
     );
   };
-  process.once('SIGTERM', stop);
-  process.once('SIGINT', stop);
+  process.once('SIGTERM', () => stop('signal SIGTERM'));
+  process.once('SIGINT', () => stop('signal SIGINT'));
   // Stopped itself: its sandbox is gone and nothing would ever adopt it.
-  void supervisor.gone.then(() => process.exit(0));
+  void supervisor.gone.then(stop);
   return supervisor;
 }
 

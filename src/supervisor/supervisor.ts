@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { existsSync, readFileSync } from 'node:fs';
+import { readFileSync, statSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -146,15 +146,17 @@ export class Supervisor {
   #markReady: () => void = () => undefined;
   readonly #ready = new Promise<void>((resolve) => (this.#markReady = resolve));
   #closed = false;
+  #closing: Promise<void> | undefined;
   /** The sandbox's confinement (isolation `auto`): every process starts inside it, or none starts. */
   #confinement: Promise<Confinement> | undefined;
   #isolationState: IsolationMessage | undefined;
   #dirTimer: NodeJS.Timeout | undefined;
   #markGone: (reason: string) => void = () => undefined;
   /**
-   * Resolves with the reason when the supervisor has stopped itself because
-   * its sandbox is gone: its directory removed, or the gateway does not know
-   * it. Nothing could ever adopt it again; `main.ts` exits.
+   * Resolves with the reason when the supervisor stops itself because its
+   * sandbox is gone: its directory removed, or the gateway does not know it.
+   * Nothing could ever adopt it again; `main.ts` then exits once `close()`
+   * is done (or after a bound).
    */
   readonly gone = new Promise<string>((resolve) => (this.#markGone = resolve));
   /** Relays to a TLS or loopback endpoint send zero masking keys (see needsMasking). */
@@ -198,9 +200,12 @@ export class Supervisor {
    */
   start(): Promise<void> {
     const dir = this.#o.sandboxDir;
-    if (dir) {
+    const at = dir ? statSync(dir, { throwIfNoEntry: false }) : undefined;
+    if (dir && at) {
+      // By identity, not by name: something of ours (a mkdir -p under it) may make the path again.
       this.#dirTimer = setInterval(() => {
-        if (!existsSync(dir)) this.#giveUp(`the sandbox directory ${dir} is gone`);
+        const now = statSync(dir, { throwIfNoEntry: false });
+        if (!now || now.ino !== at.ino || now.dev !== at.dev) this.#giveUp(`the sandbox directory ${dir} is gone`);
       }, SANDBOX_DIR_CHECK_MS).unref();
     }
     this.#control.start();
@@ -310,11 +315,17 @@ export class Supervisor {
   #giveUp(reason: string): void {
     if (this.#closed) return;
     this.#log.warn({ reason }, 'the sandbox is gone; the supervisor stops');
-    void this.close(reason).finally(() => this.#markGone(reason));
+    void this.close(reason);
+    this.#markGone(reason);
   }
 
-  async close(reason: string): Promise<void> {
-    if (this.#closed) return;
+  /** Stops everything; idempotent (a second call gets the first one's promise). */
+  close(reason: string): Promise<void> {
+    this.#closing ??= this.#close(reason);
+    return this.#closing;
+  }
+
+  async #close(reason: string): Promise<void> {
     this.#closed = true;
     this.#log.info({ reason }, 'supervisor stopping');
     clearInterval(this.#dirTimer);

@@ -9,8 +9,9 @@ import { api, startGateway, waitForPhase } from '../helpers/gateway.js';
 const INTERVAL_MS = 200;
 
 /** One request through a proxy on a new connection; resolves with the answer's status line once it is read. */
-async function throughProxy(proxyPort: number, url: string): Promise<string> {
-  const sock = connect(proxyPort, '127.0.0.1');
+async function throughProxy(proxy: URL, url: string): Promise<string> {
+  // Confined, the proxy is on the sandbox's veth peer; unconfined, on loopback.
+  const sock = connect(Number(proxy.port), proxy.hostname);
   try {
     await once(sock, 'connect');
     sock.write(`GET ${url} HTTP/1.1\r\nHost: ${new URL(url).host}\r\nConnection: close\r\n\r\n`);
@@ -32,13 +33,13 @@ t.test('egress decisions reach the gateway within the send interval, an isolated
   for (const name of ['one', 'two']) await api(gw.url, 'POST', '/v1/sandboxes', { name });
   await Promise.all(['one', 'two'].map((n) => waitForPhase(gw.app, n, 'Ready')));
   const ids = await Promise.all(['one', 'two'].map(async (n) => (await sandboxes.getRecord(n)).id));
-  const proxyPort = (id: string) =>
-    new Promise<number>((resolve) => {
-      const found = (l: LogLine) => l.message === 'egress proxy listening' && (stop(), resolve(Number(new URL(String(l.fields?.url)).port)));
+  const proxyOf = (id: string) =>
+    new Promise<URL>((resolve) => {
+      const found = (l: LogLine) => l.message === 'egress proxy listening' && (stop(), resolve(new URL(String(l.fields?.url))));
       const stop = logs.follow(id, found);
       for (const l of logs.get(id)) found(l);
     });
-  const ports = await Promise.all(ids.map(proxyPort));
+  const proxies = await Promise.all(ids.map(proxyOf));
   const arrival = (id: string, path: string) =>
     new Promise<number>((resolve) => {
       const stop = logs.follow(id, (l) => {
@@ -51,7 +52,7 @@ t.test('egress decisions reach the gateway within the send interval, an isolated
   // A burst in both sandboxes: every decision of the second is at the gateway within the interval of the last.
   const paths = [0, 1, 2, 3].map((i) => `/burst${i}`);
   const seen = paths.map((p) => arrival(ids[1]!, p));
-  await Promise.all(ports.map(async (p) => { for (const path of paths) await throughProxy(p, `http://127.0.0.1:${port}${path}`); }));
+  await Promise.all(proxies.map(async (p) => { for (const path of paths) await throughProxy(p, `http://127.0.0.1:${port}${path}`); }));
   const answered = Date.now();
   const times = await Promise.all(seen);
   t.ok(Math.max(...times) - answered < 5 * INTERVAL_MS, `the burst's decisions arrived ${times.map((x) => x - answered).join(' ')} ms after the last answer`);
@@ -64,7 +65,7 @@ t.test('egress decisions reach the gateway within the send interval, an isolated
     await new Promise((r) => setTimeout(r, INTERVAL_MS + 50));
     const path = `/alone${i}`;
     const got = arrival(ids[1]!, path);
-    t.match(await throughProxy(ports[1]!, `http://127.0.0.1:${port}${path}`), / 403 /, 'denied: no policy');
+    t.match(await throughProxy(proxies[1]!, `http://127.0.0.1:${port}${path}`), / 403 /, 'denied: no policy');
     const answeredAt = Date.now();
     const lag = (await got) - answeredAt;
     lags.push(lag);
