@@ -167,6 +167,19 @@ t.test('two confined sandboxes probe the host, the gateway and each other', asyn
   t.not(direct.exitCode, 0, 'the same request around the proxy fails');
   t.ok(await logged(gw.url, 'probe-a', (l) => l.source === 'egress' && l.fields?.decision?.port === webPort), 'the proxy logged the decision');
 
+  // A symlink planted in the workspace is followed inside the sandbox, also by the supervisor's checks.
+  const hostOnly = join(tempDir(t), 'host-only');
+  writeFileSync(hostOnly, '#!/bin/sh\necho escaped\n', { mode: 0o755 });
+  await exec(gw.url, 'probe-a', ['ln', '-s', hostOnly, '/workspace/host-cmd']);
+  await exec(gw.url, 'probe-a', ['ln', '-s', '/usr/bin/true', '/workspace/own-cmd']);
+  t.equal((await exec(gw.url, 'probe-a', ['/workspace/own-cmd'])).exitCode, 0, 'a link to a sandbox file runs');
+  const res = await fetch(`${gw.url}/v1/sandboxes/probe-a/exec`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', accept: 'application/json' },
+    body: JSON.stringify({ command: ['/workspace/host-cmd'] }),
+  });
+  t.match(await res.text(), /command not found/, 'a link to a host file is not found, before anything starts');
+
   // kill -9 -1 inside ends the sandbox's own processes only.
   const pid = supervisorPid(gw.stateDir, a.id);
   // Linux spares the caller of kill(-1): the shell stays to report on its child.

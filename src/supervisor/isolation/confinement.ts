@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chownSync, closeSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
+import { chownSync, closeSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, readlinkSync, writeFileSync, type Stats } from 'node:fs';
 import { randomInt } from 'node:crypto';
 import { delimiter, isAbsolute, join, posix } from 'node:path';
 import type { Logger } from '../../log.js';
@@ -199,24 +199,49 @@ export class Confinement implements ExecLauncher {
     return this.#cgroup ? this.#cgroup.around(fn) : fn();
   }
 
-  /** A host path for a path inside the sandbox (through its init's root; for checks only, never to write). */
-  hostPath(sandboxPath: string): string {
-    return `/proc/${this.initPid}/root${SANDBOX_ROOT}${posix.resolve('/', sandboxPath)}`;
+  /**
+   * Stats a path as a process chrooted in the sandbox would see it: symlinks
+   * are followed inside the sandbox's root, never the supervisor's, so a link
+   * planted in the workspace tells nothing about the host. For checks only.
+   */
+  #statInside(path: string): Stats | null {
+    const root = `/proc/${this.initPid}/root${SANDBOX_ROOT}`;
+    let parts = posix.resolve('/', path).split('/').filter(Boolean);
+    let cur = '';
+    for (let links = 0; parts.length > 0; ) {
+      const name = parts.shift()!;
+      if (name === '.') continue;
+      if (name === '..') {
+        cur = cur.slice(0, cur.lastIndexOf('/'));
+        continue;
+      }
+      const next = `${cur}/${name}`;
+      let st: Stats;
+      try {
+        st = lstatSync(root + next);
+      } catch {
+        return null;
+      }
+      if (!st.isSymbolicLink()) {
+        cur = next;
+        continue;
+      }
+      if (++links > 40) return null;
+      const target = readlinkSync(root + next);
+      if (target.startsWith('/')) cur = '';
+      parts = [...target.split('/').filter(Boolean), ...parts];
+    }
+    try {
+      return lstatSync(root + (cur || '/'));
+    } catch {
+      return null;
+    }
   }
 
   /** execvp-style lookup inside the sandbox, so a missing program is reported before anything starts. */
   resolveCommand(file: string, path: string, cwd: string): string | null {
-    const ok = (p: string): boolean => {
-      try {
-        return statSync(this.hostPath(p)).isFile();
-      } catch {
-        return false;
-      }
-    };
-    if (file.includes('/')) {
-      const p = isAbsolute(file) ? file : posix.resolve(cwd, file);
-      return ok(p) ? file : null;
-    }
+    const ok = (p: string): boolean => this.#statInside(p)?.isFile() ?? false;
+    if (file.includes('/')) return ok(isAbsolute(file) ? file : posix.resolve(cwd, file)) ? file : null;
     for (const dir of path.split(delimiter)) {
       if (dir && ok(posix.resolve(cwd, dir, file))) return posix.resolve(cwd, dir, file);
     }
@@ -225,11 +250,7 @@ export class Confinement implements ExecLauncher {
 
   /** True when `cwd` is a directory inside the sandbox. */
   isDirectory(cwd: string): boolean {
-    try {
-      return statSync(this.hostPath(cwd)).isDirectory();
-    } catch {
-      return false;
-    }
+    return this.#statInside(cwd)?.isDirectory() ?? false;
   }
 
   /**
