@@ -1,16 +1,22 @@
+import { execFile } from 'node:child_process';
 import { once } from 'node:events';
 import { createSocket } from 'node:dgram';
-import { readFileSync } from 'node:fs';
+import { readFileSync, writeFileSync } from 'node:fs';
+import { promisify } from 'node:util';
 import { createServer as createHttpServer } from 'node:http';
 import { createServer, type Server } from 'node:net';
 import { join } from 'node:path';
 import t from 'tap';
 import type { Sandbox } from '../../src/schemas/sandbox.js';
 import { ProcessDriver } from '../../src/drivers/process.js';
+import { packageRoot } from '../../src/paths.js';
 import { silentLogger } from '../../src/log.js';
 import { api, startGateway, tempDir, waitForPhase, waitForSandbox, type TestGateway } from '../helpers/gateway.js';
 import { probeCommand, type ProbeArgs, type ProbeResult } from '../helpers/probe.js';
 import { supervisorPid } from '../helpers/sandbox.js';
+
+const run = promisify(execFile);
+const cli = join(packageRoot(), 'bin', 'openshell.js');
 
 interface ExecJson {
   exitCode: number | null;
@@ -161,6 +167,19 @@ t.test('two confined sandboxes probe the host, the gateway and each other', asyn
   t.not(direct.exitCode, 0, 'the same request around the proxy fails');
   t.ok(await logged(gw.url, 'probe-a', (l) => l.source === 'egress' && l.fields?.decision?.port === webPort), 'the proxy logged the decision');
 
+  // A symlink planted in the workspace is followed inside the sandbox, also by the supervisor's checks.
+  const hostOnly = join(tempDir(t), 'host-only');
+  writeFileSync(hostOnly, '#!/bin/sh\necho escaped\n', { mode: 0o755 });
+  await exec(gw.url, 'probe-a', ['ln', '-s', hostOnly, '/workspace/host-cmd']);
+  await exec(gw.url, 'probe-a', ['ln', '-s', '/usr/bin/true', '/workspace/own-cmd']);
+  t.equal((await exec(gw.url, 'probe-a', ['/workspace/own-cmd'])).exitCode, 0, 'a link to a sandbox file runs');
+  const res = await fetch(`${gw.url}/v1/sandboxes/probe-a/exec`, {
+    method: 'POST',
+    headers: { 'content-type': 'application/json', accept: 'application/json' },
+    body: JSON.stringify({ command: ['/workspace/host-cmd'] }),
+  });
+  t.match(await res.text(), /command not found/, 'a link to a host file is not found, before anything starts');
+
   // kill -9 -1 inside ends the sandbox's own processes only.
   const pid = supervisorPid(gw.stateDir, a.id);
   // Linux spares the caller of kill(-1): the shell stays to report on its child.
@@ -196,6 +215,20 @@ t.test('one set of namespaces per sandbox: execs, SSH and the entrypoint share t
   t.equal(tmp.stdout, 'from-main\n', 'execs see the entrypoint’s /tmp');
   const hostname = await exec(gw.url, 'shared', 'hostname');
   t.equal(hostname.stdout, 'shared\n', 'the sandbox has its own hostname');
+
+  // SSH sessions (OpenSSH through the gateway) run in the same sandbox, as its user; SFTP too.
+  const { stdout: config } = await run(process.execPath, [cli, 'sandbox', 'ssh-config', 'shared', '--gateway', gw.url]);
+  const file = join(tempDir(t), 'ssh_config');
+  writeFileSync(file, config);
+  const ssh = await run('ssh', ['-F', file, 'shared', 'id -un; cat /tmp/main-was-here; pwd; ps -eo args | grep -c "http.server 876[5]"'], { timeout: 30_000 });
+  t.equal(ssh.stdout, 'sandbox\nfrom-main\n/workspace\n1\n', 'an SSH session sees the same user, /tmp, workspace and processes');
+  const local = join(tempDir(t), 'up.txt');
+  writeFileSync(local, 'sent over sftp\n');
+  const batch = join(tempDir(t), 'batch');
+  writeFileSync(batch, `put ${local} /tmp/up.txt\n`);
+  await run('sftp', ['-F', file, '-b', batch, 'shared'], { timeout: 30_000 });
+  const up = await exec(gw.url, 'shared', 'cat /tmp/up.txt; stat -c %U /tmp/up.txt');
+  t.equal(up.stdout, 'sent over sftp\nsandbox\n', 'SFTP writes inside the sandbox, as its user');
 });
 
 t.test('resources: pids, memory and cpus are enforced, the supervisor keeps serving', async (t) => {
