@@ -25,7 +25,8 @@ export interface ControlClientOptions {
   onMessage: (message: GatewayToSupervisor) => void;
   /**
    * The gateway refused the session as it does not know this sandbox (401
-   * for an unknown token, 404): the client stops dialing, then this is called.
+   * `UNAUTHENTICATED` for an unknown token, 404 `SANDBOX_NOT_FOUND`, in its
+   * error envelope): the client stops dialing, then this is called.
    */
   onUnknown?: (status: number) => void;
 }
@@ -139,12 +140,29 @@ export class ControlClient {
     ws.on('unexpected-response', (_req, res) => {
       const status = res.statusCode ?? 0;
       this.#log.warn({ status }, 'gateway refused the session');
-      res.resume();
-      ws.terminate();
-      if ((status === 401 || status === 404) && this.#o.onUnknown) {
-        this.close();
-        this.#o.onUnknown(status);
+      const onUnknown = this.#o.onUnknown;
+      if ((status !== 401 && status !== 404) || !onUnknown) {
+        res.resume();
+        ws.terminate();
+        return;
       }
+      // Only the gateway's own envelope says it does not know the sandbox: a 404 or 401
+      // from something in between (a proxy, a gateway still starting behind one) is retried.
+      let body = '';
+      const timer = setTimeout(() => ws.terminate(), this.#timeoutMs).unref();
+      res.setEncoding('utf8');
+      res.on('data', (chunk: string) => {
+        if (body.length < 4096) body += chunk;
+      });
+      res.once('error', () => ws.terminate());
+      res.once('end', () => {
+        clearTimeout(timer);
+        if (isUnknownSandbox(body)) {
+          this.close();
+          onUnknown(status);
+        }
+        ws.terminate();
+      });
     });
     ws.on('error', (err) => this.#log.debug({ err }, 'control connection error'));
     ws.on('close', (code, reason) => {
@@ -163,6 +181,16 @@ export class ControlClient {
     const delay = this.#backoff / 2 + Math.random() * (this.#backoff / 2);
     this.#backoff = Math.min(this.#backoff * 2, BACKOFF_MAX_MS);
     this.#timer = setTimeout(() => this.#dial(), delay);
+  }
+}
+
+/** Whether a refusal's body is the gateway's envelope for a token or sandbox it does not know. */
+function isUnknownSandbox(body: string): boolean {
+  try {
+    const code = (JSON.parse(body) as { error?: { code?: unknown } }).error?.code;
+    return code === 'UNAUTHENTICATED' || code === 'SANDBOX_NOT_FOUND';
+  } catch {
+    return false;
   }
 }
 
