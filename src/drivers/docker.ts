@@ -497,12 +497,12 @@ async function ownContainerMounts(docker: Docker): Promise<Mount[] | null> {
   }
 }
 
-/** Docker and Podman bind /etc/hostname from `…/containers/<id>/…`. */
+/** Docker binds /etc/hostname from `…/containers/<id>/hostname`, Podman from `…/overlay-containers/<id>/userdata/hostname`. */
 export function ownContainerId(mountinfo = readMountinfo()): string | null {
   for (const line of mountinfo.split('\n')) {
     const fields = line.split(' ');
     if (fields[4] !== '/etc/hostname') continue;
-    const match = /\/containers\/([0-9a-f]{64})\//.exec(fields[3] ?? '');
+    const match = /containers\/([0-9a-f]{64})\//.exec(fields[3] ?? '');
     if (match) return match[1] as string;
   }
   return null;

@@ -22,7 +22,7 @@ const LEASES = join(ENGINE_DIR, 'leases');
 const LOCK = join(ENGINE_DIR, 'start.lock');
 
 /** The test images and the marker file baked into each. */
-export const IMAGE_VERSION = 2;
+export const IMAGE_VERSION = 3;
 export const IMAGES = { debian: `openshell-test/debian:v${IMAGE_VERSION}`, busybox: `openshell-test/busybox:v${IMAGE_VERSION}` } as const;
 /** Baked into each image (also at /etc/openshell-test-image); under /usr, which a confined sandbox sees. */
 export const MARKER = '/usr/share/openshell-test-image';
@@ -90,6 +90,8 @@ async function ensureDaemon(): Promise<void> {
       if (Date.now() > deadline) throw new Error('no answer on its socket in 60 s');
       await new Promise((r) => setTimeout(r, delay));
     }
+    // Containers an earlier run left (stopped when its daemon stopped) hold names and disk.
+    if (lock !== null) await docker('container', 'prune', '-f').catch(() => undefined);
   } finally {
     if (lock !== null) {
       closeSync(lock);
