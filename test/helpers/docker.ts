@@ -34,8 +34,11 @@ export interface Engine {
   docker(...args: string[]): Promise<string>;
 }
 
-/** The test engine, started if need be; or the reason the docker tests must skip. */
-export async function dockerEngine(): Promise<Engine | { skip: string }> {
+/**
+ * The test engine, started if need be; or the reason the docker tests must
+ * skip. `holder` is the process whose exit releases the lease (the tap runner).
+ */
+export async function dockerEngine(holder = process.ppid): Promise<Engine | { skip: string }> {
   for (const bin of ['dockerd', 'docker']) {
     if (!(await which(bin))) return { skip: `${bin} not installed (scripts/docker-test-setup.sh installs docker.io)` };
   }
@@ -44,7 +47,7 @@ export async function dockerEngine(): Promise<Engine | { skip: string }> {
   }
   mkdirSync(LEASES, { recursive: true });
   // The tap runner is this file's parent: its after script releases the lease.
-  writeFileSync(join(LEASES, String(process.ppid)), '');
+  writeFileSync(join(LEASES, String(holder)), '');
   try {
     await ensureDaemon();
     await ensureImages();
