@@ -96,6 +96,8 @@ export async function runDockerBench(opts: { quick?: boolean; image?: string } =
       const at = await waitReady(gw.url, `c${i}`, 60_000);
       create.push(at - t0);
       await request('DELETE', `${gw.url}/v1/sandboxes/c${i}`);
+      // The next create must not share the engine with this one's removal.
+      while ((await request('GET', `${gw.url}/v1/sandboxes/c${i}`)).status !== 404) await new Promise((r) => setTimeout(r, 50));
     }
     const dockerRun: number[] = [];
     for (let i = 0; i < N.create; i++) dockerRun.push(await timed(() => docker('run', '--rm', '--network', 'host', image, 'true')));

@@ -70,6 +70,8 @@ export class DockerDriver implements ComputeDriver {
   readonly #listeners = new Set<(state: BackendState) => void>();
   readonly #deleting = new Set<string>();
   readonly #oom = new Set<string>();
+  /** Sandboxes whose image is being pulled; a delete takes its id out, so the pull runs nothing. */
+  readonly #pulling = new Set<string>();
   readonly #abort = new AbortController();
   #info: Promise<EngineInfo> | undefined;
   #paths: Promise<PathMap> | undefined;
@@ -110,18 +112,20 @@ export class DockerDriver implements ComputeDriver {
       return;
     }
     // Missing locally: pull in the background (a pull may take minutes), then run; a failed pull is the sandbox's Error.
+    this.#pulling.add(spec.id);
     void this.#pull(image).then(
       async () => {
-        if (this.#deleting.has(spec.id) || this.#closed) return;
+        // Deleted while pulling: nothing to run.
+        if (!this.#pulling.has(spec.id) || this.#closed) return;
         const pulled = await this.#image(image);
         if (!pulled) throw new Error(`image ${image} not found after pulling it`);
         await this.#run(spec, image, pulled, resources, bundle, paths);
       },
     ).catch((err: unknown) => {
-      if (this.#closed || this.#deleting.has(spec.id)) return;
+      if (this.#closed || !this.#pulling.has(spec.id)) return;
       this.#log.warn({ err, sandboxId: spec.id, image }, 'image unavailable');
       this.#emit({ id: spec.id, state: 'Error', message: `image ${image}: ${engineMessage(err)}` });
-    });
+    }).finally(() => this.#pulling.delete(spec.id));
   }
 
   async #run(
@@ -242,6 +246,7 @@ export class DockerDriver implements ComputeDriver {
   }
 
   async delete(id: string): Promise<void> {
+    this.#pulling.delete(id);
     this.#deleting.add(id);
     try {
       for (const c of await this.#containers(id)) {
@@ -290,7 +295,11 @@ export class DockerDriver implements ComputeDriver {
   async #containers(id?: string): Promise<Docker.ContainerInfo[]> {
     const label = [`${LABEL_GATEWAY}=${this.#tag}`];
     if (id) label.push(`${LABEL_ID}=${id}`);
-    return this.#docker.listContainers({ all: true, filters: { label } });
+    try {
+      return await this.#docker.listContainers({ all: true, filters: { label } });
+    } catch (err) {
+      throw new Error(`cannot reach the container engine at ${this.#o.dockerHost} (--docker-host): ${engineMessage(err)}`, { cause: err });
+    }
   }
 
   async #image(image: string): Promise<Docker.ImageInspectInfo | null> {

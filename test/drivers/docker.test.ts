@@ -1,10 +1,11 @@
 import { execFile } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import t, { type Test } from 'tap';
 import { WebSocket } from 'ws';
+import { BUNDLE_MANIFEST, BUNDLE_MOUNT, bundleDir, supervisorArgv, type BundleManifest } from '../../src/bundle/manifest.js';
 import { packageRoot } from '../../src/paths.js';
 import type { Sandbox } from '../../src/schemas/sandbox.js';
 import { dockerEngine, IMAGES, MARKER, type Engine } from '../helpers/docker.js';
@@ -61,6 +62,16 @@ async function containerOf(engine: Engine, sandboxId: string): Promise<string> {
 async function tests(engine: Engine): Promise<void> {
   const gateway = (t: Test, overrides = {}) =>
     startGateway(t, { driver: 'docker', dockerHost: engine.host, dockerNetwork: 'host', defaultImage: IMAGES.debian, ...overrides });
+
+  t.test('the bundled supervisor alone starts in the Debian and the busybox-only image', async (t) => {
+    const manifest = JSON.parse(readFileSync(join(bundleDir(), BUNDLE_MANIFEST), 'utf8')) as BundleManifest;
+    const argv = supervisorArgv(manifest, BUNDLE_MOUNT, [], []).slice(0, -1);
+    for (const [kind, image] of Object.entries(IMAGES)) {
+      const out = await engine.docker('run', '--rm', '--network', 'none', '-v', `${bundleDir()}:${BUNDLE_MOUNT}:ro`, '--entrypoint', argv[0] as string, image, ...argv.slice(1), '--check');
+      const report = JSON.parse(out) as { addons: string[] };
+      t.same(report.addons.filter((a) => a !== 'cpufeatures.node'), ['bufferutil.node', 'pty.node', 'sshcrypto.node'], `${kind}: every addon loads`);
+    }
+  });
 
   for (const [kind, image] of Object.entries(IMAGES)) {
     t.test(`create → Ready in the ${kind} image (no Node in it); exec runs inside the container`, async (t) => {
