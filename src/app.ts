@@ -17,6 +17,7 @@ import { errorHandler, notFoundHandler } from './routes/error-handler.js';
 import { execRoutes } from './routes/exec.js';
 import { fileRoutes } from './routes/files.js';
 import { healthRoutes } from './routes/health.js';
+import { applyHttpEdges } from './routes/http-edges.js';
 import { policyRoutes } from './routes/policy.js';
 import { relayRoutes } from './routes/relay.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
@@ -59,6 +60,7 @@ export async function buildApp(config: Config, deps: GatewayDeps = {}): Promise<
   await app.register(fastifyWebsocket, {
     options: { perMessageDeflate: false, maxPayload: 64 * 1024 * 1024, skipUTF8Validation: true },
   });
+  applyHttpEdges(app);
 
   if (config.authToken) {
     const expected = Buffer.from(config.authToken);

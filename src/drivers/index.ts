@@ -28,6 +28,18 @@ export async function createDriver(config: Config, log: Logger): Promise<Compute
         socketDir: () => join(config.stateDir, 'run'),
       });
     }
+    case 'kubernetes': {
+      const { KubernetesDriver } = await import('./kubernetes.js');
+      return new KubernetesDriver({
+        log,
+        namespace: config.k8sNamespace,
+        kubeconfig: config.kubeconfig,
+        supervisorImage: config.supervisorImage,
+        defaultImage: config.defaultImage,
+        startTimeoutMs: config.k8sStartTimeoutMs,
+        isolation: config.isolation,
+      });
+    }
     default:
       throw new Error(`--driver ${config.driver}: not available in this build yet (use --driver process)`);
   }

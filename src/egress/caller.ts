@@ -49,6 +49,12 @@ export interface CallerOptions {
   proc?: string;
   /** Where the TCP tables of the callers' network namespace are; default `<proc>/net` (this process's). */
   netDir?: string;
+  /**
+   * The callers' root as this process sees it (a confined sandbox's, `/s`):
+   * executables are named as the sandbox sees them, and processes outside it
+   * (the wrappers that started them) are no ancestors.
+   */
+  exeRoot?: string;
 }
 
 const LITTLE = endianness() === 'LE';
@@ -162,6 +168,7 @@ interface Pending {
 export class CallerFinder {
   readonly #proc: string;
   readonly #netDir: string;
+  readonly #exeRoot: string | null;
   readonly #root: number;
   #queued: Pending[] = [];
   #running = false;
@@ -169,6 +176,7 @@ export class CallerFinder {
   constructor(opts: CallerOptions = {}) {
     this.#proc = opts.proc ?? '/proc';
     this.#netDir = opts.netDir ?? `${this.#proc}/net`;
+    this.#exeRoot = opts.exeRoot ?? null;
     this.#root = opts.root ?? process.pid;
   }
 
@@ -226,7 +234,11 @@ export class CallerFinder {
       for (const l of held[i]!) entry(holders, l, () => []).push(pid);
     });
     const exes = new Map<number, Promise<string | null>>();
-    const exeOf = (pid: number): Promise<string | null> => entry(exes, pid, () => readlink(`${proc}/${pid}/exe`).catch(() => null));
+    const root = this.#exeRoot;
+    const inRoot = (exe: string | null): string | null =>
+      root === null || exe === null ? exe : exe.startsWith(`${root}/`) ? exe.slice(root.length) : null;
+    const exeOf = (pid: number): Promise<string | null> =>
+      entry(exes, pid, () => readlink(`${proc}/${pid}/exe`).then(inRoot, () => null));
     for (const [p, link] of inodes) p.resolve(await this.#describe(holders.get(link) ?? [], parents, exeOf));
   }
 

@@ -187,6 +187,13 @@ export class SandboxService {
     return toSandbox(target);
   }
 
+  /** Deletes every sandbox of this driver (a gateway on an in-memory store, stopping); resolves once all are removed. */
+  async deleteAll(): Promise<void> {
+    const records = (await this.#o.store.list()).filter((r) => r.driver === this.#o.driver.name);
+    await Promise.allSettled(records.map((r) => this.delete(r.name)));
+    await Promise.allSettled(this.#deletes.values());
+  }
+
   /** Resolves once a delete in progress has removed the sandbox. */
   async deleted(id: string): Promise<void> {
     await this.#deletes.get(id);
@@ -385,7 +392,7 @@ function condition(
   return { type: 'Ready', status, reason, message, lastTransitionTime };
 }
 
-/** The API view of a record: no token hash, no policy body. */
+/** The API view of a record: no token hash, no policy body, env names without their values. */
 export function toSandbox(r: SandboxRecord): Sandbox {
   return {
     id: r.id,
@@ -395,7 +402,7 @@ export function toSandbox(r: SandboxRecord): Sandbox {
     image: r.image,
     command: r.command,
     labels: r.labels,
-    env: r.env,
+    env: Object.keys(r.env),
     createdAt: r.createdAt,
     expiresAt: r.expiresAt,
     policyVersion: r.policyVersion,

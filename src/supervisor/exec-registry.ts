@@ -7,6 +7,7 @@ import {
   STREAM_STDERR,
   STREAM_STDOUT,
   type ExecErrorCode,
+  type ExecInfoWire,
   type ExecStartOp,
   type OutputStream,
 } from '../protocol/exec.js';
@@ -110,6 +111,18 @@ const LINGER_MS = 2000;
 /** Unwritten spool bytes above which the child's stream is paused. */
 const SPOOL_HIGH_WATER = 16 * 1024 * 1024;
 const EXEC_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+/** DESIGN.md, Idempotent start. */
+export const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
+/** How long a requestId names its exec. */
+export const REQUEST_ID_TTL_MS = 24 * 3_600_000;
+
+interface RequestRecord {
+  execId: string;
+  command: string[];
+  at: number;
+  /** Kept once the exec itself expired, so a late retry still never starts a second process. */
+  finished: { exitedAt: string | null; exitCode: number | null; signal: string | null } | null;
+}
 
 const streamIndex = (s: OutputStream): 0 | 1 => (s === STREAM_STDOUT ? 0 : 1);
 const streamId = (i: 0 | 1): OutputStream => (i === 0 ? STREAM_STDOUT : STREAM_STDERR);
@@ -137,6 +150,11 @@ export class ExecRegistry {
   readonly #launcher: ExecLauncher | null;
   readonly #execs = new Map<string, ExecHandle>();
   readonly #expiry = new Set<NodeJS.Timeout>();
+  /** requestId → the exec it started (insertion order is age order). */
+  readonly #requests = new Map<string, RequestRecord>();
+  readonly #requestOf = new Map<string, string>();
+  /** Execs whose caller left: killed unless someone attaches first. */
+  readonly #abandoned = new Map<string, NodeJS.Timeout>();
   #closed = false;
 
   constructor(opts: ExecRegistryOptions) {
@@ -225,6 +243,41 @@ export class ExecRegistry {
     };
   }
 
+  /**
+   * Idempotent start (DESIGN.md): with a `requestId` used in the last 24 h,
+   * the exec it started is returned (`existing: true`) and nothing is
+   * spawned; the check and the record are one synchronous step, so racing
+   * starts cannot both spawn. Without one, or the first time, as `start`.
+   * Throws CONFLICT when the id named another command, OUTPUT_EXPIRED when
+   * its exec finished so long ago that it is gone.
+   */
+  startOrJoin(op: ExecStartOp): { handle: ExecHandle; existing: boolean } {
+    const requestId = op.requestId;
+    if (requestId === undefined || requestId === null) return { handle: this.start(op), existing: false };
+    if (typeof requestId !== 'string' || !REQUEST_ID_RE.test(requestId)) {
+      throw new ExecError('INVALID_ARGUMENT', `requestId: must match ${REQUEST_ID_RE.source}`);
+    }
+    this.#sweepRequests();
+    const record = this.#requests.get(requestId);
+    if (record) {
+      if (!sameArgv(record.command, op.command)) {
+        throw new ExecError('CONFLICT', `requestId: "${requestId}" already started exec ${record.execId} with another command`);
+      }
+      const handle = this.#execs.get(record.execId);
+      if (handle) return { handle, existing: true };
+      const f = record.finished;
+      throw new ExecError(
+        'OUTPUT_EXPIRED',
+        `requestId: "${requestId}" started exec ${record.execId}, which finished${f?.exitedAt ? ` at ${f.exitedAt}` : ''}` +
+          `${f ? ` (exit code ${String(f.exitCode)}${f.signal ? `, ${f.signal}` : ''})` : ''} and is no longer kept`,
+      );
+    }
+    const handle = this.start(op);
+    this.#requests.set(requestId, { execId: handle.execId, command: [...op.command], at: Date.now(), finished: null });
+    this.#requestOf.set(handle.execId, requestId);
+    return { handle, existing: false };
+  }
+
   get(execId: string): ExecHandle | undefined {
     return this.#execs.get(execId);
   }
@@ -233,12 +286,53 @@ export class ExecRegistry {
     return [...this.#execs.values()];
   }
 
+  /** The exec as the `list` and `info` answers describe it. */
+  describe(h: ExecHandle): ExecInfoWire {
+    return { ...h.info(), requestId: this.#requestOf.get(h.execId) ?? null };
+  }
+
+  /**
+   * The caller of `h` went away but may come back (it named a requestId):
+   * SIGKILL its process group unless `attached(h)` is called within `graceMs`.
+   */
+  abandon(h: ExecHandle, graceMs: number): void {
+    if (h.state !== 'running' || this.#closed) return;
+    this.attached(h);
+    const timer = setTimeout(() => {
+      this.#abandoned.delete(h.execId);
+      if (h.state === 'running') {
+        this.log.info({ execId: h.execId }, 'abandoned exec not re-attached in time; killing its process group');
+        h.signal('SIGKILL');
+      }
+    }, Math.max(0, graceMs));
+    timer.unref();
+    this.#abandoned.set(h.execId, timer);
+  }
+
+  /** A reader attached to `h`: an abandon pending for it is called off. */
+  attached(h: ExecHandle): void {
+    const timer = this.#abandoned.get(h.execId);
+    if (timer) clearTimeout(timer);
+    this.#abandoned.delete(h.execId);
+  }
+
+  #sweepRequests(): void {
+    const cutoff = Date.now() - REQUEST_ID_TTL_MS;
+    for (const [id, r] of this.#requests) {
+      if (r.at >= cutoff) break;
+      this.#requests.delete(id);
+      if (this.#requestOf.get(r.execId) === id) this.#requestOf.delete(r.execId);
+    }
+  }
+
   /** Kills every process group still running, waits (bounded) for them, and closes the spools. Idempotent. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     for (const timer of this.#expiry) clearTimeout(timer);
     this.#expiry.clear();
+    for (const timer of this.#abandoned.values()) clearTimeout(timer);
+    this.#abandoned.clear();
     const all = [...this.#execs.values()];
     for (const h of all) if (h.state === 'running') h.signal('SIGKILL');
     await Promise.all(
@@ -252,6 +346,13 @@ export class ExecRegistry {
     const timer = setTimeout(() => {
       this.#expiry.delete(timer);
       if (this.#execs.get(h.execId) === h) this.#execs.delete(h.execId);
+      const requestId = this.#requestOf.get(h.execId);
+      const record = requestId === undefined ? undefined : this.#requests.get(requestId);
+      if (record) {
+        const r = h.result;
+        record.finished = { exitedAt: h.info().exitedAt, exitCode: r?.exitCode ?? null, signal: r?.signal ?? null };
+      }
+      this.#requestOf.delete(h.execId);
       h.dispose(true).catch((err: unknown) => this.log.warn({ err, execId: h.execId }, 'removing exec spool failed'));
     }, this.#retentionMs);
     timer.unref();
@@ -787,6 +888,10 @@ function validateStart(op: ExecStartOp): void {
     const v = op[f];
     if (v !== undefined && v !== null && (!Number.isInteger(v) || v <= 0 || v > 65535)) throw bad(f, 'must be a positive integer');
   }
+}
+
+function sameArgv(a: readonly string[], b: readonly string[]): boolean {
+  return Array.isArray(b) && a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
 function resolveAccount(user: string | undefined): { switchTo: PasswdEntry | null } {

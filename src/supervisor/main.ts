@@ -5,10 +5,10 @@
  * create → Ready path; the exec engine, sshd and egress proxy load after the
  * control session is dialed.
  *
- * `--warm` (the process driver's warm pool): load everything first, then wait
- * for one JSON assignment on stdin (environment, working directory, log file,
- * command) and become that sandbox's supervisor. EOF before an assignment
- * (the gateway went away) ends the process.
+ * `--warm` (the process driver's warm pool): load everything, say so with one
+ * byte on stdout, and wait for one JSON assignment on stdin (environment,
+ * working directory, log file, command) to become that sandbox's supervisor.
+ * EOF before an assignment (the gateway went away) ends the process.
  *
  * `--check`: load every module and native addon the supervisor uses, print
  * what loaded as one JSON line and exit (proves a bundle works in an image).
@@ -55,13 +55,21 @@ export async function runSupervisor(argv: string[], env: NodeJS.ProcessEnv, run:
   };
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
+  // Stopped itself: its sandbox is gone and nothing would ever adopt it.
+  void supervisor.gone.then(() => process.exit(0));
   return supervisor;
 }
 
 /** Waits warm for an assignment, then runs as that sandbox's supervisor. */
 export async function runWarm(): Promise<Supervisor | null> {
-  // Pay for module loading now, before any sandbox is waiting.
-  await Promise.all([import('../egress/index.js'), import('./exec-registry.js'), import('./exec-relay.js')]);
+  // Pay for module loading now, before any sandbox is waiting, and say so on stdout (the driver
+  // prefers loaded ones). An assignment that comes first does not wait: the session is dialed
+  // while the rest loads, so a warm supervisor taken early is no slower than a cold one.
+  process.stdout.on('error', () => undefined);
+  void Promise.all([import('../egress/index.js'), import('./exec-registry.js'), import('./exec-relay.js'), import('./isolation/confinement.js')]).then(
+    () => process.stdout.write('1'),
+    () => undefined,
+  );
   const line = await readLine(process.stdin);
   if (!line) return null;
   const assignment = JSON.parse(line) as { env: Record<string, string>; cwd: string; logFile: string; command: string[] };

@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
 import { dirname, join } from 'node:path';
@@ -11,7 +11,7 @@ import type { Resources } from '../schemas/sandbox.js';
 import { closeWebSocket, keepAlive } from '../relay/heartbeat.js';
 import { ControlClient, needsMasking, wsUrl } from './control-client.js';
 import type { Confinement } from './isolation/confinement.js';
-import { SANDBOX_HOME, SANDBOX_USER, SANDBOX_WORKSPACE } from './isolation/spec.js';
+import { SANDBOX_HOME, SANDBOX_ROOT, SANDBOX_USER, SANDBOX_WORKSPACE } from './isolation/spec.js';
 import { createSupervisorLogger, LogRing } from './log.js';
 
 export const SUPERVISOR_VERSION = '0.1.0';
@@ -37,6 +37,8 @@ export interface SupervisorOptions {
   proxyMaxConnections?: number;
   /** Where the entrypoint's stdout/stderr go (a log file descriptor); default: the supervisor's own. */
   stdioFd?: number;
+  /** The sandbox's directory (process driver): the supervisor exits once it is gone. */
+  sandboxDir?: string;
   log?: Logger;
   /** `auto`: confine the sandbox or fail closed; `none`: run unconfined (asked for by name). */
   isolation: 'auto' | 'none';
@@ -60,6 +62,7 @@ const INTERNAL_ENV = [
   'OPENSHELL_SPOOL_DIR',
   'OPENSHELL_PROXY_LISTEN',
   'OPENSHELL_WORKDIR',
+  'OPENSHELL_SANDBOX_DIR',
 ];
 
 export function supervisorOptionsFromEnv(env: NodeJS.ProcessEnv, command: string[]): SupervisorOptions {
@@ -92,6 +95,7 @@ export function supervisorOptionsFromEnv(env: NodeJS.ProcessEnv, command: string
     resources: parseResources(env.OPENSHELL_RESOURCES),
     bundleDir: env.OPENSHELL_BUNDLE_DIR || null,
     hostname: env.OPENSHELL_SANDBOX_NAME || need('OPENSHELL_SANDBOX_ID'),
+    ...(env.OPENSHELL_SANDBOX_DIR ? { sandboxDir: env.OPENSHELL_SANDBOX_DIR } : {}),
   };
 }
 
@@ -101,6 +105,9 @@ function parseResources(text: string | undefined): Resources {
   if (typeof value !== 'object' || value === null) throw new Error('OPENSHELL_RESOURCES must be a JSON object');
   return value;
 }
+
+/** How often a supervisor checks that its sandbox directory is still there. */
+const SANDBOX_DIR_CHECK_MS = 2000;
 
 type ExecModule = typeof import('./exec-registry.js');
 type EgressModule = typeof import('../egress/index.js');
@@ -137,6 +144,14 @@ export class Supervisor {
   /** The sandbox's confinement (isolation `auto`): every process starts inside it, or none starts. */
   #confinement: Promise<Confinement> | undefined;
   #isolationState: IsolationMessage | undefined;
+  #dirTimer: NodeJS.Timeout | undefined;
+  #markGone: (reason: string) => void = () => undefined;
+  /**
+   * Resolves with the reason when the supervisor has stopped itself because
+   * its sandbox is gone: its directory removed, or the gateway does not know
+   * it. Nothing could ever adopt it again; `main.ts` exits.
+   */
+  readonly gone = new Promise<string>((resolve) => (this.#markGone = resolve));
   /** Relays to a TLS or loopback endpoint send zero masking keys (see needsMasking). */
   readonly #zeroMask: boolean;
 
@@ -155,6 +170,7 @@ export class Supervisor {
       log: this.#log,
       onWelcome: (welcome) => this.#onWelcome(welcome),
       onMessage: (message) => this.#onMessage(message),
+      onUnknown: (status) => this.#giveUp(`the gateway does not know this sandbox (${status})`),
     });
   }
 
@@ -176,6 +192,12 @@ export class Supervisor {
    * so their module loading never delays the hello.
    */
   start(): Promise<void> {
+    const dir = this.#o.sandboxDir;
+    if (dir) {
+      this.#dirTimer = setInterval(() => {
+        if (!existsSync(dir)) this.#giveUp(`the sandbox directory ${dir} is gone`);
+      }, SANDBOX_DIR_CHECK_MS).unref();
+    }
     this.#control.start();
     if (this.#o.isolation === 'auto') {
       this.#confinement = this.#confine();
@@ -246,7 +268,7 @@ export class Supervisor {
         policyVersion: 0,
         // The proxy logs every decision on this logger; info lines are forwarded to the gateway.
         log,
-        ...(confined ? { callerNetDir: confined.netDir } : {}),
+        ...(confined ? { callerNetDir: confined.netDir, callerExeRoot: SANDBOX_ROOT } : {}),
         ...(this.#o.proxyIdleTimeoutMs ? { idleTimeoutMs: this.#o.proxyIdleTimeoutMs } : {}),
         ...(this.#o.proxyMaxConnections !== undefined ? { maxConnections: this.#o.proxyMaxConnections } : {}),
       });
@@ -280,10 +302,17 @@ export class Supervisor {
     }
   }
 
+  #giveUp(reason: string): void {
+    if (this.#closed) return;
+    this.#log.warn({ reason }, 'the sandbox is gone; the supervisor stops');
+    void this.close(reason).finally(() => this.#markGone(reason));
+  }
+
   async close(reason: string): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     this.#log.info({ reason }, 'supervisor stopping');
+    clearInterval(this.#dirTimer);
     clearInterval(this.#logTimer);
     clearTimeout(this.#bringUpTimer);
     this.#control.close();

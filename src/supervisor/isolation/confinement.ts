@@ -1,5 +1,5 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { chownSync, closeSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, readlinkSync, statSync, writeFileSync } from 'node:fs';
+import { chownSync, closeSync, existsSync, lstatSync, mkdirSync, openSync, readFileSync, readlinkSync, writeFileSync, type Stats } from 'node:fs';
 import { randomInt } from 'node:crypto';
 import { delimiter, isAbsolute, join, posix } from 'node:path';
 import type { Logger } from '../../log.js';
@@ -165,10 +165,8 @@ export class Confinement implements ExecLauncher {
       writeFileSync(generated.group!, groupFile(readOr('/etc/group'), spec.gid));
       writeFileSync(generated.hostname!, `${opts.hostname}\n`);
       prepareWorkspace(opts.workspace, spec.uid, spec.gid);
-      await run(tools, [...tools.nsenter, `--target=${initPid}`, '--net', '--', ...tools.ip, '-batch', '-'], sandboxNetBatch(spec.net));
-      await run(tools, [...tools.nsenter, `--target=${initPid}`, '--net', '--', ...tools.nft, '-f', '-'], nftRuleset(spec.net));
     } catch (err) {
-      return fail(err instanceof IsolationError ? err : new IsolationError(`cannot set up the sandbox's network: ${(err as Error).message}`));
+      return fail(err instanceof IsolationError ? err : new IsolationError(`cannot set up the sandbox: ${(err as Error).message}`));
     }
     const c = new Confinement({ spec, tools, init: child, initPid, cgroup, log });
     child.once('exit', (code, signal) => {
@@ -199,24 +197,49 @@ export class Confinement implements ExecLauncher {
     return this.#cgroup ? this.#cgroup.around(fn) : fn();
   }
 
-  /** A host path for a path inside the sandbox (through its init's root; for checks only, never to write). */
-  hostPath(sandboxPath: string): string {
-    return `/proc/${this.initPid}/root${SANDBOX_ROOT}${posix.resolve('/', sandboxPath)}`;
+  /**
+   * Stats a path as a process chrooted in the sandbox would see it: symlinks
+   * are followed inside the sandbox's root, never the supervisor's, so a link
+   * planted in the workspace tells nothing about the host. For checks only.
+   */
+  #statInside(path: string): Stats | null {
+    const root = `/proc/${this.initPid}/root${SANDBOX_ROOT}`;
+    let parts = posix.resolve('/', path).split('/').filter(Boolean);
+    let cur = '';
+    for (let links = 0; parts.length > 0; ) {
+      const name = parts.shift()!;
+      if (name === '.') continue;
+      if (name === '..') {
+        cur = cur.slice(0, cur.lastIndexOf('/'));
+        continue;
+      }
+      const next = `${cur}/${name}`;
+      let st: Stats;
+      try {
+        st = lstatSync(root + next);
+      } catch {
+        return null;
+      }
+      if (!st.isSymbolicLink()) {
+        cur = next;
+        continue;
+      }
+      if (++links > 40) return null;
+      const target = readlinkSync(root + next);
+      if (target.startsWith('/')) cur = '';
+      parts = [...target.split('/').filter(Boolean), ...parts];
+    }
+    try {
+      return lstatSync(root + (cur || '/'));
+    } catch {
+      return null;
+    }
   }
 
   /** execvp-style lookup inside the sandbox, so a missing program is reported before anything starts. */
   resolveCommand(file: string, path: string, cwd: string): string | null {
-    const ok = (p: string): boolean => {
-      try {
-        return statSync(this.hostPath(p)).isFile();
-      } catch {
-        return false;
-      }
-    };
-    if (file.includes('/')) {
-      const p = isAbsolute(file) ? file : posix.resolve(cwd, file);
-      return ok(p) ? file : null;
-    }
+    const ok = (p: string): boolean => this.#statInside(p)?.isFile() ?? false;
+    if (file.includes('/')) return ok(isAbsolute(file) ? file : posix.resolve(cwd, file)) ? file : null;
     for (const dir of path.split(delimiter)) {
       if (dir && ok(posix.resolve(cwd, dir, file))) return posix.resolve(cwd, dir, file);
     }
@@ -225,11 +248,7 @@ export class Confinement implements ExecLauncher {
 
   /** True when `cwd` is a directory inside the sandbox. */
   isDirectory(cwd: string): boolean {
-    try {
-      return statSync(this.hostPath(cwd)).isDirectory();
-    } catch {
-      return false;
-    }
+    return this.#statInside(cwd)?.isDirectory() ?? false;
   }
 
   /**
@@ -264,7 +283,7 @@ export class Confinement implements ExecLauncher {
     this.#init.kill('SIGKILL');
     await Promise.race([exited, new Promise((r) => setTimeout(r, 2000).unref())]);
     // The netns went with the init and took the veth pair with it; this only covers a straggler.
-    await run(this.#tools, [...this.#tools.ip, 'link', 'del', this.net.hostIf], '').catch(() => undefined);
+    await run([...this.#tools.ip, 'link', 'del', this.net.hostIf], '').catch(() => undefined);
     await this.#cgroup?.remove();
     this.#log.debug({}, 'sandbox confinement closed');
   }
@@ -331,26 +350,33 @@ async function claimSlot(tools: ToolSet, initPid: number, base?: string): Promis
     const slot = (start + i * 7919) % SLOTS;
     const net = netForSlot(slot, base);
     try {
-      await run(tools, [...tools.ip, 'link', 'add', net.hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', String(initPid)], '');
+      await run([...tools.ip, 'link', 'add', net.hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', String(initPid)], '');
     } catch (err) {
       lastError = (err as Error).message;
       if (/exists/i.test(lastError)) continue;
       throw new IsolationError(`cannot create the sandbox's veth pair: ${lastError}`);
     }
-    try {
-      await run(tools, [...tools.ip, '-batch', '-'], hostNetBatch(net, initPid).split('\n').slice(1).join('\n'));
+    // The host side, the sandbox side and its rules at once: three tools, one wait.
+    const [host, inside, rules] = await Promise.allSettled([
+      run([...tools.ip, '-batch', '-'], hostNetBatch(net, initPid).split('\n').slice(1).join('\n')),
+      run([...tools.nsenter, `--target=${initPid}`, '--net', '--', ...tools.ip, '-batch', '-'], sandboxNetBatch(net)),
+      run([...tools.nsenter, `--target=${initPid}`, '--net', '--', ...tools.nft, '-f', '-'], nftRuleset(net)),
+    ]);
+    if (host.status === 'fulfilled') {
+      for (const r of [inside, rules]) {
+        if (r.status === 'rejected') throw new IsolationError(`cannot set up the sandbox's network: ${(r.reason as Error).message}`);
+      }
       return { slot, net };
-    } catch (err) {
-      // Its address is taken on this host (another interface): give the slot back, try the next.
-      lastError = (err as Error).message;
-      await run(tools, [...tools.ip, 'link', 'del', net.hostIf], '').catch(() => undefined);
     }
+    // Its address is taken on this host (another interface): give the slot back, try the next.
+    lastError = (host.reason as Error).message;
+    await run([...tools.ip, 'link', 'del', net.hostIf], '').catch(() => undefined);
   }
   throw new IsolationError(`no free network slot for the sandbox: ${lastError}`);
 }
 
 /** Runs a tool with `input` on stdin; rejects with its stderr. */
-function run(_tools: ToolSet, argv: string[], input: string): Promise<void> {
+function run(argv: string[], input: string): Promise<void> {
   const [file, ...args] = argv as [string, ...string[]];
   return new Promise((resolve, reject) => {
     const child = spawn(file, args, { stdio: ['pipe', 'ignore', 'pipe'] });

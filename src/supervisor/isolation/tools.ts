@@ -39,7 +39,8 @@ export function findTools(env: { PATH?: string }, bundleDir: string | null): Too
       manifest = null;
     }
   }
-  const dirs = [...(env.PATH ?? '').split(delimiter), '/usr/sbin', '/sbin', '/usr/bin', '/bin'].filter(Boolean);
+  // PATH, and the sbin directories a user's PATH often lacks (ip, nft).
+  const dirs = [...(env.PATH ?? '').split(delimiter), '/usr/sbin', '/sbin'].filter(Boolean);
   for (const name of TOOL_NAMES) {
     const bundled = manifest?.tools[name];
     if (manifest && bundled && executable(join(bundleDir!, bundled))) {
