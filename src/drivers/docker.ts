@@ -74,6 +74,8 @@ export class DockerDriver implements ComputeDriver {
   readonly #pulling = new Set<string>();
   readonly #abort = new AbortController();
   #info: Promise<EngineInfo> | undefined;
+  #seccomp: Promise<string> | undefined;
+  #podman: Promise<boolean> | undefined;
   #paths: Promise<PathMap> | undefined;
   #bundle: Promise<{ manifest: BundleManifest; hostDir: string }> | undefined;
   #events: NodeJS.ReadableStream | undefined;
@@ -176,7 +178,7 @@ export class DockerDriver implements ComputeDriver {
         CapAdd: [...CONFINEMENT_CAPABILITIES],
         Privileged: false,
         // Docker's default seccomp profile refuses pivot_root (bwrap needs it): see docker-seccomp.ts.
-        SecurityOpt: [`seccomp=${SECCOMP}`, 'no-new-privileges:true'],
+        SecurityOpt: [await this.#seccompOpt(paths), 'no-new-privileges:true'],
         RestartPolicy: { Name: 'no' },
         ...limits,
       },
@@ -213,6 +215,30 @@ export class DockerDriver implements ComputeDriver {
     } finally {
       this.#deleting.delete(labels[LABEL_ID] ?? '');
     }
+  }
+
+  /**
+   * Docker's API takes the seccomp profile itself; Podman's compatible API
+   * (4.3, measured) takes a path and opens it, so for Podman the profile goes
+   * to a file in the state dir, named as the engine sees it.
+   */
+  async #seccompOpt(paths: PathMap): Promise<string> {
+    this.#seccomp ??= (async () => {
+      if (!(await this.#isPodman())) return `seccomp=${SECCOMP}`;
+      const file = join(this.#o.stateDir, 'seccomp.json');
+      await writeFile(file, SECCOMP, { mode: 0o644 });
+      return `seccomp=${paths.toEngine(file)}`;
+    })();
+    this.#seccomp.catch(() => (this.#seccomp = undefined));
+    return this.#seccomp;
+  }
+
+  #isPodman(): Promise<boolean> {
+    this.#podman ??= this.#docker.version().then((v: { Components?: Array<{ Name?: string }> }) =>
+      Boolean(v.Components?.some((c) => /podman/i.test(c.Name ?? ''))),
+    );
+    this.#podman.catch(() => (this.#podman = undefined));
+    return this.#podman;
   }
 
   /** `resources` as container limits; what the engine would refuse is refused here, naming the field. */
