@@ -128,6 +128,33 @@ async function tests(engine: Engine): Promise<void> {
     t.equal((await exec(gw, 'sbx-confined', ['echo', 'still'])).stdout, 'still\n', 'the supervisor still serves');
   });
 
+  t.test("the image's own command runs as the entrypoint; a sandbox's command replaces it", async (t) => {
+    const ctx = tempDir(t);
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${IMAGES.busybox}\nCMD ["sh", "-c", "echo from-image-cmd > /tmp/main; exec sleep 1000"]\n`);
+    const image = 'openshell-test/with-cmd:test';
+    await engine.docker('build', '-q', '-t', image, ctx);
+    const gw = await gateway(t);
+    await api(gw.url, 'POST', '/v1/sandboxes', { name: 'sbx-cmd', image });
+    await api(gw.url, 'POST', '/v1/sandboxes', { name: 'sbx-own', image, command: ['sh', '-c', 'echo from-sandbox > /tmp/main; exec sleep 1000'] });
+    for (const [name, want] of [['sbx-cmd', 'from-image-cmd'], ['sbx-own', 'from-sandbox']] as const) {
+      await waitForPhase(gw.app, name, 'Ready', 30_000);
+      await waitForSandbox(gw.app, name, (s) => s.mainProcess.state === 'Running', 'main process running', 10_000);
+      const read = await exec(gw, name, 'for i in 1 2 3 4 5 6 7 8 9 10; do [ -s /tmp/main ] && break; sleep 0.2; done; cat /tmp/main');
+      t.equal(read.stdout, `${want}\n`, `${name}: ${want}`);
+    }
+  });
+
+  t.test('with --sandbox-endpoint the supervisor dials TCP, and no socket is mounted', async (t) => {
+    const gw = await gateway(t);
+    gw.app.openshell.config.sandboxEndpoint = gw.url;
+    await api(gw.url, 'POST', '/v1/sandboxes', { name: 'sbx-tcp', image: IMAGES.busybox });
+    const ready = await waitForPhase(gw.app, 'sbx-tcp', 'Ready', 30_000);
+    const [inspect] = JSON.parse(await engine.docker('inspect', await containerOf(engine, ready.id))) as [ContainerInspect];
+    t.ok(inspect.Config.Env.includes(`OPENSHELL_ENDPOINT=${gw.url}`), 'the configured endpoint');
+    t.notOk(inspect.Mounts.some((m) => m.Destination === '/run/openshell-gateway'), 'no gateway socket mount');
+    t.equal((await exec(gw, 'sbx-tcp', ['cat', MARKER])).stdout, 'openshell-test image busybox\n');
+  });
+
   t.test('WebSocket exec with a tty, file upload and download, and OpenSSH run inside the container', async (t) => {
     const gw = await gateway(t);
     const name = 'sbx-io';
