@@ -2,7 +2,7 @@
  * `npm run bench`: one run measuring the gateway (process driver) end to end,
  * with OpenSSH as the peer where one makes sense, and the egress bench.
  *
- *   node dist/bench/run.js [--quick] [--only create,rss,exec,bulk,ssh,isolation,clibulk,quiet,deadrelay,egress]
+ *   node dist/bench/run.js [--quick] [--only create,rss,exec,bulk,ssh,isolation,clibulk,quiet,deadrelay,egress,docker]
  *
  * Progress goes to stderr, one table per section to stdout, and everything to
  * bench/results/bench-<timestamp>.json and bench/results/latest.json.
@@ -17,6 +17,7 @@ import { mkdtemp, mkdir, rm, writeFile, chmod } from 'node:fs/promises';
 import { setTimeout as delay } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
 import { packageRoot } from '../src/paths.js';
+import { runDockerBench } from './docker.js';
 import { runEgressBench } from './egress.js';
 import { runIsolationBench } from './isolation.js';
 import { startTcpProxy, type TcpProxy } from './tcp-proxy.js';
@@ -49,7 +50,7 @@ import {
 
 const argv = process.argv.slice(2);
 const quick = argv.includes('--quick');
-const ALL = ['create', 'rss', 'exec', 'bulk', 'ssh', 'isolation', 'clibulk', 'quiet', 'deadrelay', 'egress'] as const;
+const ALL = ['create', 'rss', 'exec', 'bulk', 'ssh', 'isolation', 'clibulk', 'quiet', 'deadrelay', 'egress', 'docker'] as const;
 type SectionName = (typeof ALL)[number];
 let only: SectionName[] = [...ALL];
 const onlyIdx = argv.findIndex((a) => a === '--only' || a.startsWith('--only='));
@@ -768,6 +769,24 @@ async function benchEgress(): Promise<SectionResult> {
   return { title: r.title, rows: r.rows, notes: [], durationMs: 0 };
 }
 
+// ---------------------------------------------------------------- 9. docker
+
+async function benchDocker(): Promise<SectionResult> {
+  const r = await runDockerBench({ quick });
+  if ('skipped' in r) return { title: 'docker driver', rows: [], notes: [`skipped: ${r.skipped}`], durationMs: 0 };
+  return {
+    title: `docker driver (${r.image}, ${r.engine}): ours vs the docker CLI`,
+    rows: [
+      { metric: 'create→Ready p50 ms (peer: docker run --rm IMAGE true)', ours: r.createReadyMs.p50, peer: r.dockerRunTrueMs.p50, ratio: r.createRatio, target: '≤ 1.5x' },
+      { metric: 'exec `true` p50 ms (peer: docker exec C true)', ours: r.execMs.p50, peer: r.dockerExecMs.p50, ratio: r.execRatio, target: '≤ 0.5x' },
+      { metric: 'gateway RSS per idle sandbox KiB', ours: r.idle.gatewayKiBPerSandbox, peer: '', ratio: '', target: '' },
+      { metric: 'container RSS per idle sandbox KiB (p50)', ours: r.idle.containerKiB.p50, peer: '', ratio: '', target: '' },
+    ],
+    notes: [],
+    durationMs: 0,
+  };
+}
+
 // ---------------------------------------------------------------- summary
 
 function summary(): Row[] {
@@ -860,6 +879,7 @@ const SECTIONS: Record<SectionName, { fn: () => Promise<SectionResult>; timeoutM
   quiet: { fn: benchQuiet, timeoutMs: 180_000 },
   deadrelay: { fn: benchDeadRelay, timeoutMs: 120_000 },
   egress: { fn: benchEgress, timeoutMs: 300_000 },
+  docker: { fn: benchDocker, timeoutMs: 300_000 },
 };
 
 process.once('exit', () => {

@@ -21,7 +21,7 @@ fi
 mkdir -p "$cache"
 # The marker is under /usr: a confined sandbox sees the image's /usr, not all of its /etc.
 # Bump the version when the images change: tests import <name>-v<version>.tar as openshell-test/<name>:v<version>.
-version=2
+version=3
 marker() { mkdir -p "$2/usr/share"; printf 'openshell-test image %s\n' "$1" | tee "$2/etc/openshell-test-image" >"$2/usr/share/openshell-test-image"; }
 
 # The busybox-only image: /bin/busybox and its applet links, nothing else.
@@ -37,14 +37,15 @@ if [ ! -s "$cache/busybox-v$version.tar" ]; then
   rm -rf "$root"
 fi
 
-# The Debian image: debootstrap --variant=minbase from the mirror apt already uses.
+# The Debian image: debootstrap --variant=minbase from the mirror apt already uses, with the
+# confinement's tools (the Dockerfile's build stage, given this image as its base, then needs no network).
 if [ ! -s "$cache/debian-v$version.tar" ]; then
   mirror=$(sed -n 's/^URIs:[[:space:]]*\([^[:space:]]*\/debian\)[[:space:]]*$/\1/p' /etc/apt/sources.list.d/*.sources 2>/dev/null | head -n1)
   [ -n "$mirror" ] || mirror=$(awk '$1=="deb" && $2 ~ /\/debian\/?$/ {print $2; exit}' /etc/apt/sources.list 2>/dev/null || true)
   [ -n "$mirror" ] || { echo "docker-test-setup: no Debian mirror in apt's sources" >&2; exit 1; }
   root=$(mktemp -d "$cache/debian.XXXXXX")
   echo "docker-test-setup: debootstrap bookworm (minbase) into $root, once" >&2
-  debootstrap --variant=minbase bookworm "$root" "$mirror" >"$cache/debootstrap.log" 2>&1 ||
+  debootstrap --variant=minbase --include=bubblewrap,iproute2,nftables bookworm "$root" "$mirror" >"$cache/debootstrap.log" 2>&1 ||
     { echo "docker-test-setup: debootstrap failed, see $cache/debootstrap.log" >&2; rm -rf "$root"; exit 1; }
   rm -rf "$root"/var/cache/apt/archives/*.deb "$root"/var/lib/apt/lists/*
   marker debian "$root"

@@ -70,8 +70,12 @@ export class DockerDriver implements ComputeDriver {
   readonly #listeners = new Set<(state: BackendState) => void>();
   readonly #deleting = new Set<string>();
   readonly #oom = new Set<string>();
+  /** Sandboxes whose image is being pulled; a delete takes its id out, so the pull runs nothing. */
+  readonly #pulling = new Set<string>();
   readonly #abort = new AbortController();
   #info: Promise<EngineInfo> | undefined;
+  #seccomp: Promise<string> | undefined;
+  #podman: Promise<boolean> | undefined;
   #paths: Promise<PathMap> | undefined;
   #bundle: Promise<{ manifest: BundleManifest; hostDir: string }> | undefined;
   #events: NodeJS.ReadableStream | undefined;
@@ -110,18 +114,20 @@ export class DockerDriver implements ComputeDriver {
       return;
     }
     // Missing locally: pull in the background (a pull may take minutes), then run; a failed pull is the sandbox's Error.
+    this.#pulling.add(spec.id);
     void this.#pull(image).then(
       async () => {
-        if (this.#deleting.has(spec.id) || this.#closed) return;
+        // Deleted while pulling: nothing to run.
+        if (!this.#pulling.has(spec.id) || this.#closed) return;
         const pulled = await this.#image(image);
         if (!pulled) throw new Error(`image ${image} not found after pulling it`);
         await this.#run(spec, image, pulled, resources, bundle, paths);
       },
     ).catch((err: unknown) => {
-      if (this.#closed || this.#deleting.has(spec.id)) return;
+      if (this.#closed || !this.#pulling.has(spec.id)) return;
       this.#log.warn({ err, sandboxId: spec.id, image }, 'image unavailable');
       this.#emit({ id: spec.id, state: 'Error', message: `image ${image}: ${engineMessage(err)}` });
-    });
+    }).finally(() => this.#pulling.delete(spec.id));
   }
 
   async #run(
@@ -172,7 +178,7 @@ export class DockerDriver implements ComputeDriver {
         CapAdd: [...CONFINEMENT_CAPABILITIES],
         Privileged: false,
         // Docker's default seccomp profile refuses pivot_root (bwrap needs it): see docker-seccomp.ts.
-        SecurityOpt: [`seccomp=${SECCOMP}`, 'no-new-privileges:true'],
+        SecurityOpt: [await this.#seccompOpt(paths), 'no-new-privileges:true'],
         RestartPolicy: { Name: 'no' },
         ...limits,
       },
@@ -211,6 +217,30 @@ export class DockerDriver implements ComputeDriver {
     }
   }
 
+  /**
+   * Docker's API takes the seccomp profile itself; Podman's compatible API
+   * (4.3, measured) takes a path and opens it, so for Podman the profile goes
+   * to a file in the state dir, named as the engine sees it.
+   */
+  async #seccompOpt(paths: PathMap): Promise<string> {
+    this.#seccomp ??= (async () => {
+      if (!(await this.#isPodman())) return `seccomp=${SECCOMP}`;
+      const file = join(this.#o.stateDir, 'seccomp.json');
+      await writeFile(file, SECCOMP, { mode: 0o644 });
+      return `seccomp=${paths.toEngine(file)}`;
+    })();
+    this.#seccomp.catch(() => (this.#seccomp = undefined));
+    return this.#seccomp;
+  }
+
+  #isPodman(): Promise<boolean> {
+    this.#podman ??= this.#docker.version().then((v: { Components?: Array<{ Name?: string }> }) =>
+      Boolean(v.Components?.some((c) => /podman/i.test(c.Name ?? ''))),
+    );
+    this.#podman.catch(() => (this.#podman = undefined));
+    return this.#podman;
+  }
+
   /** `resources` as container limits; what the engine would refuse is refused here, naming the field. */
   async #hostConfigLimits(spec: SandboxSpec): Promise<Partial<Docker.HostConfig>> {
     const r = spec.resources;
@@ -242,6 +272,7 @@ export class DockerDriver implements ComputeDriver {
   }
 
   async delete(id: string): Promise<void> {
+    this.#pulling.delete(id);
     this.#deleting.add(id);
     try {
       for (const c of await this.#containers(id)) {
@@ -290,7 +321,11 @@ export class DockerDriver implements ComputeDriver {
   async #containers(id?: string): Promise<Docker.ContainerInfo[]> {
     const label = [`${LABEL_GATEWAY}=${this.#tag}`];
     if (id) label.push(`${LABEL_ID}=${id}`);
-    return this.#docker.listContainers({ all: true, filters: { label } });
+    try {
+      return await this.#docker.listContainers({ all: true, filters: { label } });
+    } catch (err) {
+      throw new Error(`cannot reach the container engine at ${this.#o.dockerHost} (--docker-host): ${engineMessage(err)}`, { cause: err });
+    }
   }
 
   async #image(image: string): Promise<Docker.ImageInspectInfo | null> {
@@ -497,12 +532,12 @@ async function ownContainerMounts(docker: Docker): Promise<Mount[] | null> {
   }
 }
 
-/** Docker and Podman bind /etc/hostname from `…/containers/<id>/…`. */
+/** Docker binds /etc/hostname from `…/containers/<id>/hostname`, Podman from `…/overlay-containers/<id>/userdata/hostname`. */
 export function ownContainerId(mountinfo = readMountinfo()): string | null {
   for (const line of mountinfo.split('\n')) {
     const fields = line.split(' ');
     if (fields[4] !== '/etc/hostname') continue;
-    const match = /\/containers\/([0-9a-f]{64})\//.exec(fields[3] ?? '');
+    const match = /containers\/([0-9a-f]{64})\//.exec(fields[3] ?? '');
     if (match) return match[1] as string;
   }
   return null;

@@ -1,10 +1,11 @@
 import { execFile } from 'node:child_process';
 import { once } from 'node:events';
-import { existsSync, writeFileSync } from 'node:fs';
+import { existsSync, readFileSync, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
 import { promisify } from 'node:util';
 import t, { type Test } from 'tap';
 import { WebSocket } from 'ws';
+import { BUNDLE_MANIFEST, BUNDLE_MOUNT, bundleDir, supervisorArgv, type BundleManifest } from '../../src/bundle/manifest.js';
 import { packageRoot } from '../../src/paths.js';
 import type { Sandbox } from '../../src/schemas/sandbox.js';
 import { dockerEngine, IMAGES, MARKER, type Engine } from '../helpers/docker.js';
@@ -62,6 +63,16 @@ async function tests(engine: Engine): Promise<void> {
   const gateway = (t: Test, overrides = {}) =>
     startGateway(t, { driver: 'docker', dockerHost: engine.host, dockerNetwork: 'host', defaultImage: IMAGES.debian, ...overrides });
 
+  t.test('the bundled supervisor alone starts in the Debian and the busybox-only image', async (t) => {
+    const manifest = JSON.parse(readFileSync(join(bundleDir(), BUNDLE_MANIFEST), 'utf8')) as BundleManifest;
+    const argv = supervisorArgv(manifest, BUNDLE_MOUNT, [], []).slice(0, -1);
+    for (const [kind, image] of Object.entries(IMAGES)) {
+      const out = await engine.docker('run', '--rm', '--network', 'none', '-v', `${bundleDir()}:${BUNDLE_MOUNT}:ro`, '--entrypoint', argv[0] as string, image, ...argv.slice(1), '--check');
+      const report = JSON.parse(out) as { addons: string[] };
+      t.same(report.addons.filter((a) => a !== 'cpufeatures.node'), ['bufferutil.node', 'pty.node', 'sshcrypto.node'], `${kind}: every addon loads`);
+    }
+  });
+
   for (const [kind, image] of Object.entries(IMAGES)) {
     t.test(`create → Ready in the ${kind} image (no Node in it); exec runs inside the container`, async (t) => {
       const gw = await gateway(t);
@@ -115,6 +126,33 @@ async function tests(engine: Engine): Promise<void> {
     t.match(probe.stdout, /gateway port closed/, 'no direct TCP to the gateway, even on the host network');
     t.match(probe.stdout, /no gateway socket, no secret/);
     t.equal((await exec(gw, 'sbx-confined', ['echo', 'still'])).stdout, 'still\n', 'the supervisor still serves');
+  });
+
+  t.test("the image's own command runs as the entrypoint; a sandbox's command replaces it", async (t) => {
+    const ctx = tempDir(t);
+    writeFileSync(join(ctx, 'Dockerfile'), `FROM ${IMAGES.busybox}\nCMD ["sh", "-c", "echo from-image-cmd > /tmp/main; exec sleep 1000"]\n`);
+    const image = 'openshell-test/with-cmd:test';
+    await engine.docker('build', '-q', '-t', image, ctx);
+    const gw = await gateway(t);
+    await api(gw.url, 'POST', '/v1/sandboxes', { name: 'sbx-cmd', image });
+    await api(gw.url, 'POST', '/v1/sandboxes', { name: 'sbx-own', image, command: ['sh', '-c', 'echo from-sandbox > /tmp/main; exec sleep 1000'] });
+    for (const [name, want] of [['sbx-cmd', 'from-image-cmd'], ['sbx-own', 'from-sandbox']] as const) {
+      await waitForPhase(gw.app, name, 'Ready', 30_000);
+      await waitForSandbox(gw.app, name, (s) => s.mainProcess.state === 'Running', 'main process running', 10_000);
+      const read = await exec(gw, name, 'for i in 1 2 3 4 5 6 7 8 9 10; do [ -s /tmp/main ] && break; sleep 0.2; done; cat /tmp/main');
+      t.equal(read.stdout, `${want}\n`, `${name}: ${want}`);
+    }
+  });
+
+  t.test('with --sandbox-endpoint the supervisor dials TCP, and no socket is mounted', async (t) => {
+    const gw = await gateway(t);
+    gw.app.openshell.config.sandboxEndpoint = gw.url;
+    await api(gw.url, 'POST', '/v1/sandboxes', { name: 'sbx-tcp', image: IMAGES.busybox });
+    const ready = await waitForPhase(gw.app, 'sbx-tcp', 'Ready', 30_000);
+    const [inspect] = JSON.parse(await engine.docker('inspect', await containerOf(engine, ready.id))) as [ContainerInspect];
+    t.ok(inspect.Config.Env.includes(`OPENSHELL_ENDPOINT=${gw.url}`), 'the configured endpoint');
+    t.notOk(inspect.Mounts.some((m) => m.Destination === '/run/openshell-gateway'), 'no gateway socket mount');
+    t.equal((await exec(gw, 'sbx-tcp', ['cat', MARKER])).stdout, 'openshell-test image busybox\n');
   });
 
   t.test('WebSocket exec with a tty, file upload and download, and OpenSSH run inside the container', async (t) => {

@@ -22,7 +22,7 @@ const LEASES = join(ENGINE_DIR, 'leases');
 const LOCK = join(ENGINE_DIR, 'start.lock');
 
 /** The test images and the marker file baked into each. */
-export const IMAGE_VERSION = 2;
+export const IMAGE_VERSION = 3;
 export const IMAGES = { debian: `openshell-test/debian:v${IMAGE_VERSION}`, busybox: `openshell-test/busybox:v${IMAGE_VERSION}` } as const;
 /** Baked into each image (also at /etc/openshell-test-image); under /usr, which a confined sandbox sees. */
 export const MARKER = '/usr/share/openshell-test-image';
@@ -34,8 +34,11 @@ export interface Engine {
   docker(...args: string[]): Promise<string>;
 }
 
-/** The test engine, started if need be; or the reason the docker tests must skip. */
-export async function dockerEngine(): Promise<Engine | { skip: string }> {
+/**
+ * The test engine, started if need be; or the reason the docker tests must
+ * skip. `holder` is the process whose exit releases the lease (the tap runner).
+ */
+export async function dockerEngine(holder = process.ppid): Promise<Engine | { skip: string }> {
   for (const bin of ['dockerd', 'docker']) {
     if (!(await which(bin))) return { skip: `${bin} not installed (scripts/docker-test-setup.sh installs docker.io)` };
   }
@@ -44,7 +47,7 @@ export async function dockerEngine(): Promise<Engine | { skip: string }> {
   }
   mkdirSync(LEASES, { recursive: true });
   // The tap runner is this file's parent: its after script releases the lease.
-  writeFileSync(join(LEASES, String(process.ppid)), '');
+  writeFileSync(join(LEASES, String(holder)), '');
   try {
     await ensureDaemon();
     await ensureImages();
@@ -90,6 +93,8 @@ async function ensureDaemon(): Promise<void> {
       if (Date.now() > deadline) throw new Error('no answer on its socket in 60 s');
       await new Promise((r) => setTimeout(r, delay));
     }
+    // Containers an earlier run left (stopped when its daemon stopped) hold names and disk.
+    if (lock !== null) await docker('container', 'prune', '-f').catch(() => undefined);
   } finally {
     if (lock !== null) {
       closeSync(lock);

@@ -385,8 +385,11 @@ function run(argv: string[], input: string): Promise<void> {
     child.stdin!.on('error', () => undefined);
     child.stdin!.end(input);
     child.once('error', reject);
+    // The tool's name: after the bundle loader's --library-path DIR, or the program itself.
+    const lib = argv.indexOf('--library-path');
+    const tool = posix.basename(lib >= 0 ? (argv[lib + 2] ?? file) : file);
     child.once('exit', (code, signal) =>
-      code === 0 ? resolve() : reject(new Error(`${posix.basename(argv.find((a) => !a.startsWith('-') && !a.includes('ld-linux')) ?? file)}: ${stderr.trim() || signal || `exit ${code}`}`)),
+      code === 0 ? resolve() : reject(new Error(`${tool}: ${stderr.trim() || signal || `exit ${code}`}`)),
     );
   });
 }
