@@ -852,7 +852,7 @@ async function benchSoak(): Promise<SectionResult> {
         row('pending relays at the end', raw.soakPending, { target: 0, better: 'lower', digits: 0 }),
         row('outages', holes, { digits: 0 }),
         row('exec re-attaches (openshell_exec_resumes_total)', raw.soakResumes, { digits: 0 }),
-        row('gateway RSS MiB: before the execs / peak / end', raw.soakRssMiB, { digits: 0 }),
+        row('gateway RSS MiB at the end (peak in the notes)', raw.soakRssMiB, { digits: 0 }),
       ],
       notes: [`end codes: ${JSON.stringify(codes)}`, `gateway RSS MiB: ${(rss0 / 1024).toFixed(0)} before the execs, peak ${raw.soakPeakRssMiB.toFixed(0)}, end ${raw.soakRssMiB.toFixed(0)}`],
       durationMs: 0,
