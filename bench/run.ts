@@ -2,7 +2,7 @@
  * `npm run bench`: one run measuring the gateway (process driver) end to end,
  * with OpenSSH as the peer where one makes sense, and the egress bench.
  *
- *   node dist/bench/run.js [--quick] [--only create,rss,exec,bulk,ssh,clibulk,quiet,deadrelay,egress,soak]
+ *   node dist/bench/run.js [--quick] [--only create,rss,exec,bulk,ssh,isolation,clibulk,quiet,deadrelay,egress,soak]
  *   (soak: only with --only soak or OPENSHELL_BENCH_SOAK=1; about four minutes)
  *
  * Progress goes to stderr, one table per section to stdout, and everything to
@@ -19,6 +19,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
 import { packageRoot } from '../src/paths.js';
 import { runEgressBench } from './egress.js';
+import { runIsolationBench } from './isolation.js';
 import { startTcpProxy, type TcpProxy } from './tcp-proxy.js';
 import {
   createSandbox,
@@ -49,7 +50,7 @@ import {
 
 const argv = process.argv.slice(2);
 const quick = argv.includes('--quick');
-const ALL = ['create', 'rss', 'exec', 'bulk', 'ssh', 'clibulk', 'quiet', 'deadrelay', 'egress', 'soak'] as const;
+const ALL = ['create', 'rss', 'exec', 'bulk', 'ssh', 'isolation', 'clibulk', 'quiet', 'deadrelay', 'egress', 'soak'] as const;
 type SectionName = (typeof ALL)[number];
 /** The soak takes about four minutes: in the default run only with OPENSHELL_BENCH_SOAK=1 (or `--only soak`). */
 const soakByDefault = process.env.OPENSHELL_BENCH_SOAK === '1';
@@ -930,12 +931,44 @@ function markdown(rows: Row[]): string {
 
 // ---------------------------------------------------------------- main
 
+// ---------------------------------------------------------------- isolation on and off
+
+async function benchIsolation(): Promise<SectionResult> {
+  const r = await runIsolationBench(tmpRoot, quick);
+  raw.isoExecConfined = r.execP50.confined;
+  raw.isoExecUnconfined = r.execP50.unconfined;
+  raw.isoExecAA = Math.abs(r.execP50.confinedAA / r.execP50.confined - 1);
+  raw.isoCreateConfined = r.createP50.confined;
+  raw.isoConfinementKiB = r.confinementPssKiB;
+  const ssh = raw.sshMuxP50;
+  return {
+    title: `isolation on and off, same run (${r.samples.exec} interleaved execs each, ${r.samples.create} creates each, ${r.samples.idle} idle sandboxes each)`,
+    rows: [
+      row('exec `true` p50 ms, confined (peer: unconfined)', r.execP50.confined, { peer: r.execP50.unconfined, digits: 2 }),
+      row('exec `true` p50 ms, second confined sandbox (A/A)', r.execP50.confinedAA, { peer: r.execP50.confined, digits: 2 }),
+      ...(ssh !== undefined
+        ? [row('confined exec p50 / OpenSSH ControlMaster p50', r.execP50.confined / ssh, { target: 0.8, better: 'lower', digits: 2 })]
+        : []),
+      row('create→Ready p50 ms, confined (peer: unconfined)', r.createP50.confined, { peer: r.createP50.unconfined, target: 150, better: 'lower', unit: 'ms', digits: 1 }),
+      row('create→Ready p95 ms, confined (peer: unconfined)', r.createP95.confined, { peer: r.createP95.unconfined, digits: 1 }),
+      row('namespaces + init per idle sandbox, PSS KiB', r.confinementPssKiB, { target: 2048, better: 'lower', unit: 'KiB', digits: 0 }),
+      row('supervisor RSS KiB, confined (peer: unconfined)', r.supervisorRssKiB.confined, { peer: r.supervisorRssKiB.unconfined, digits: 0 }),
+    ],
+    notes: [
+      'confined: bwrap (mount, PID, IPC, UTS, net, cgroup namespaces), veth + nftables, nsenter + setsid + setpriv per process; the ratio to OpenSSH uses the ssh section of the same run',
+      'namespaces + init: PSS of the confinement’s own processes (bwrap’s monitor, the sandbox’s PID 1, the holder); kernel memory of the namespaces themselves is not in it',
+    ],
+    durationMs: 0,
+  };
+}
+
 const SECTIONS: Record<SectionName, { fn: () => Promise<SectionResult>; timeoutMs: number }> = {
   create: { fn: benchCreate, timeoutMs: 90_000 },
   rss: { fn: benchRss, timeoutMs: 180_000 },
   exec: { fn: benchExec, timeoutMs: 180_000 },
   bulk: { fn: benchBulk, timeoutMs: 120_000 },
   ssh: { fn: benchSsh, timeoutMs: 240_000 },
+  isolation: { fn: benchIsolation, timeoutMs: 300_000 },
   clibulk: { fn: benchCliBulk, timeoutMs: 300_000 },
   quiet: { fn: benchQuiet, timeoutMs: 180_000 },
   deadrelay: { fn: benchDeadRelay, timeoutMs: 120_000 },

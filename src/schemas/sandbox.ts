@@ -63,7 +63,8 @@ export const SandboxSchema = Type.Object(
     image: Type.Union([Type.String(), Type.Null()]),
     command: Type.Array(Type.String()),
     labels: Type.Record(Type.String(), Type.String()),
-    env: Type.Record(Type.String(), Type.String()),
+    /** The names of the variables set at create; their values never leave the gateway (secrets go in env). */
+    env: Type.Array(Type.String()),
     createdAt: Type.String(),
     expiresAt: Type.Union([Type.String(), Type.Null()]),
     policyVersion: Type.Integer(),

@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants as fsConstants, mkdirSync, statSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { delimiter, isAbsolute, join, resolve } from 'node:path';
+import { delimiter, isAbsolute, join, posix, resolve } from 'node:path';
 import type { Logger } from '../log.js';
 import {
   STREAM_STDERR,
@@ -72,6 +72,24 @@ export interface ExecSubscription {
   readonly closed: boolean;
 }
 
+/**
+ * How processes start when the sandbox is confined (isolation/confinement.ts):
+ * every command runs through a wrapper that enters the sandbox, paths are the
+ * sandbox's, and signals go to the command's own group.
+ */
+export interface ExecLauncher {
+  /** The sandbox's user: the only one execs may ask for. */
+  readonly user: { name: string; uid: number };
+  /** The argv that runs `command` inside the sandbox in `cwd`. */
+  argv(command: string[], opts: { cwd: string; tty: boolean }): string[];
+  /** Runs a synchronous spawn so its child starts inside the sandbox's cgroup. */
+  spawnInside<T>(fn: () => T): T;
+  resolveCommand(file: string, path: string, cwd: string): string | null;
+  isDirectory(cwd: string): boolean;
+  /** The process group to signal for the exec whose wrapper is `leaderPid`. */
+  signalGroup(leaderPid: number): number;
+}
+
 export interface ExecRegistryOptions {
   log: Logger;
   /** Where output spool files live (created 0700 if missing). */
@@ -83,6 +101,8 @@ export interface ExecRegistryOptions {
   finishedRetentionMs?: number;
   /** Output kept in memory per stream once its spool file cannot be written (default 16 MiB). */
   spoolFailedMemoryBytes?: number;
+  /** Set when the sandbox is confined: processes start inside it. */
+  launcher?: ExecLauncher | null;
 }
 
 const KILL_GRACE_MS = 2000;
@@ -127,6 +147,7 @@ export class ExecRegistry {
   readonly #baseEnv: () => Record<string, string>;
   readonly #retentionMs: number;
   readonly #spoolFailedMemoryBytes: number | undefined;
+  readonly #launcher: ExecLauncher | null;
   readonly #execs = new Map<string, ExecHandle>();
   readonly #expiry = new Set<NodeJS.Timeout>();
   /** requestId → the exec it started (insertion order is age order). */
@@ -143,6 +164,7 @@ export class ExecRegistry {
     this.#baseEnv = opts.baseEnv;
     this.#retentionMs = opts.finishedRetentionMs ?? 3_600_000;
     this.#spoolFailedMemoryBytes = opts.spoolFailedMemoryBytes;
+    this.#launcher = opts.launcher ?? null;
     mkdirSync(this.spoolDir, { recursive: true, mode: 0o700 });
   }
 
@@ -151,6 +173,21 @@ export class ExecRegistry {
     if (this.#closed) throw new ExecError('INTERNAL', 'exec registry is closed');
     validateStart(op);
     if (this.#execs.has(op.execId)) throw new ExecError('INVALID_ARGUMENT', `execId: "${op.execId}" already exists`);
+    const launcher = this.#launcher;
+    const spawnInit = launcher ? this.#confinedSpawn(op, launcher) : this.#hostSpawn(op);
+    const handle = new ExecHandle(op, {
+      ...spawnInit,
+      spoolDir: this.spoolDir,
+      spoolFailedMemoryBytes: this.#spoolFailedMemoryBytes,
+      log: this.log.child({ execId: op.execId }),
+      onFinished: (h) => this.#scheduleExpiry(h),
+    });
+    this.#execs.set(op.execId, handle);
+    return handle;
+  }
+
+  /** An exec on this host, as the supervisor's own user (or another, when the supervisor is root). */
+  #hostSpawn(op: ExecStartOp): SpawnInit {
     const cwd = op.workdir ? resolve(this.defaultCwd, op.workdir) : this.defaultCwd;
     const account = resolveAccount(op.user);
     const env: Record<string, string> = { ...this.#baseEnv() };
@@ -167,19 +204,43 @@ export class ExecRegistry {
     }
     const file = resolveCommand(op.command[0]!, env.PATH ?? process.env.PATH ?? '', cwd);
     if (!file) throw new ExecError('SPAWN_FAILED', `command not found or not executable: ${op.command[0]}`);
-    const handle = new ExecHandle(op, {
+    return {
       file,
+      args: op.command.slice(1),
+      argv0: op.command[0]!,
       cwd,
       env,
       uid: account.switchTo?.uid,
       gid: account.switchTo?.gid,
-      spoolDir: this.spoolDir,
-      spoolFailedMemoryBytes: this.#spoolFailedMemoryBytes,
-      log: this.log.child({ execId: op.execId }),
-      onFinished: (h) => this.#scheduleExpiry(h),
-    });
-    this.#execs.set(op.execId, handle);
-    return handle;
+      spawnInside: (fn) => fn(),
+      signalGroup: (pid) => pid,
+    };
+  }
+
+  /** An exec inside the confined sandbox: sandbox paths, the sandbox's user, through the launcher's wrapper. */
+  #confinedSpawn(op: ExecStartOp, launcher: ExecLauncher): SpawnInit {
+    const cwd = op.workdir ? posix.resolve(this.defaultCwd, op.workdir) : this.defaultCwd;
+    if (op.user && op.user !== launcher.user.name && op.user !== String(launcher.user.uid)) {
+      throw new ExecError('INVALID_ARGUMENT', `user: a confined sandbox runs everything as "${launcher.user.name}" (uid ${launcher.user.uid})`);
+    }
+    const env: Record<string, string> = { ...this.#baseEnv(), ...op.env };
+    if (!launcher.isDirectory(cwd)) throw new ExecError('SPAWN_FAILED', `workdir "${cwd}": not a directory in the sandbox`);
+    if (!launcher.resolveCommand(op.command[0]!, env.PATH ?? '', cwd)) {
+      throw new ExecError('SPAWN_FAILED', `command not found or not executable: ${op.command[0]}`);
+    }
+    const [file, ...args] = launcher.argv(op.command, { cwd, tty: op.tty }) as [string, ...string[]];
+    // The wrapper runs in the supervisor's own directory; it enters the sandbox's root and `cwd` itself.
+    return {
+      file,
+      args,
+      argv0: file,
+      cwd: '/',
+      env,
+      uid: undefined,
+      gid: undefined,
+      spawnInside: (fn) => launcher.spawnInside(fn),
+      signalGroup: (pid) => launcher.signalGroup(pid),
+    };
   }
 
   /**
@@ -299,12 +360,22 @@ export class ExecRegistry {
   }
 }
 
-interface HandleInit {
+/** How one exec's process starts: its program, where, as whom, and how it is signalled. */
+interface SpawnInit {
   file: string;
+  args: string[];
+  argv0: string;
   cwd: string;
   env: Record<string, string>;
   uid: number | undefined;
   gid: number | undefined;
+  /** Wraps the synchronous spawn (a confined sandbox starts its children inside its cgroup). */
+  spawnInside: <T>(fn: () => T) => T;
+  /** The process group that signals go to, given the spawned process's pid. */
+  signalGroup: (pid: number) => number;
+}
+
+interface HandleInit extends SpawnInit {
   spoolDir: string;
   spoolFailedMemoryBytes: number | undefined;
   log: Logger;
@@ -335,6 +406,7 @@ export class ExecHandle {
   #lingerTimer: NodeJS.Timeout | null = null;
   #outputSeq = 0;
   #onFinished: (h: ExecHandle) => void;
+  readonly #signalGroup: (pid: number) => number;
   #waiters: ((r: ExecResult) => void)[] = [];
 
   constructor(op: ExecStartOp, init: HandleInit) {
@@ -343,6 +415,7 @@ export class ExecHandle {
     this.tty = op.tty;
     this.#log = init.log;
     this.#onFinished = init.onFinished;
+    this.#signalGroup = init.signalGroup;
     const mkSpool = (name: string, i: 0 | 1): Spool =>
       new Spool(join(init.spoolDir, `${op.execId}.${name}`), {
         failedMemoryBytes: init.spoolFailedMemoryBytes,
@@ -358,7 +431,9 @@ export class ExecHandle {
     if (op.tty) {
       let p: PtyProcess;
       try {
-        p = spawnPty(init.file, op.command.slice(1), { cwd: init.cwd, env: init.env, cols: op.cols, rows: op.rows, ...ids });
+        p = init.spawnInside(() =>
+          spawnPty(init.file, init.args, { cwd: init.cwd, env: init.env, cols: op.cols, rows: op.rows, ...ids }),
+        );
       } catch (err) {
         throw new ExecError('SPAWN_FAILED', `cannot start ${op.command[0]}: ${(err as Error).message}`, { cause: err });
       }
@@ -374,14 +449,16 @@ export class ExecHandle {
         this.#onExit(code, signal);
       });
     } else {
-      const child = spawn(init.file, op.command.slice(1), {
-        argv0: op.command[0],
-        cwd: init.cwd,
-        env: init.env,
-        detached: true,
-        stdio: ['pipe', 'pipe', 'pipe'],
-        ...ids,
-      });
+      const child = init.spawnInside(() =>
+        spawn(init.file, init.args, {
+          argv0: init.argv0,
+          cwd: init.cwd,
+          env: init.env,
+          detached: true,
+          stdio: ['pipe', 'pipe', 'pipe'],
+          ...ids,
+        }),
+      );
       child.on('error', (err) => this.#log.warn({ err }, 'child process error'));
       if (child.pid === undefined) {
         throw new ExecError('SPAWN_FAILED', `cannot start ${op.command[0]}`);
@@ -501,7 +578,7 @@ export class ExecHandle {
     const s = normalizeSignal(sig);
     if (s === null) throw new ExecError('INVALID_ARGUMENT', `signal: unknown signal ${String(sig)}`);
     try {
-      process.kill(-this.pid, s);
+      process.kill(-this.#signalGroup(this.pid), s);
       return true;
     } catch {
       return false; // ESRCH: the group is gone

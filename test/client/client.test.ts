@@ -25,7 +25,7 @@ function snapshot(name: string, phase: Sandbox['phase'], reason: string, message
     image: null,
     command: [],
     labels: {},
-    env: {},
+    env: [],
     createdAt: new Date().toISOString(),
     expiresAt: null,
     policyVersion: 1,
