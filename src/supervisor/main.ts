@@ -66,7 +66,7 @@ export async function runWarm(): Promise<Supervisor | null> {
   // prefers loaded ones). An assignment that comes first does not wait: the session is dialed
   // while the rest loads, so a warm supervisor taken early is no slower than a cold one.
   process.stdout.on('error', () => undefined);
-  void Promise.all([import('../egress/index.js'), import('./exec-registry.js'), import('./exec-relay.js')]).then(
+  void Promise.all([import('../egress/index.js'), import('./exec-registry.js'), import('./exec-relay.js'), import('./isolation/confinement.js')]).then(
     () => process.stdout.write('1'),
     () => undefined,
   );

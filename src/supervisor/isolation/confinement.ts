@@ -165,10 +165,8 @@ export class Confinement implements ExecLauncher {
       writeFileSync(generated.group!, groupFile(readOr('/etc/group'), spec.gid));
       writeFileSync(generated.hostname!, `${opts.hostname}\n`);
       prepareWorkspace(opts.workspace, spec.uid, spec.gid);
-      await run(tools, [...tools.nsenter, `--target=${initPid}`, '--net', '--', ...tools.ip, '-batch', '-'], sandboxNetBatch(spec.net));
-      await run(tools, [...tools.nsenter, `--target=${initPid}`, '--net', '--', ...tools.nft, '-f', '-'], nftRuleset(spec.net));
     } catch (err) {
-      return fail(err instanceof IsolationError ? err : new IsolationError(`cannot set up the sandbox's network: ${(err as Error).message}`));
+      return fail(err instanceof IsolationError ? err : new IsolationError(`cannot set up the sandbox: ${(err as Error).message}`));
     }
     const c = new Confinement({ spec, tools, init: child, initPid, cgroup, log });
     child.once('exit', (code, signal) => {
@@ -285,7 +283,7 @@ export class Confinement implements ExecLauncher {
     this.#init.kill('SIGKILL');
     await Promise.race([exited, new Promise((r) => setTimeout(r, 2000).unref())]);
     // The netns went with the init and took the veth pair with it; this only covers a straggler.
-    await run(this.#tools, [...this.#tools.ip, 'link', 'del', this.net.hostIf], '').catch(() => undefined);
+    await run([...this.#tools.ip, 'link', 'del', this.net.hostIf], '').catch(() => undefined);
     await this.#cgroup?.remove();
     this.#log.debug({}, 'sandbox confinement closed');
   }
@@ -352,26 +350,33 @@ async function claimSlot(tools: ToolSet, initPid: number, base?: string): Promis
     const slot = (start + i * 7919) % SLOTS;
     const net = netForSlot(slot, base);
     try {
-      await run(tools, [...tools.ip, 'link', 'add', net.hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', String(initPid)], '');
+      await run([...tools.ip, 'link', 'add', net.hostIf, 'type', 'veth', 'peer', 'name', 'eth0', 'netns', String(initPid)], '');
     } catch (err) {
       lastError = (err as Error).message;
       if (/exists/i.test(lastError)) continue;
       throw new IsolationError(`cannot create the sandbox's veth pair: ${lastError}`);
     }
-    try {
-      await run(tools, [...tools.ip, '-batch', '-'], hostNetBatch(net, initPid).split('\n').slice(1).join('\n'));
+    // The host side, the sandbox side and its rules at once: three tools, one wait.
+    const [host, inside, rules] = await Promise.allSettled([
+      run([...tools.ip, '-batch', '-'], hostNetBatch(net, initPid).split('\n').slice(1).join('\n')),
+      run([...tools.nsenter, `--target=${initPid}`, '--net', '--', ...tools.ip, '-batch', '-'], sandboxNetBatch(net)),
+      run([...tools.nsenter, `--target=${initPid}`, '--net', '--', ...tools.nft, '-f', '-'], nftRuleset(net)),
+    ]);
+    if (host.status === 'fulfilled') {
+      for (const r of [inside, rules]) {
+        if (r.status === 'rejected') throw new IsolationError(`cannot set up the sandbox's network: ${(r.reason as Error).message}`);
+      }
       return { slot, net };
-    } catch (err) {
-      // Its address is taken on this host (another interface): give the slot back, try the next.
-      lastError = (err as Error).message;
-      await run(tools, [...tools.ip, 'link', 'del', net.hostIf], '').catch(() => undefined);
     }
+    // Its address is taken on this host (another interface): give the slot back, try the next.
+    lastError = (host.reason as Error).message;
+    await run([...tools.ip, 'link', 'del', net.hostIf], '').catch(() => undefined);
   }
   throw new IsolationError(`no free network slot for the sandbox: ${lastError}`);
 }
 
 /** Runs a tool with `input` on stdin; rejects with its stderr. */
-function run(_tools: ToolSet, argv: string[], input: string): Promise<void> {
+function run(argv: string[], input: string): Promise<void> {
   const [file, ...args] = argv as [string, ...string[]];
   return new Promise((resolve, reject) => {
     const child = spawn(file, args, { stdio: ['pipe', 'ignore', 'pipe'] });

@@ -174,7 +174,9 @@ export function sandboxNetBatch(net: NetSpec): string {
  * in only replies and loopback.
  */
 export function nftRuleset(net: NetSpec): string {
-  return `table inet openshell {
+  // Flushed first: loading again (a slot retried) replaces the rules, never adds to them.
+  return `flush ruleset
+table inet openshell {
   chain output {
     type filter hook output priority 0; policy drop;
     oif "lo" accept
