@@ -12,6 +12,7 @@
  *   full  both: the real supervisor stage dials the gateway stage.
  *
  * Each stage process reports its CPU time, so idle time shows which stage waits.
+ * BENCH_CHILD_PROF=<dir> writes a V8 CPU profile of every stage process there.
  */
 import { fork, type ChildProcess } from 'node:child_process';
 import { mkdtempSync, rmSync } from 'node:fs';
@@ -173,7 +174,7 @@ async function roleGw(): Promise<void> {
 // ------------------------------------------------------------ orchestration
 
 function spawnRole(name: string): Promise<{ child: ChildProcess; port: number }> {
-  const child = fork(self, ['--role', name], { stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
+  const child = fork(self, ['--role', name], { execArgv: [...process.execArgv, ...(process.env.BENCH_CHILD_PROF ? ['--cpu-prof', `--cpu-prof-dir=${process.env.BENCH_CHILD_PROF}`] : [])], stdio: ['ignore', 'inherit', 'inherit', 'ipc'] });
   return new Promise((resolve, reject) => {
     child.once('error', reject);
     child.once('exit', (code) => reject(new Error(`${name} exited ${code}`)));

@@ -2,7 +2,12 @@
  * `npm run bench`: one run measuring the gateway (process driver) end to end,
  * with OpenSSH as the peer where one makes sense, and the egress bench.
  *
+<<<<<<< HEAD
  *   node dist/bench/run.js [--quick] [--only create,rss,exec,bulk,ssh,isolation,clibulk,quiet,deadrelay,egress,docker]
+=======
+ *   node dist/bench/run.js [--quick] [--only create,rss,exec,bulk,ssh,isolation,clibulk,quiet,deadrelay,egress,soak]
+ *   (soak: only with --only soak or OPENSHELL_BENCH_SOAK=1; about four minutes)
+>>>>>>> exec-api
  *
  * Progress goes to stderr, one table per section to stdout, and everything to
  * bench/results/bench-<timestamp>.json and bench/results/latest.json.
@@ -50,9 +55,11 @@ import {
 
 const argv = process.argv.slice(2);
 const quick = argv.includes('--quick');
-const ALL = ['create', 'rss', 'exec', 'bulk', 'ssh', 'isolation', 'clibulk', 'quiet', 'deadrelay', 'egress', 'docker'] as const;
+const ALL = ['create', 'rss', 'exec', 'bulk', 'ssh', 'isolation', 'clibulk', 'quiet', 'deadrelay', 'egress', 'docker', 'soak'] as const;
 type SectionName = (typeof ALL)[number];
-let only: SectionName[] = [...ALL];
+/** The soak takes about four minutes: in the default run only with OPENSHELL_BENCH_SOAK=1 (or `--only soak`). */
+const soakByDefault = process.env.OPENSHELL_BENCH_SOAK === '1';
+let only: SectionName[] = ALL.filter((s) => s !== 'soak' || soakByDefault);
 const onlyIdx = argv.findIndex((a) => a === '--only' || a.startsWith('--only='));
 if (onlyIdx >= 0) {
   const raw = argv[onlyIdx].includes('=') ? argv[onlyIdx].split('=')[1] : argv[onlyIdx + 1];
@@ -762,6 +769,110 @@ async function benchDeadRelay(): Promise<SectionResult> {
   };
 }
 
+// ---------------------------------------------------------------- 7b. soak: many quiet execs through repeated outages
+
+/**
+ * Issue 21's soak: S sandboxes, each holding one quiet exec of about two
+ * minutes (a line every 15 s), while every supervisor connection is
+ * black-holed (no FIN, no RST; the pairs stay dead) for 3 s every 20 s.
+ * Keepalive 2000/6000 ms, so each outage is noticed before the next one
+ * (with the default 30 s timeout a hole every 20 s would never be noticed
+ * in time); resume window 15 s (the default). Reports the streams that
+ * reached their real exit with exactly their bytes, the bytes lost or
+ * duplicated, the relays still pending at the end, and the gateway's RSS.
+ */
+async function benchSoak(): Promise<SectionResult> {
+  const S = quick ? 20 : 100;
+  const ticks = quick ? 4 : 8;
+  const holeEveryMs = 20_000;
+  const holeMs = 3000;
+  const gwPort = await freePort();
+  const proxy = await startTcpProxy({ host: '127.0.0.1', port: gwPort });
+  const dir = path.join(tmpRoot, 'gw-soak');
+  await mkdir(dir, { recursive: true });
+  const args = ['--port', String(gwPort), '--sandbox-endpoint', `http://127.0.0.1:${proxy.port}`, '--keepalive-interval-ms', '2000', '--keepalive-timeout-ms', '6000'];
+  const gw = await startGateway(dir, args);
+  const streams: ExecStream[] = [];
+  let holes = 0;
+  let timer: NodeJS.Timeout | null = null;
+  try {
+    const boxes = Array.from({ length: S }, (_, i) => `soak-${i}`);
+    const t0 = Date.now();
+    await mapLimit(boxes, 10, async (b) => {
+      await createSandbox(gw.url, b);
+      await waitReady(gw.url, b, 120_000);
+    });
+    progress(`soak: ${S} sandboxes Ready in ${((Date.now() - t0) / 1000).toFixed(0)} s`);
+    const rss0 = rssKiB(gw.pid);
+    const script = `for i in $(seq 1 ${ticks}); do sleep 15; echo "tick $i"; done`;
+    const expected = Array.from({ length: ticks }, (_, i) => `tick ${i + 1}\n`).join('').length;
+    for (const b of boxes) streams.push(execStream(gw.url, b, ['sh', '-c', script]));
+    await withTimeout(Promise.all(streams.map((s) => s.started)), 60_000, 'soak execs start');
+    progress(`soak: ${S} execs started; black-holing every supervisor connection for ${holeMs} ms every ${holeEveryMs / 1000} s`);
+    let peakRss = rssKiB(gw.pid);
+    const hole = (): void => {
+      holes++;
+      proxy.blackhole();
+      setTimeout(() => proxy.restore(), holeMs).unref();
+      peakRss = Math.max(peakRss, rssKiB(gw.pid));
+      progress(`soak: outage ${holes} (${proxy.connections} proxied connections)`);
+      timer = setTimeout(hole, holeEveryMs);
+      timer.unref();
+    };
+    timer = setTimeout(hole, holeEveryMs / 2);
+    const ends = await withTimeout(Promise.all(streams.map((s) => s.done)), ticks * 15_000 + 120_000, 'soak execs end');
+    if (timer) clearTimeout(timer);
+    timer = null;
+    peakRss = Math.max(peakRss, rssKiB(gw.pid));
+    const delivered = ends.filter((r) => r.exitCode === 0 && r.error === null && r.stdoutBytes === expected).length;
+    const lost = ends.reduce((n, r) => n + Math.max(0, expected - r.stdoutBytes), 0);
+    const duplicated = ends.reduce((n, r) => n + Math.max(0, r.stdoutBytes - expected), 0);
+    const codes: Record<string, number> = {};
+    for (const r of ends) codes[r.error ?? `exit ${r.exitCode}`] = (codes[r.error ?? `exit ${r.exitCode}`] ?? 0) + 1;
+    // Let relays that were opened for re-attaches settle, then read the gauge.
+    await delay(1000);
+    const metrics = await new Promise<string>((resolve, reject) => {
+      import('node:http').then(({ get }) =>
+        get(`${gw.url}/metrics`, (res) => {
+          let text = '';
+          res.on('data', (d: Buffer) => (text += d.toString()));
+          res.on('end', () => resolve(text));
+        }).on('error', reject),
+      );
+    });
+    const gauge = (name: string): number => Number(new RegExp(`^${name} (\\S+)$`, 'm').exec(metrics)?.[1] ?? NaN);
+    raw.soakDelivered = delivered;
+    raw.soakTotal = S;
+    raw.soakLostBytes = lost;
+    raw.soakDupBytes = duplicated;
+    raw.soakPending = gauge('openshell_relays_pending');
+    raw.soakResumes = gauge('openshell_exec_resumes_total');
+    raw.soakRssMiB = rssKiB(gw.pid) / 1024;
+    raw.soakPeakRssMiB = peakRss / 1024;
+    return {
+      title: `soak: ${S} sandboxes, one quiet exec each (${ticks} lines over ${ticks * 15} s), every supervisor connection black-holed ${holeMs / 1000} s every ${holeEveryMs / 1000} s (keepalive 2000/6000 ms, resume window 15 s)`,
+      rows: [
+        { metric: 'results delivered / total', ours: `${delivered} / ${S}`, peer: '', target: `${S} / ${S}`, ok: delivered === S ? 'yes' : 'NO' },
+        row('bytes lost', lost, { target: 0, better: 'lower', digits: 0 }),
+        row('bytes duplicated', duplicated, { target: 0, better: 'lower', digits: 0 }),
+        row('pending relays at the end', raw.soakPending, { target: 0, better: 'lower', digits: 0 }),
+        row('outages', holes, { digits: 0 }),
+        row('exec re-attaches (openshell_exec_resumes_total)', raw.soakResumes, { digits: 0 }),
+        row('gateway RSS MiB at the end (peak in the notes)', raw.soakRssMiB, { digits: 0 }),
+      ],
+      notes: [`end codes: ${JSON.stringify(codes)}`, `gateway RSS MiB: ${(rss0 / 1024).toFixed(0)} before the execs, peak ${raw.soakPeakRssMiB.toFixed(0)}, end ${raw.soakRssMiB.toFixed(0)}`],
+      durationMs: 0,
+    };
+  } finally {
+    if (timer) clearTimeout(timer);
+    proxy.restore();
+    for (const s of streams) s.abort();
+    await deleteAllSandboxes(gw.url, 120_000).catch(() => undefined);
+    await stopChild(gw.child);
+    await proxy.close();
+  }
+}
+
 // ---------------------------------------------------------------- 8. egress
 
 async function benchEgress(): Promise<SectionResult> {
@@ -816,6 +927,12 @@ function summary(): Row[] {
   if (has('bulk') || has('sshBulk')) add('bulk', 'stdout MB/s (peer: ssh aes128-gcm)', raw.bulk ?? NaN, raw.sshBulk, 400, 'higher', 'MB/s', 0);
   if (has('cliBulk')) add('bulk', 'CLI exec MB/s (peer: ssh aes128-gcm, same run)', raw.cliBulk, raw.cliBulkSsh, undefined, 'higher', 'MB/s', 0);
   if (has('cliBulkRatio')) add('bulk', `CLI / ssh ratio (A/A spread ${round(raw.cliBulkAA, 2)})`, raw.cliBulkRatio, undefined, 1, 'higher', '', 2);
+  if (has('soakTotal')) {
+    add('soak', `results delivered of ${raw.soakTotal} (outage every 20 s)`, raw.soakDelivered, undefined, raw.soakTotal, 'higher', '', 0);
+    add('soak', 'bytes lost + duplicated', raw.soakLostBytes + raw.soakDupBytes, undefined, 0, 'lower', '', 0);
+    add('soak', 'pending relays at the end', raw.soakPending, undefined, 0, 'lower', '', 0);
+    add('soak', 'gateway RSS MiB at the end', raw.soakRssMiB, undefined, undefined, 'lower', 'MiB', 0);
+  }
   if (has('quietPerExec')) add('memory', 'gateway RSS per quiet open exec KiB', raw.quietPerExec, undefined, 64, 'lower', 'KiB');
   if (has('deadMax')) {
     add('dead relay', 'detection max ms (timeout 1500 + 1 s, window 0)', raw.deadMax, undefined, 2500, 'lower', 'ms', 0);
@@ -880,6 +997,7 @@ const SECTIONS: Record<SectionName, { fn: () => Promise<SectionResult>; timeoutM
   deadrelay: { fn: benchDeadRelay, timeoutMs: 120_000 },
   egress: { fn: benchEgress, timeoutMs: 300_000 },
   docker: { fn: benchDocker, timeoutMs: 300_000 },
+  soak: { fn: benchSoak, timeoutMs: 900_000 },
 };
 
 process.once('exit', () => {

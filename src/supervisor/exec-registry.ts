@@ -577,11 +577,20 @@ export class ExecHandle {
   signal(sig: string | number): boolean {
     const s = normalizeSignal(sig);
     if (s === null) throw new ExecError('INVALID_ARGUMENT', `signal: unknown signal ${String(sig)}`);
+    const group = this.#signalGroup(this.pid);
     try {
-      process.kill(-this.#signalGroup(this.pid), s);
+      process.kill(-group, s);
       return true;
     } catch {
-      return false; // ESRCH: the group is gone
+      // The command's group may not exist yet (a confined child between fork and
+      // setsid is still in its wrapper's group): then the wrapper's group.
+      if (group === this.pid) return false; // ESRCH: the group is gone
+      try {
+        process.kill(-this.pid, s);
+        return true;
+      } catch {
+        return false;
+      }
     }
   }
 

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto';
 import t from 'tap';
 import type { ExecEvent, ExecInfo, ExecList } from '../../src/schemas/sandbox.js';
 import { execStream, ndjson, type ExecOutcome } from '../helpers/exec.js';
-import { alive, api, startGateway, waitForPhase } from '../helpers/gateway.js';
+import { api, startGateway, waitForPhase } from '../helpers/gateway.js';
 
 t.setTimeout(120_000);
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -175,39 +175,32 @@ t.test('a caller with a requestId that goes away: the process survives the grace
   const gw = await startGateway(t, { execResumeWindowMs: 3000 });
   await api(gw.url, 'POST', '/v1/sandboxes', { name: 'grace' });
   await waitForPhase(gw.app, 'grace', 'Ready');
-  const body = { command: ['sh', '-c', 'echo $$; sleep 1.5; echo done'], requestId: 'leave-and-return' };
-  const abort = new AbortController();
-  let pid = 0;
-  await execStream(gw.url, 'grace', body, {
-    signal: abort.signal,
-    onEvent: (e) => {
-      if (e.type === 'stdout' && !pid) {
-        pid = Number(Buffer.from(e.data, 'base64').toString().trim());
-        abort.abort();
-      }
-    },
-  }).catch(() => undefined);
-  t.ok(pid > 0 && alive(pid), 'still running after its caller left');
+  /** Starts a streaming exec and leaves as soon as its first output arrives; resolves with its execId. */
+  const leave = async (body: Record<string, unknown>): Promise<string> => {
+    const abort = new AbortController();
+    let execId = '';
+    await execStream(gw.url, 'grace', body, {
+      signal: abort.signal,
+      onEvent: (e) => {
+        if (e.type === 'started') execId = e.execId;
+        if (e.type === 'stdout') abort.abort();
+      },
+    }).catch(() => undefined);
+    return execId;
+  };
+  const body = { command: ['sh', '-c', 'echo go; sleep 1.5; echo done'], requestId: 'leave-and-return' };
+  const id = await leave(body);
+  const info = await api<ExecInfo>(gw.url, 'GET', `/v1/sandboxes/grace/execs/${id}`);
+  t.equal(info.body.state, 'running', 'still running after its caller left');
   const again = await execStream(gw.url, 'grace', body);
-  t.equal(again.stdout.toString(), `${pid}\ndone\n`);
+  t.equal(again.stdout.toString(), 'go\ndone\n', 'the retry replays and follows it');
   t.match(again.last, { type: 'exit', exitCode: 0 });
 
   // Nobody comes back: killed once the grace (the resume window) passes.
-  const lone = { command: ['sh', '-c', 'echo $$; exec sleep 60'], requestId: 'leave-for-good' };
-  const abort2 = new AbortController();
-  let pid2 = 0;
-  await execStream(gw.url, 'grace', lone, {
-    signal: abort2.signal,
-    onEvent: (e) => {
-      if (e.type === 'stdout' && !pid2) {
-        pid2 = Number(Buffer.from(e.data, 'base64').toString().trim());
-        abort2.abort();
-      }
-    },
-  }).catch(() => undefined);
+  const lone = await leave({ command: ['sh', '-c', 'echo go; exec sleep 60'], requestId: 'leave-for-good' });
   const left = Date.now();
-  const deadline = left + 10_000;
-  while (alive(pid2) && Date.now() < deadline) await new Promise((r) => setTimeout(r, 50));
-  t.notOk(alive(pid2), `killed ${Date.now() - left} ms after its caller left`);
-  t.ok(Date.now() - left >= 2500, 'not before the grace');
+  const done = await until(gw.url, 'grace', lone, (e) => e.state === 'exited', 15_000);
+  const ms = Date.now() - left;
+  t.match(done, { signal: 'SIGKILL' }, `killed ${ms} ms after its caller left`);
+  t.ok(ms >= 2500, 'not before the grace');
 });
