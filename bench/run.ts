@@ -2,12 +2,8 @@
  * `npm run bench`: one run measuring the gateway (process driver) end to end,
  * with OpenSSH as the peer where one makes sense, and the egress bench.
  *
-<<<<<<< HEAD
- *   node dist/bench/run.js [--quick] [--only create,rss,exec,bulk,ssh,isolation,clibulk,quiet,deadrelay,egress,docker]
-=======
- *   node dist/bench/run.js [--quick] [--only create,rss,exec,bulk,ssh,isolation,clibulk,quiet,deadrelay,egress,soak]
+ *   node dist/bench/run.js [--quick] [--only create,rss,exec,bulk,ssh,isolation,clibulk,quiet,deadrelay,egress,docker,soak]
  *   (soak: only with --only soak or OPENSHELL_BENCH_SOAK=1; about four minutes)
->>>>>>> exec-api
  *
  * Progress goes to stderr, one table per section to stdout, and everything to
  * bench/results/bench-<timestamp>.json and bench/results/latest.json.
