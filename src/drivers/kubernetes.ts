@@ -107,7 +107,7 @@ export function podVerdict(pod: V1Pod, now: number, startTimeoutMs: number): Pod
   const containers = [...(status.initContainerStatuses ?? []), ...(status.containerStatuses ?? [])];
   const term = containers.map(terminatedReason).find((r) => r !== null);
   if (pod.metadata?.deletionTimestamp) {
-    return { state: 'Error', message: `Pod ${pod.metadata.name} is being deleted (not by the gateway)`, pending: false };
+    return { state: 'Error', message: `Pod ${pod.metadata.name} is being deleted outside the gateway`, pending: false };
   }
   if (phase === 'Failed') {
     const why = [status.reason, status.message].filter(Boolean).join(': ');

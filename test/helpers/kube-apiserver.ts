@@ -4,6 +4,7 @@
 import { execFileSync, spawn, type ChildProcess } from 'node:child_process';
 import { once } from 'node:events';
 import { existsSync, mkdtempSync, rmSync, writeFileSync } from 'node:fs';
+import { request as httpRequest } from 'node:http';
 import { request } from 'node:https';
 import net from 'node:net';
 import { tmpdir } from 'node:os';
@@ -117,7 +118,7 @@ async function stopChild(child: ChildProcess, ms = 10_000): Promise<void> {
 
 function get(url: string, token: string): Promise<{ status: number; body: string }> {
   return new Promise((resolve, reject) => {
-    const req = request(url, { headers: { authorization: `Bearer ${token}` }, rejectUnauthorized: false, timeout: 5000 }, (res) => {
+    const req = request(url, { headers: { authorization: `Bearer ${token}` }, rejectUnauthorized: false, agent: false, timeout: 5000 }, (res) => {
       let body = '';
       res.setEncoding('utf8');
       res.on('data', (d: string) => (body += d));
@@ -129,11 +130,28 @@ function get(url: string, token: string): Promise<{ status: number; body: string
   });
 }
 
+/**
+ * One HTTP request on its own connection (no keep-alive pool): a pooled socket to etcd,
+ * left when etcd stops, kept Node's exit spinning in its handle cleanup.
+ */
+function httpCall(url: string, method: string, body?: unknown): Promise<{ status: number; body: string }> {
+  return new Promise((resolve, reject) => {
+    const req = httpRequest(url, { method, agent: false, headers: { connection: 'close' }, timeout: 10_000 }, (res) => {
+      let text = '';
+      res.setEncoding('utf8');
+      res.on('data', (d: string) => (text += d));
+      res.on('end', () => resolve({ status: res.statusCode ?? 0, body: text }));
+    });
+    req.on('timeout', () => req.destroy(new Error('timeout')));
+    req.on('error', reject);
+    req.end(body === undefined ? undefined : JSON.stringify(body));
+  });
+}
+
 async function etcdPost(etcdUrl: string, path: string, body: unknown): Promise<Record<string, unknown>> {
-  const res = await fetch(`${etcdUrl}${path}`, { method: 'POST', body: JSON.stringify(body), signal: AbortSignal.timeout(10_000) });
-  const json = (await res.json()) as Record<string, unknown>;
-  if (!res.ok) throw new Error(`etcd ${path}: ${res.status} ${JSON.stringify(json)}`);
-  return json;
+  const res = await httpCall(`${etcdUrl}${path}`, 'POST', body);
+  if (res.status !== 200) throw new Error(`etcd ${path}: ${res.status} ${res.body}`);
+  return JSON.parse(res.body) as Record<string, unknown>;
 }
 
 /**
@@ -190,8 +208,8 @@ export async function startKubeApiServer(t: Teardown, opts: { readyTimeoutMs?: n
   for (;;) {
     if (etcd.exitCode !== null) throw new Error(`etcd exited (${etcd.exitCode}): ${tail(etcd)}`);
     try {
-      const r = await fetch(`${etcdUrl}/health`, { signal: AbortSignal.timeout(2000) });
-      if (r.ok) break;
+      const r = await httpCall(`${etcdUrl}/health`, 'GET');
+      if (r.status === 200) break;
     } catch {
       // not yet
     }
