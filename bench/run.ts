@@ -2,7 +2,7 @@
  * `npm run bench`: one run measuring the gateway (process driver) end to end,
  * with OpenSSH as the peer where one makes sense, and the egress bench.
  *
- *   node dist/bench/run.js [--quick] [--only create,rss,exec,bulk,ssh,quiet,deadrelay,egress]
+ *   node dist/bench/run.js [--quick] [--only create,rss,exec,bulk,ssh,isolation,clibulk,quiet,deadrelay,egress]
  *
  * Progress goes to stderr, one table per section to stdout, and everything to
  * bench/results/bench-<timestamp>.json and bench/results/latest.json.
@@ -18,6 +18,7 @@ import { setTimeout as delay } from 'node:timers/promises';
 import { pathToFileURL } from 'node:url';
 import { packageRoot } from '../src/paths.js';
 import { runEgressBench } from './egress.js';
+import { runIsolationBench } from './isolation.js';
 import { startTcpProxy, type TcpProxy } from './tcp-proxy.js';
 import {
   createSandbox,
@@ -48,7 +49,7 @@ import {
 
 const argv = process.argv.slice(2);
 const quick = argv.includes('--quick');
-const ALL = ['create', 'rss', 'exec', 'bulk', 'ssh', 'quiet', 'deadrelay', 'egress'] as const;
+const ALL = ['create', 'rss', 'exec', 'bulk', 'ssh', 'isolation', 'clibulk', 'quiet', 'deadrelay', 'egress'] as const;
 type SectionName = (typeof ALL)[number];
 let only: SectionName[] = [...ALL];
 const onlyIdx = argv.findIndex((a) => a === '--only' || a.startsWith('--only='));
@@ -379,7 +380,16 @@ function run(cmd: string, args: string[], opts: { stdoutFd?: number; timeoutMs?:
   });
 }
 
-async function benchSsh(): Promise<SectionResult> {
+interface SshPeer {
+  ssh: (args: string[], stdoutFd?: number) => Promise<void>;
+  base: string[];
+  mux: (p: string) => string[];
+  dir: string;
+  daemon: import('node:child_process').ChildProcess;
+}
+
+/** A private sshd on loopback (its own keys and config) and an ssh runner for it; null when sshd cannot be had. */
+async function startSshPeer(name = 'ssh'): Promise<SshPeer | null> {
   const sshd = '/usr/sbin/sshd';
   if (!existsSync(sshd)) {
     if (process.getuid?.() === 0) {
@@ -387,10 +397,10 @@ async function benchSsh(): Promise<SectionResult> {
       spawnSync('apt-get', ['install', '-y', 'openssh-server'], { stdio: 'ignore', timeout: 180_000 });
     }
     if (!existsSync(sshd)) {
-      return { title: 'peer: OpenSSH', rows: [{ metric: 'OpenSSH', ours: 'n/a', peer: 'n/a', target: '', ok: 'n/a' }], notes: ['sshd not installed and not root'], durationMs: 0 };
+      return null;
     }
   }
-  const dir = path.join(tmpRoot, 'ssh');
+  const dir = path.join(tmpRoot, name);
   await mkdir(dir, { recursive: true, mode: 0o700 });
   await mkdir('/run/sshd', { recursive: true }).catch(() => undefined);
   const hostKey = path.join(dir, 'host_ed25519');
@@ -427,8 +437,6 @@ async function benchSsh(): Promise<SectionResult> {
   daemon.stderr!.on('data', (d: Buffer) => (daemonErr += d.toString()));
   const user = os.userInfo().username;
   const base = ['-F', '/dev/null', '-i', userKey, '-p', String(port), '-o', 'StrictHostKeyChecking=no', '-o', 'UserKnownHostsFile=/dev/null', '-o', 'LogLevel=ERROR', '-o', 'BatchMode=yes', '-l', user];
-  const cm = path.join(dir, 'cm');
-  const cmGcm = path.join(dir, 'cm-gcm');
   const mux = (p: string) => ['-o', 'ControlMaster=auto', '-o', `ControlPath=${p}`, '-o', 'ControlPersist=60'];
   const ssh = async (args: string[], stdoutFd?: number) => {
     const r = await run('ssh', [...base, ...args], { stdoutFd, timeoutMs: 60_000 });
@@ -446,6 +454,22 @@ async function benchSsh(): Promise<SectionResult> {
         await delay(100);
       }
     }
+  } catch (err) {
+    await stopChild(daemon, 2000);
+    throw err;
+  }
+  return { ssh, base, mux, dir, daemon };
+}
+
+async function benchSsh(): Promise<SectionResult> {
+  const peer = await startSshPeer();
+  if (!peer) {
+    return { title: 'peer: OpenSSH', rows: [{ metric: 'OpenSSH', ours: 'n/a', peer: 'n/a', target: '', ok: 'n/a' }], notes: ['sshd not installed and not root'], durationMs: 0 };
+  }
+  const { ssh, base, mux, dir, daemon } = peer;
+  const cm = path.join(dir, 'cm');
+  const cmGcm = path.join(dir, 'cm-gcm');
+  try {
     const version = spawnSync('ssh', ['-V'], { encoding: 'utf8' }).stderr.trim();
     const fresh: number[] = [];
     for (let i = 0; i < N.sshNew; i++) {
@@ -505,6 +529,70 @@ async function benchSsh(): Promise<SectionResult> {
     }
     await stopChild(daemon, 2000);
   }
+}
+
+// ---------------------------------------------------------------- 5b. CLI bulk vs OpenSSH, same run
+
+/**
+ * Issue 21's user-level comparison: `openshell sandbox exec BOX -- head -c N
+ * /dev/zero > /dev/null` (a CLI process per run, the binary WebSocket
+ * transport) against `ssh … head -c N /dev/zero > /dev/null` (a client process
+ * per run over a warm aes128-gcm ControlMaster), interleaved A B B A so load
+ * drifts hit both. The A/A spread (best/worst run of the same tool) says how
+ * much two identical runs differ here; a ratio within it is a tie.
+ */
+async function benchCliBulk(): Promise<SectionResult> {
+  const gw = await mainGateway();
+  const [box] = await ensurePool(1);
+  const peer = await startSshPeer('ssh-cli');
+  if (!peer) return { title: 'CLI bulk vs OpenSSH', rows: [], notes: ['sshd not installed and not root'], durationMs: 0 };
+  const cmGcm = path.join(peer.dir, 'cm-gcm');
+  const gcm = ['-c', 'aes128-gcm@openssh.com', ...peer.mux(cmGcm)];
+  const bin = path.join(packageRoot(), 'bin', 'openshell.js');
+  const devnull = openSync('/dev/null', 'w');
+  const bytes = N.bulkBytes;
+  const timed = async (what: 'cli' | 'ssh', n: number): Promise<number> => {
+    const t = performance.now();
+    if (what === 'ssh') await peer.ssh([...gcm, '127.0.0.1', `head -c ${n} /dev/zero`], devnull);
+    else {
+      const r = await run(process.execPath, [bin, '--gateway', gw.url, 'sandbox', 'exec', box!, '--', 'head', '-c', String(n), '/dev/zero'], { stdoutFd: devnull, timeoutMs: 120_000 });
+      if (r.code !== 0) throw new Error(`openshell exec exited ${r.code}: ${r.stderr.slice(0, 300)}`);
+    }
+    return n / 1e6 / ((performance.now() - t) / 1000);
+  };
+  const runs: Record<'cli' | 'ssh', number[]> = { cli: [], ssh: [] };
+  try {
+    await timed('ssh', 64 * 1024 * 1024);
+    await timed('cli', 64 * 1024 * 1024);
+    const rounds = quick ? 1 : 3;
+    for (let i = 0; i < rounds; i++) {
+      for (const what of i % 2 === 0 ? (['cli', 'ssh', 'ssh', 'cli'] as const) : (['ssh', 'cli', 'cli', 'ssh'] as const)) {
+        runs[what].push(await timed(what, bytes));
+        progress(`clibulk: ${what} ${runs[what].at(-1)!.toFixed(0)} MB/s`);
+      }
+    }
+  } finally {
+    closeSync(devnull);
+    if (existsSync(cmGcm)) spawnSync('ssh', [...peer.base, '-o', `ControlPath=${cmGcm}`, '-O', 'exit', '127.0.0.1'], { stdio: 'ignore', timeout: 5000 });
+    await stopChild(peer.daemon, 2000);
+  }
+  const median = (xs: number[]): number => pct(xs, 50);
+  const spread = (xs: number[]): number => Math.max(...xs) / Math.min(...xs);
+  raw.cliBulk = median(runs.cli);
+  raw.cliBulkSsh = median(runs.ssh);
+  raw.cliBulkRatio = raw.cliBulk / raw.cliBulkSsh;
+  raw.cliBulkAA = Math.max(spread(runs.cli), spread(runs.ssh));
+  const met = raw.cliBulkRatio >= 1 || raw.cliBulkRatio >= 1 / raw.cliBulkAA;
+  return {
+    title: `CLI bulk: openshell sandbox exec BOX -- head -c ${bytes} /dev/zero > /dev/null vs ssh (aes128-gcm, ControlMaster), interleaved, ${runs.cli.length} runs each`,
+    rows: [
+      row('openshell CLI MB/s (median)', raw.cliBulk, { peer: raw.cliBulkSsh, digits: 0 }),
+      { metric: 'ratio CLI / ssh (medians)', ours: round(raw.cliBulkRatio, 2), peer: '', target: '≥ 1.0, or within the A/A spread', ok: met ? 'yes' : 'NO' },
+      row('A/A spread (best / worst run of one tool)', raw.cliBulkAA),
+    ],
+    notes: [`cli runs: ${runs.cli.map((r) => r.toFixed(0)).join(', ')} MB/s`, `ssh runs: ${runs.ssh.map((r) => r.toFixed(0)).join(', ')} MB/s`],
+    durationMs: 0,
+  };
 }
 
 // ---------------------------------------------------------------- 6. RSS with quiet open execs
@@ -707,6 +795,8 @@ function summary(): Row[] {
     rows[rows.length - 1].ours = `${round(raw.execC64P50, 1)} / ${round(raw.execC64P99, 1)}`;
   }
   if (has('bulk') || has('sshBulk')) add('bulk', 'stdout MB/s (peer: ssh aes128-gcm)', raw.bulk ?? NaN, raw.sshBulk, 400, 'higher', 'MB/s', 0);
+  if (has('cliBulk')) add('bulk', 'CLI exec MB/s (peer: ssh aes128-gcm, same run)', raw.cliBulk, raw.cliBulkSsh, undefined, 'higher', 'MB/s', 0);
+  if (has('cliBulkRatio')) add('bulk', `CLI / ssh ratio (A/A spread ${round(raw.cliBulkAA, 2)})`, raw.cliBulkRatio, undefined, 1, 'higher', '', 2);
   if (has('quietPerExec')) add('memory', 'gateway RSS per quiet open exec KiB', raw.quietPerExec, undefined, 64, 'lower', 'KiB');
   if (has('deadMax')) {
     add('dead relay', 'detection max ms (timeout 1500 + 1 s, window 0)', raw.deadMax, undefined, 2500, 'lower', 'ms', 0);
@@ -728,12 +818,45 @@ function markdown(rows: Row[]): string {
 
 // ---------------------------------------------------------------- main
 
+// ---------------------------------------------------------------- isolation on and off
+
+async function benchIsolation(): Promise<SectionResult> {
+  const r = await runIsolationBench(tmpRoot, quick);
+  raw.isoExecConfined = r.execP50.confined;
+  raw.isoExecUnconfined = r.execP50.unconfined;
+  raw.isoExecAA = Math.abs(r.execP50.confinedAA / r.execP50.confined - 1);
+  raw.isoCreateConfined = r.createP50.confined;
+  raw.isoConfinementKiB = r.confinementPssKiB;
+  const ssh = raw.sshMuxP50;
+  return {
+    title: `isolation on and off, same run (${r.samples.exec} interleaved execs each, ${r.samples.create} creates each, ${r.samples.idle} idle sandboxes each)`,
+    rows: [
+      row('exec `true` p50 ms, confined (peer: unconfined)', r.execP50.confined, { peer: r.execP50.unconfined, digits: 2 }),
+      row('exec `true` p50 ms, second confined sandbox (A/A)', r.execP50.confinedAA, { peer: r.execP50.confined, digits: 2 }),
+      ...(ssh !== undefined
+        ? [row('confined exec p50 / OpenSSH ControlMaster p50', r.execP50.confined / ssh, { target: 0.8, better: 'lower', digits: 2 })]
+        : []),
+      row('create→Ready p50 ms, confined (peer: unconfined)', r.createP50.confined, { peer: r.createP50.unconfined, target: 150, better: 'lower', unit: 'ms', digits: 1 }),
+      row('create→Ready p95 ms, confined (peer: unconfined)', r.createP95.confined, { peer: r.createP95.unconfined, digits: 1 }),
+      row('namespaces + init per idle sandbox, PSS KiB', r.confinementPssKiB, { target: 2048, better: 'lower', unit: 'KiB', digits: 0 }),
+      row('supervisor RSS KiB, confined (peer: unconfined)', r.supervisorRssKiB.confined, { peer: r.supervisorRssKiB.unconfined, digits: 0 }),
+    ],
+    notes: [
+      'confined: bwrap (mount, PID, IPC, UTS, net, cgroup namespaces), veth + nftables, nsenter + setsid + setpriv per process; the ratio to OpenSSH uses the ssh section of the same run',
+      'namespaces + init: PSS of the confinement’s own processes (bwrap’s monitor, the sandbox’s PID 1, the holder); kernel memory of the namespaces themselves is not in it',
+    ],
+    durationMs: 0,
+  };
+}
+
 const SECTIONS: Record<SectionName, { fn: () => Promise<SectionResult>; timeoutMs: number }> = {
   create: { fn: benchCreate, timeoutMs: 90_000 },
   rss: { fn: benchRss, timeoutMs: 180_000 },
   exec: { fn: benchExec, timeoutMs: 180_000 },
   bulk: { fn: benchBulk, timeoutMs: 120_000 },
   ssh: { fn: benchSsh, timeoutMs: 240_000 },
+  isolation: { fn: benchIsolation, timeoutMs: 300_000 },
+  clibulk: { fn: benchCliBulk, timeoutMs: 300_000 },
   quiet: { fn: benchQuiet, timeoutMs: 180_000 },
   deadrelay: { fn: benchDeadRelay, timeoutMs: 120_000 },
   egress: { fn: benchEgress, timeoutMs: 300_000 },

@@ -6,7 +6,8 @@ import type { TypeBoxTypeProvider } from '@fastify/type-provider-typebox';
 import Fastify, { type FastifyInstance } from 'fastify';
 import type { Config } from './config.js';
 import { OpenShellError } from './errors.js';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
+import { mkdir } from 'node:fs/promises';
 import { createServerFactory } from './http/server-factory.js';
 import { listenUnix, MAX_UNIX_PATH, type UnixListener } from './http/unix-listener.js';
 import { createDriver } from './drivers/index.js';
@@ -16,6 +17,7 @@ import { errorHandler, notFoundHandler } from './routes/error-handler.js';
 import { execRoutes } from './routes/exec.js';
 import { fileRoutes } from './routes/files.js';
 import { healthRoutes } from './routes/health.js';
+import { applyHttpEdges } from './routes/http-edges.js';
 import { policyRoutes } from './routes/policy.js';
 import { relayRoutes } from './routes/relay.js';
 import { sandboxRoutes } from './routes/sandboxes.js';
@@ -58,6 +60,7 @@ export async function buildApp(config: Config, deps: GatewayDeps = {}): Promise<
   await app.register(fastifyWebsocket, {
     options: { perMessageDeflate: false, maxPayload: 64 * 1024 * 1024, skipUTF8Validation: true },
   });
+  applyHttpEdges(app);
 
   if (config.authToken) {
     const expected = Buffer.from(config.authToken);
@@ -88,8 +91,9 @@ export async function buildApp(config: Config, deps: GatewayDeps = {}): Promise<
   // Supervisors on this host (process driver) dial a Unix socket in the state
   // dir instead: cheaper per byte than loopback TCP. --sandbox-endpoint wins.
   let unix: UnixListener | null = null;
-  const socketPath = join(config.stateDir, 'gateway.sock');
-  if (config.driver === 'process' && !config.sandboxEndpoint && config.supervisorSocket) {
+  // Containers (docker driver) get the socket's directory bind-mounted: a directory holding only the socket.
+  const socketPath = config.driver === 'docker' ? join(config.stateDir, 'run', 'gateway.sock') : join(config.stateDir, 'gateway.sock');
+  if ((config.driver === 'process' || config.driver === 'docker') && !config.sandboxEndpoint && config.supervisorSocket) {
     // onReady, not onListen: listen() waits for it, so the first sandbox already gets the socket.
     app.addHook('onReady', async () => {
       if (socketPath.length > MAX_UNIX_PATH) {
@@ -97,6 +101,7 @@ export async function buildApp(config: Config, deps: GatewayDeps = {}): Promise<
         return;
       }
       try {
+        await mkdir(dirname(socketPath), { recursive: true, mode: 0o700 });
         unix = await listenUnix(app, socketPath);
         gateway.setSupervisorSocket(socketPath);
         app.log.info({ path: socketPath }, 'supervisors dial the gateway on this unix socket');

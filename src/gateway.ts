@@ -10,7 +10,7 @@ import { SessionRegistry } from './relay/sessions.js';
 import { SandboxLogs } from './sandboxes/logs.js';
 import { PolicyService, validatePolicy } from './sandboxes/policy.js';
 import { SandboxService } from './sandboxes/service.js';
-import { openStore, type SandboxStore } from './store/index.js';
+import { isInMemoryStore, openStore, type SandboxStore } from './store/index.js';
 
 export interface GatewayDeps {
   store?: SandboxStore;
@@ -110,6 +110,15 @@ export class Gateway {
       case 'log':
         this.logs.append(session.sandboxId, message.lines);
         break;
+      case 'isolation':
+        void this.sandboxes
+          .setIsolation(session.sandboxId, {
+            ok: message.ok === true,
+            mode: typeof message.mode === 'string' ? message.mode : 'unknown',
+            message: typeof message.message === 'string' ? message.message : '',
+          })
+          .catch((err: unknown) => this.log.error({ err }, 'could not record the isolation state'));
+        break;
       case 'mainProcess':
         void this.sandboxes
           .setMainProcess(session.sandboxId, {
@@ -133,6 +142,8 @@ export class Gateway {
   async close(): Promise<void> {
     for (const off of this.#unsubscribe.splice(0)) off();
     this.broker.close();
+    // No later gateway can adopt what an in-memory store forgets: its sandboxes go with it.
+    if (isInMemoryStore(this.config.db)) await this.sandboxes.deleteAll();
     await this.sandboxes.close();
     await this.driver.close();
     await this.store.close();

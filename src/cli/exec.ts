@@ -1,11 +1,13 @@
 import { fstatSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
 import type { Readable, Writable } from 'node:stream';
-import type { Command } from 'commander';
+import { Option, type Command } from 'commander';
 import type WebSocket from 'ws';
-import { ExecChannel } from '../client/index.js';
+import { DEFAULT_RESUME_TIMEOUT_MS, ExecChannel, OpenShellApiError, newRequestId, type BinaryExecEvent, type ExecResumeOptions } from '../client/index.js';
+import type { ExecEvent } from '../schemas/sandbox.js';
 import type { ExecBody } from '../schemas/sandbox.js';
-import { CliExit, collectKeyValue, contextOf, isTty, parseSeconds, writeAll, type CliIo, type Context } from './context.js';
+import { CliExit, collectKeyValue, contextOf, isTty, parseSeconds, UsageError, writeAll, type CliIo, type Context } from './context.js';
+import { printJson } from './output.js';
 import { waitOpen } from './ws.js';
 
 interface ExecOptions {
@@ -15,6 +17,9 @@ interface ExecOptions {
   tty?: boolean;
   user?: string;
   stdin: boolean;
+  detach?: boolean;
+  resumeTimeout: number;
+  requestId?: string;
 }
 
 /** Exit code of a command that ended with an exec `error` event (like ssh's 255). */
@@ -33,13 +38,33 @@ export function registerExecCommand(sandbox: Command, io: CliIo): void {
     .option('-t, --tty', 'allocate a terminal (interactive, over a WebSocket)')
     .option('--user <user>', 'run as this user')
     .option('--no-stdin', 'do not forward stdin (by default piped or redirected stdin is forwarded)')
+    .option('-d, --detach', 'start the command and print its exec id; see `sandbox execs`, `attach`, `kill`')
+    .option('--request-id <id>', 'idempotency key: the same id in the same sandbox within 24 h never starts a second process (default: a fresh one)')
+    .addOption(
+      new Option('--resume-timeout <seconds>', 'how long to keep re-attaching while the gateway is unreachable (0: never)')
+        .default(DEFAULT_RESUME_TIMEOUT_MS / 1000)
+        .argParser(parseSeconds('--resume-timeout', true)),
+    )
     .action(async (name: string, command: string[], opts: ExecOptions, cmd: Command) => {
       const ctx = contextOf(io, cmd);
-      const body: ExecBody = { command };
+      const body: ExecBody = { command, requestId: opts.requestId ?? newRequestId() };
       if (opts.env) body.env = opts.env;
       if (opts.workdir) body.workdir = opts.workdir;
       if (opts.user) body.user = opts.user;
       if (opts.timeout !== undefined) body.timeoutSeconds = opts.timeout;
+      if (opts.detach) {
+        if (opts.tty) throw new UsageError('--detach: cannot be combined with --tty');
+        if (opts.stdin && forwardable(ctx.io.stdin)) {
+          const head = await readSettled(ctx.io.stdin, STDIN_SETTLE_MS, STDIN_BODY_MAX);
+          if (!head.ended) throw new UsageError('--detach: stdin must be small and end at once (or use --no-stdin)');
+          const stdin = Buffer.concat(head.chunks);
+          if (stdin.length > 0) body.stdin = stdin.toString('base64');
+        }
+        const { execId } = await ctx.client.execDetached(name, body);
+        if (ctx.output === 'json') printJson(ctx.io.stdout, { execId });
+        else ctx.io.stdout.write(`${execId}\n`);
+        return;
+      }
       const code = opts.tty ? await execWebSocket(ctx, name, command, opts, true) : await execPlain(ctx, name, command, body, opts);
       if (code !== 0) throw new CliExit(code);
     });
@@ -71,23 +96,72 @@ export const STDIN_BODY_MAX = 16 * 1024 * 1024;
  * held in our memory, and there is no size cap.
  */
 async function execPlain(ctx: Context, name: string, command: string[], body: ExecBody, opts: ExecOptions): Promise<number> {
-  if (!opts.stdin || !forwardable(ctx.io.stdin)) return execStream(ctx, name, body);
+  const resume = resumeOf(opts);
+  if (!opts.stdin || !forwardable(ctx.io.stdin)) return execBinary(ctx, name, body, resume);
   const head = await readSettled(ctx.io.stdin, STDIN_SETTLE_MS, STDIN_BODY_MAX);
   if (!head.ended) return execWebSocket(ctx, name, command, opts, false, head.chunks);
   const stdin = Buffer.concat(head.chunks);
   if (stdin.length > 0) body.stdin = stdin.toString('base64');
-  return execStream(ctx, name, body);
+  return printExec(ctx, ctx.client.exec(name, body, { resume }));
 }
 
-/** `POST …/exec`, output streamed to our stdout/stderr as it arrives. */
-async function execStream(ctx: Context, name: string, body: ExecBody): Promise<number> {
-  for await (const ev of ctx.client.exec(name, body)) {
+function resumeOf(opts: { resumeTimeout: number }): ExecResumeOptions {
+  return { timeoutMs: Math.round(opts.resumeTimeout * 1000) };
+}
+
+/**
+ * No stdin: the bulk transport, the WebSocket exec route (binary frames, no
+ * base64), with the same resume as the NDJSON stream: the same requestId and
+ * the offsets already printed.
+ */
+async function execBinary(ctx: Context, name: string, body: ExecBody, resume: ExecResumeOptions): Promise<number> {
+  const events = ctx.client.execBinary(
+    name,
+    {
+      command: body.command,
+      requestId: body.requestId,
+      workdir: body.workdir,
+      user: body.user,
+      env: body.env,
+      timeoutSeconds: body.timeoutSeconds,
+    },
+    { resume },
+  );
+  return printExec(ctx, withFallback(events, () => ctx.client.exec(name, body, { resume })));
+}
+
+/**
+ * The binary events, or, when the upgrade is answered by something that is
+ * not the gateway's error envelope (a proxy that passes no upgrades, an old
+ * gateway), the NDJSON stream of the same exec (the same requestId, so
+ * never a second process).
+ */
+async function* withFallback(
+  binary: AsyncGenerator<BinaryExecEvent>,
+  ndjson: () => AsyncGenerator<ExecEvent>,
+): AsyncGenerator<ExecEvent | BinaryExecEvent> {
+  let first: IteratorResult<BinaryExecEvent>;
+  try {
+    first = await binary.next();
+  } catch (err) {
+    if (!(err instanceof OpenShellApiError) || !err.code.startsWith('HTTP_')) throw err;
+    yield* ndjson();
+    return;
+  }
+  if (first.done) return;
+  yield first.value;
+  yield* binary;
+}
+
+/** Prints an exec's events to our stdout/stderr as they arrive; resolves with the exit code the CLI reports. */
+export async function printExec(ctx: Context, events: AsyncIterable<ExecEvent | BinaryExecEvent>): Promise<number> {
+  for await (const ev of events) {
     switch (ev.type) {
       case 'stdout':
-        await writeAll(ctx.io.stdout, Buffer.from(ev.data, 'base64'));
+        await writeAll(ctx.io.stdout, typeof ev.data === 'string' ? Buffer.from(ev.data, 'base64') : ev.data);
         break;
       case 'stderr':
-        await writeAll(ctx.io.stderr, Buffer.from(ev.data, 'base64'));
+        await writeAll(ctx.io.stderr, typeof ev.data === 'string' ? Buffer.from(ev.data, 'base64') : ev.data);
         break;
       case 'exit':
         return exitCodeOf(ev);

@@ -13,6 +13,7 @@ import { CONFIG_OPTIONS } from '../config.js';
 import { packageRoot } from '../paths.js';
 import { CliExit, DEFAULT_GATEWAY, emptyStdin, UsageError, type CliIo } from './context.js';
 import { registerExecCommand } from './exec.js';
+import { registerExecsCommands } from './execs.js';
 import { registerFileCommands } from './files.js';
 import { registerLogsCommand, registerPolicyCommands } from './policy.js';
 import { registerSandboxCommands } from './sandbox.js';
@@ -87,6 +88,7 @@ function buildProgram(io: CliIo): Command {
   const sandbox = program.command('sandbox').alias('sb').description('create, inspect, use and delete sandboxes');
   registerSandboxCommands(sandbox, io);
   registerExecCommand(sandbox, io);
+  registerExecsCommands(sandbox, io);
   registerSshCommands(sandbox, io);
   registerFileCommands(sandbox, io);
   registerLogsCommand(sandbox, io);

@@ -12,6 +12,8 @@ import type {
 import { connectionError, OpenShellApiError, OpenShellConnectionError, SandboxWaitError } from './errors.js';
 import { parseNdjson } from './ndjson.js';
 import { keepAlive } from '../relay/heartbeat.js';
+import { BinaryExecSocket } from './exec-socket.js';
+import { newRequestId, Offsets, ResumableEnd, RetryClock, type ExecResumeOptions } from './resume.js';
 
 export interface OpenShellClientOptions {
   /** The gateway, e.g. `http://127.0.0.1:8080`. */
@@ -49,10 +51,16 @@ export interface WaitForReadyOptions extends SignalOption {
 /** One exec as the `execs` routes describe it; fields beyond these are passed through. */
 export interface ExecInfo {
   execId: string;
-  state?: string;
+  requestId?: string | null;
+  state?: 'running' | 'exited' | string;
   command?: string[];
   exitCode?: number | null;
   signal?: string | null;
+  timedOut?: boolean;
+  startedAt?: string;
+  finishedAt?: string | null;
+  stdoutBytes?: number;
+  stderrBytes?: number;
   [key: string]: unknown;
 }
 
@@ -67,7 +75,22 @@ export interface ExecWebSocketOptions {
   timeoutSeconds?: number;
   cols?: number;
   rows?: number;
+  /** Idempotent start; with the offsets, a reconnect joins the exec and continues from there. */
+  requestId?: string;
+  stdoutOffset?: number;
+  stderrOffset?: number;
 }
+
+/** Options of the exec calls that resume. */
+export interface ExecCallOptions extends SignalOption {
+  resume?: ExecResumeOptions;
+}
+
+/** Events of {@link OpenShellClient.execBinary}: raw output bytes, then one terminal event. */
+export type BinaryExecEvent =
+  | { type: 'stdout' | 'stderr'; data: Buffer; offset: number }
+  | { type: 'exit'; exitCode: number | null; signal: string | null; timedOut?: boolean }
+  | { type: 'error'; code: string; message: string; resumable?: boolean };
 
 export interface PolicyState {
   version: number;
@@ -209,15 +232,148 @@ export class OpenShellClient {
   /**
    * `POST …/exec` streaming: yields `started`, `stdout`/`stderr` (base64
    * `data`), `keepalive`, and exactly one final `exit` or `error`. Aborting
-   * `signal` disconnects, which kills a non-detached exec.
+   * `signal` disconnects, which kills a non-detached exec (after the resume
+   * grace, as it carries a requestId).
+   *
+   * Resume: a `requestId` is sent (one is made when the body has none). When
+   * the connection to the gateway drops mid-stream (a gateway restart, a
+   * load balancer reset), the call retries with backoff and re-attaches:
+   * by execId from the offsets already yielded, or (no `started` seen yet)
+   * by posting the same requestId again, which never starts a second
+   * process. Every byte is yielded once; the iteration ends with the real
+   * `exit`. After `resume.timeoutMs` without reaching the gateway it throws
+   * an {@link OpenShellConnectionError}.
    */
-  async *exec(name: string, body: ExecBody, opts: SignalOption = {}): AsyncGenerator<ExecEvent> {
-    const res = await this.#request('POST', `${sandboxPath(name)}/exec`, {
-      json: body,
-      signal: opts.signal,
-      headers: { accept: 'application/x-ndjson' },
-    });
-    yield* parseNdjson<ExecEvent>(this.#chunks(res, opts.signal, this.#idleMs));
+  async *exec(name: string, body: ExecBody, opts: ExecCallOptions = {}): AsyncGenerator<ExecEvent> {
+    const requestBody: ExecBody = { ...body, requestId: body.requestId ?? newRequestId() };
+    yield* this.#resumable(name, { body: requestBody }, opts);
+  }
+
+  /**
+   * Replays an exec's output from the given offsets and (default) follows it
+   * to its `exit`, with the same resume as {@link exec}. `started` comes
+   * first. Without `follow` the last event of a running exec is `running`
+   * with the offsets reached.
+   */
+  async *attach(
+    name: string,
+    execId: string,
+    opts: { stdoutOffset?: number; stderrOffset?: number; follow?: boolean } & ExecCallOptions = {},
+  ): AsyncGenerator<ExecEvent> {
+    yield* this.#resumable(name, { execId, offsets: [opts.stdoutOffset ?? 0, opts.stderrOffset ?? 0], follow: opts.follow ?? true }, opts);
+  }
+
+  async *#resumable(
+    name: string,
+    target: { body?: ExecBody; execId?: string; offsets?: [number, number]; follow?: boolean },
+    opts: ExecCallOptions,
+  ): AsyncGenerator<ExecEvent> {
+    const clock = new RetryClock(opts.resume);
+    const seen = new Offsets();
+    if (target.offsets) [seen.next[0], seen.next[1]] = target.offsets;
+    let execId = target.execId;
+    let announced = false;
+    let ended = false;
+    const follow = target.follow ?? true;
+    try {
+      for (;;) {
+        try {
+          const res = execId
+            ? await this.#request('GET', `${execPath(name, execId)}/output`, {
+                query: { stdoutOffset: seen.stdout, stderrOffset: seen.stderr, follow: follow ? 'true' : 'false' },
+                signal: opts.signal,
+                headers: { accept: 'application/x-ndjson' },
+              })
+            : await this.#request('POST', `${sandboxPath(name)}/exec`, {
+                json: target.body,
+                signal: opts.signal,
+                headers: { accept: 'application/x-ndjson' },
+              });
+          for await (const ev of parseNdjson<ExecEvent>(this.#chunks(res, opts.signal, this.#idleMs))) {
+            clock.progress();
+            switch (ev.type) {
+              case 'started':
+                execId = ev.execId;
+                if (!announced) {
+                  announced = true;
+                  yield ev;
+                }
+                break;
+              case 'stdout':
+              case 'stderr': {
+                const raw = Buffer.from(ev.data, 'base64');
+                const fresh = seen.take(ev.type === 'stdout' ? 0 : 1, ev.offset, raw);
+                if (!fresh) break;
+                yield fresh.data.length === raw.length ? ev : { type: ev.type, offset: fresh.offset, data: fresh.data.toString('base64') };
+                break;
+              }
+              case 'error':
+                if (ev.resumable && execId) throw new ResumableEnd(ev.message);
+                ended = true;
+                yield ev;
+                return;
+              case 'exit':
+              case 'running':
+                ended = true;
+                yield ev;
+                return;
+              default:
+                yield ev;
+            }
+          }
+          throw new OpenShellConnectionError(this.baseUrl, 'ESTREAMEND', 'the exec stream ended without an exit status');
+        } catch (err) {
+          try {
+            await clock.failed(err, this.baseUrl, execId, opts.signal);
+          } catch (final) {
+            if (!opts.signal?.aborted) ended = true; // gave up: the gateway is out of reach, nothing to tell it
+            throw final;
+          }
+        }
+      }
+    } finally {
+      // The caller stopped early (broke out, aborted, its output closed): the exec it
+      // started ends now, as DESIGN.md says, not after the gateway's resume grace.
+      if (!ended && target.body && execId) {
+        await this.execSignal(name, execId, 'SIGKILL', { signal: AbortSignal.timeout(2000) }).catch(() => undefined);
+      }
+    }
+  }
+
+  /**
+   * A non-tty exec over the WebSocket route (binary channel frames, no
+   * base64): the bulk transport. Yields `stdout`/`stderr` with raw `data`
+   * and their stream offsets, then one `exit` or `error`. Stdin is closed at
+   * once. Resumes like {@link exec}: a lost connection reconnects with the
+   * same requestId and the offsets already yielded.
+   */
+  async *execBinary(name: string, opts: ExecWebSocketOptions, call: ExecCallOptions = {}): AsyncGenerator<BinaryExecEvent> {
+    const requestId = opts.requestId ?? newRequestId();
+    const clock = new RetryClock(call.resume);
+    const seen = new Offsets();
+    for (;;) {
+      const url = this.execUrl(name, { ...opts, tty: false, requestId, stdoutOffset: seen.stdout, stderrOffset: seen.stderr });
+      const socket = new BinaryExecSocket(this, url, call.signal, [seen.stdout, seen.stderr]);
+      try {
+        for (;;) {
+          const ev = await socket.next();
+          if (ev.type === 'stdout' || ev.type === 'stderr') {
+            clock.progress();
+            const fresh = seen.take(ev.type === 'stdout' ? 0 : 1, ev.offset, ev.data);
+            if (fresh) yield { type: ev.type, data: fresh.data, offset: fresh.offset };
+            continue;
+          }
+          if (ev.type === 'error' && ev.resumable) throw new ResumableEnd(ev.message);
+          yield ev;
+          return;
+        }
+      } catch (err) {
+        socket.close();
+        await clock.failed(err, this.baseUrl, undefined, call.signal);
+      } finally {
+        socket.close();
+      }
+    }
   }
 
   /** `POST …/exec` with `Accept: application/json`: waits for the end, output decoded as UTF-8. */
@@ -229,15 +385,16 @@ export class OpenShellClient {
     });
   }
 
-  /** `POST …/exec` with `detach: true`: answers at once with the exec's id. */
+  /** `POST …/exec` with `detach: true`: answers at once (202) with the exec's id. */
   async execDetached(name: string, body: ExecBody, opts: SignalOption = {}): Promise<{ execId: string }> {
     return this.#json<{ execId: string }>('POST', `${sandboxPath(name)}/exec`, {
-      json: { ...body, detach: true },
+      json: { ...body, requestId: body.requestId ?? newRequestId(), detach: true },
       signal: opts.signal,
       headers: { accept: 'application/json' },
     });
   }
 
+  /** `GET …/execs`: the sandbox's running execs and those finished within the retention (1 h). */
   async execsList(name: string, opts: SignalOption = {}): Promise<{ execs: ExecInfo[] }> {
     return this.#json<{ execs: ExecInfo[] }>('GET', `${sandboxPath(name)}/execs`, { signal: opts.signal });
   }
@@ -246,14 +403,14 @@ export class OpenShellClient {
     return this.#json<ExecInfo>('GET', execPath(name, execId), { signal: opts.signal });
   }
 
-  /** Replays an exec's output from byte `offset` as exec events; `follow` streams until it exits. */
+  /** One `GET …/execs/:execId/output` from the given offsets (no resume; see {@link attach}). */
   async *execOutput(
     name: string,
     execId: string,
-    opts: { offset?: number; follow?: boolean } & SignalOption = {},
+    opts: { stdoutOffset?: number; stderrOffset?: number; follow?: boolean } & SignalOption = {},
   ): AsyncGenerator<ExecEvent> {
     const res = await this.#request('GET', `${execPath(name, execId)}/output`, {
-      query: { offset: opts.offset, follow: opts.follow },
+      query: { stdoutOffset: opts.stdoutOffset, stderrOffset: opts.stderrOffset, follow: opts.follow },
       signal: opts.signal,
       headers: { accept: 'application/x-ndjson' },
     });
@@ -261,7 +418,7 @@ export class OpenShellClient {
   }
 
   /** Sends a signal (e.g. `SIGTERM`) to the exec's process group. */
-  async execSignal(name: string, execId: string, signal: string, opts: SignalOption = {}): Promise<unknown> {
+  async execSignal(name: string, execId: string, signal: string, opts: SignalOption = {}): Promise<{ execId: string; signal: string; delivered: boolean }> {
     return this.#json('POST', `${execPath(name, execId)}/signal`, { json: { signal }, signal: opts.signal });
   }
 
@@ -348,6 +505,9 @@ export class OpenShellClient {
       timeoutSeconds: opts.timeoutSeconds,
       cols: opts.cols,
       rows: opts.rows,
+      requestId: opts.requestId,
+      stdoutOffset: opts.stdoutOffset || undefined,
+      stderrOffset: opts.stderrOffset || undefined,
     });
   }
 

@@ -1,6 +1,9 @@
 /** The openshell SDK: a typed client of the gateway's REST/WebSocket API. */
 export { OpenShellClient, ExecChannel, describeCondition, DEFAULT_STREAM_IDLE_TIMEOUT_MS } from './client.js';
+export { newRequestId, DEFAULT_RESUME_TIMEOUT_MS, type ExecResumeOptions } from './resume.js';
 export type {
+  BinaryExecEvent,
+  ExecCallOptions,
   ExecInfo,
   ExecWebSocketOptions,
   LogLine,

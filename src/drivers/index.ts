@@ -1,3 +1,4 @@
+import { join } from 'node:path';
 import type { Config } from '../config.js';
 import type { Logger } from '../log.js';
 import { ProcessDriver } from './process.js';
@@ -15,6 +16,18 @@ export async function createDriver(config: Config, log: Logger): Promise<Compute
         // Supervisors dial back over TLS; a self-signed gateway cert must be trusted by them.
         supervisorEnv: config.tlsCert ? { NODE_EXTRA_CA_CERTS: config.tlsCert } : {},
       });
+    case 'docker': {
+      const { DockerDriver } = await import('./docker.js');
+      return new DockerDriver({
+        log,
+        dockerHost: config.dockerHost,
+        network: config.dockerNetwork,
+        defaultImage: config.defaultImage,
+        stateDir: config.stateDir,
+        isolation: config.isolation,
+        socketDir: () => join(config.stateDir, 'run'),
+      });
+    }
     case 'kubernetes': {
       const { KubernetesDriver } = await import('./kubernetes.js');
       return new KubernetesDriver({

@@ -1,11 +1,12 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, closeSync, constants, existsSync, mkdirSync, openSync, readFileSync, readdirSync, rmdirSync, statfsSync } from 'node:fs';
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises';
-import { tmpdir } from 'node:os';
+import { availableParallelism, tmpdir } from 'node:os';
 import { join, resolve } from 'node:path';
 import { createHash } from 'node:crypto';
 import type { Logger } from '../log.js';
 import { SUPERVISOR_NODE_FLAGS, supervisorEntry } from '../paths.js';
+import { removeSandboxCgroups } from '../supervisor/isolation/cgroups.js';
 import type { BackendState, ComputeDriver, SandboxSpec } from './types.js';
 
 export interface ProcessDriverOptions {
@@ -23,6 +24,8 @@ export interface ProcessDriverOptions {
    * start-up. 0 = start each supervisor cold.
    */
   warmPool?: number;
+  /** How long extra warm supervisors (started for a burst of creates) are kept after the last create. */
+  idlePoolMs?: number;
   /** Free space /dev/shm needs for spools to go there (default MIN_SHM_FREE_BYTES). */
   minShmFreeBytes?: number;
   /** `--isolation`: what the supervisor confines its sandbox with (default `auto`). */
@@ -45,6 +48,16 @@ interface PidFile {
 
 const SANDBOX_DIR = 'sandboxes';
 const MAX_UNIX_PATH = 100;
+/** Creates within this window count as demand: the pool grows by one warm supervisor for each. */
+const DEMAND_WINDOW_MS = 30_000;
+/** Extra warm supervisors (past the base) are stopped this long after the last create. */
+const IDLE_POOL_MS = 60_000;
+
+/** A warm supervisor waiting for a sandbox; `loaded` once it has said its modules are in. */
+interface Warm {
+  child: ChildProcess;
+  loaded: boolean;
+}
 
 /**
  * Runs each sandbox's supervisor as a detached local process (its own
@@ -62,7 +75,11 @@ export class ProcessDriver implements ComputeDriver {
   /** Deletes in flight, so close() can let them finish removing their directories. */
   readonly #deletes = new Set<Promise<void>>();
   readonly #timer: NodeJS.Timeout;
-  readonly #pool: ChildProcess[] = [];
+  readonly #pool: Warm[] = [];
+  /** When recent creates took a warm supervisor (the pool's demand), oldest first. */
+  readonly #takes: number[] = [];
+  /** Warm supervisors loading at once, at most: module loading is CPU-bound, more would only share the cores. */
+  readonly #maxLoading = Math.max(2, availableParallelism());
   /** This state dir's exec spools on tmpfs (one directory per state dir), or null without tmpfs. */
   readonly #shmRoot: string | null;
   #closed = false;
@@ -118,14 +135,18 @@ export class ProcessDriver implements ComputeDriver {
       OPENSHELL_SANDBOX_TOKEN: spec.token,
       OPENSHELL_ENDPOINT: spec.endpoint,
       OPENSHELL_WORKDIR: workspace,
+      OPENSHELL_SANDBOX_DIR: dir,
       OPENSHELL_SSH_SOCKET: this.sshSocketPath(spec.id),
       OPENSHELL_SPOOL_DIR: this.spoolDir(spec.id),
       OPENSHELL_PROXY_LISTEN: '127.0.0.1:0',
+      OPENSHELL_ISOLATION: this.#opts.isolation ?? 'auto',
+      OPENSHELL_RESOURCES: JSON.stringify(spec.resources ?? {}),
     };
     const warm = this.#takeWarm();
     const child = warm
       ? this.#assign(warm, { env, cwd: workspace, logFile, command: spec.command })
       : await this.#spawnCold(env, workspace, logFile, spec.command);
+    // Replacements (and, in a burst, more: see #target) once this sandbox's supervisor has its assignment.
     setImmediate(() => this.#fillPool());
     const pid = child.pid as number;
     child.unref();
@@ -158,42 +179,98 @@ export class ProcessDriver implements ComputeDriver {
   /** Hands a warm supervisor its sandbox; the token travels over the pipe, never in an environment. */
   #assign(child: ChildProcess, assignment: WarmAssignment): ChildProcess {
     child.removeAllListeners('exit');
+    child.stdout?.destroy();
     child.stdin?.end(`${JSON.stringify(assignment)}\n`);
     return child;
   }
 
-  #takeWarm(): ChildProcess | undefined {
-    for (;;) {
-      const child = this.#pool.shift();
-      if (!child) return undefined;
-      if (child.exitCode === null && child.signalCode === null && child.pid !== undefined && child.stdin?.writable) {
-        return child;
-      }
+  /**
+   * A loaded warm supervisor if there is one, else the one loading longest
+   * (it reads its assignment while it loads, so it is never slower than a
+   * cold start); undefined when the pool is empty.
+   */
+  #takeWarm(): Warm['child'] | undefined {
+    for (let i = this.#pool.length - 1; i >= 0; i--) {
+      const c = this.#pool[i]!.child;
+      if (c.exitCode !== null || c.signalCode !== null || c.pid === undefined || !c.stdin?.writable) this.#pool.splice(i, 1);
+    }
+    if (this.#pool.length === 0) return undefined;
+    this.#takes.push(Date.now());
+    const i = this.#pool.findIndex((w) => w.loaded);
+    return this.#pool.splice(Math.max(i, 0), 1)[0]!.child;
+  }
+
+  /**
+   * How many warm supervisors to keep: the base (`warmPool`) plus one for each
+   * create of the last DEMAND_WINDOW_MS, up to twice the base more. A burst of
+   * creates thus refills ahead of its own demand; IDLE_POOL_MS after the last
+   * create the pool is back to its base.
+   */
+  #target(now = Date.now()): number {
+    const base = this.#opts.warmPool ?? 0;
+    if (base === 0) return 0;
+    while (this.#takes.length > 0 && this.#takes[0]! < now - DEMAND_WINDOW_MS) this.#takes.shift();
+    const last = this.#takes.at(-1);
+    if (last === undefined || now - last > (this.#opts.idlePoolMs ?? IDLE_POOL_MS)) return base;
+    return Math.min(64, base + Math.min(this.#takes.length, 2 * base));
+  }
+
+  /** Warm supervisors: loaded, still loading, and how many the pool aims for now. */
+  warmPool(): { loaded: number; loading: number; target: number } {
+    const loaded = this.#pool.filter((w) => w.loaded).length;
+    return { loaded, loading: this.#pool.length - loaded, target: this.#target() };
+  }
+
+  /** Starts warm supervisors up to the target, several at once (up to #maxLoading loading), and stops extras past it. */
+  #fillPool(): void {
+    if (this.#closed) return;
+    const target = this.#target();
+    let loading = this.#pool.filter((w) => !w.loaded).length;
+    while (this.#pool.length < target && loading < this.#maxLoading) {
+      const warm = this.#spawnWarm();
+      if (!warm) break;
+      this.#pool.push(warm);
+      loading++;
+    }
+    // Past the target (demand has passed): the newest loaded extras go.
+    for (let i = this.#pool.length - 1; i >= 0 && this.#pool.length > target; i--) {
+      const w = this.#pool[i]!;
+      if (!w.loaded) continue;
+      this.#pool.splice(i, 1);
+      w.child.kill('SIGKILL');
     }
   }
 
-  #fillPool(): void {
-    const size = this.#opts.warmPool ?? 0;
-    while (!this.#closed && this.#pool.length < size) {
-      const child = spawn(process.execPath, [...SUPERVISOR_NODE_FLAGS, this.#opts.supervisorEntry ?? supervisorEntry(), '--warm'], {
-        cwd: this.#opts.stateDir,
-        detached: true,
-        stdio: ['pipe', 'ignore', 'ignore'],
-        env: {
-          PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin',
-          LANG: 'C.UTF-8',
-          ...this.#opts.supervisorEnv,
-        },
-      });
-      child.stdin?.on('error', () => undefined);
+  #spawnWarm(): Warm | undefined {
+    const child = spawn(process.execPath, [...SUPERVISOR_NODE_FLAGS, this.#opts.supervisorEntry ?? supervisorEntry(), '--warm'], {
+      cwd: this.#opts.stateDir,
+      detached: true,
+      // stdout says when its modules are loaded (one byte), then is closed at assignment.
+      stdio: ['pipe', 'pipe', 'ignore'],
+      env: {
+        PATH: process.env.PATH ?? '/usr/local/bin:/usr/bin:/bin',
+        LANG: 'C.UTF-8',
+        ...this.#opts.supervisorEnv,
+      },
+    });
+    if (child.pid === undefined) {
       child.on('error', (err) => this.#log.warn({ err }, 'warm supervisor could not start'));
-      child.once('exit', () => {
-        const i = this.#pool.indexOf(child);
-        if (i >= 0) this.#pool.splice(i, 1);
-      });
-      if (child.pid === undefined) break;
-      this.#pool.push(child);
+      return undefined;
     }
+    const warm: Warm = { child, loaded: false };
+    child.stdin?.on('error', () => undefined);
+    child.stdout?.on('error', () => undefined);
+    child.stdout?.once('data', () => {
+      warm.loaded = true;
+      child.stdout?.pause();
+      this.#fillPool();
+    });
+    child.on('error', (err) => this.#log.warn({ err }, 'warm supervisor could not start'));
+    child.once('exit', () => {
+      const i = this.#pool.indexOf(warm);
+      if (i >= 0) this.#pool.splice(i, 1);
+    });
+    return warm;
   }
 
   async delete(id: string): Promise<void> {
@@ -218,6 +295,7 @@ export class ProcessDriver implements ComputeDriver {
       }
       // Anything the supervisor started and left behind (it may have been SIGKILLed).
       killTagged(id);
+      removeSandboxCgroups(id);
       this.#running.delete(id);
       await rm(this.sandboxDir(id), { recursive: true, force: true });
       await rm(this.spoolDir(id), { recursive: true, force: true });
@@ -264,7 +342,7 @@ export class ProcessDriver implements ComputeDriver {
     this.#closed = true;
     clearInterval(this.#timer);
     this.#listeners.clear();
-    for (const child of this.#pool.splice(0)) child.kill('SIGKILL');
+    for (const { child } of this.#pool.splice(0)) child.kill('SIGKILL');
     // Each delete is bounded (TERM, KILL after 2 s): let them remove their directories first.
     await Promise.allSettled([...this.#deletes]);
     if (this.#shmRoot) {
@@ -280,6 +358,8 @@ export class ProcessDriver implements ComputeDriver {
     for (const [id, record] of this.#running) {
       if (!isAlive(record)) this.#died(id, record.pid, null, null);
     }
+    // Demand passing lowers the target: stop the extras.
+    if (this.#pool.length > this.#target()) this.#fillPool();
   }
 
   #died(id: string, pid: number, code: number | null, signal: NodeJS.Signals | null): void {

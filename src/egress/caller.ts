@@ -47,6 +47,14 @@ export interface CallerOptions {
   root?: number;
   /** Default '/proc'. */
   proc?: string;
+  /** Where the TCP tables of the callers' network namespace are; default `<proc>/net` (this process's). */
+  netDir?: string;
+  /**
+   * The callers' root as this process sees it (a confined sandbox's, `/s`):
+   * executables are named as the sandbox sees them, and processes outside it
+   * (the wrappers that started them) are no ancestors.
+   */
+  exeRoot?: string;
 }
 
 const LITTLE = endianness() === 'LE';
@@ -159,12 +167,16 @@ interface Pending {
  */
 export class CallerFinder {
   readonly #proc: string;
+  readonly #netDir: string;
+  readonly #exeRoot: string | null;
   readonly #root: number;
   #queued: Pending[] = [];
   #running = false;
 
   constructor(opts: CallerOptions = {}) {
     this.#proc = opts.proc ?? '/proc';
+    this.#netDir = opts.netDir ?? `${this.#proc}/net`;
+    this.#exeRoot = opts.exeRoot ?? null;
     this.#root = opts.root ?? process.pid;
   }
 
@@ -199,7 +211,7 @@ export class CallerFinder {
     // The table first, alone: read beside the tree's many small reads, it queues behind them in libuv's threads (twice as long).
     const tables = new Map<string, Promise<string | null>>();
     const table = (file: string): Promise<string | null> =>
-      entry(tables, file, () => readFile(`${proc}/net/${file}`, 'latin1').catch(() => null));
+      entry(tables, file, () => readFile(`${this.#netDir}/${file}`, 'latin1').catch(() => null));
     const inodes = new Map<Pending, string>();
     for (const p of batch) {
       for (const w of wanted(p.ends)) {
@@ -222,7 +234,11 @@ export class CallerFinder {
       for (const l of held[i]!) entry(holders, l, () => []).push(pid);
     });
     const exes = new Map<number, Promise<string | null>>();
-    const exeOf = (pid: number): Promise<string | null> => entry(exes, pid, () => readlink(`${proc}/${pid}/exe`).catch(() => null));
+    const root = this.#exeRoot;
+    const inRoot = (exe: string | null): string | null =>
+      root === null || exe === null ? exe : exe.startsWith(`${root}/`) ? exe.slice(root.length) : null;
+    const exeOf = (pid: number): Promise<string | null> =>
+      entry(exes, pid, () => readlink(`${proc}/${pid}/exe`).then(inRoot, () => null));
     for (const [p, link] of inodes) p.resolve(await this.#describe(holders.get(link) ?? [], parents, exeOf));
   }
 

@@ -65,6 +65,10 @@ export interface EgressProxyOptions {
    * that name `binaries` (caller.ts); default this process.
    */
   callerRoot?: number;
+  /** The TCP tables of the callers' network namespace (a confined sandbox's: /proc/<its init>/net). */
+  callerNetDir?: string;
+  /** The callers' root as the proxy sees it (a confined sandbox's); see CallerOptions.exeRoot. */
+  callerExeRoot?: string;
   /**
    * Test seam: opens the upstream TCP connection to an already checked
    * address. Default `net.connect`. Never given a host name.
@@ -377,7 +381,7 @@ class EgressServer implements EgressProxy {
     this.#connectTimeoutMs = opts.connectTimeoutMs ?? 10_000;
     this.#names = new NameCache({ lookup: opts.resolve ?? systemLookup, ttlMs: opts.dnsTtlMs, timeoutMs: this.#connectTimeoutMs });
     this.#idleTimeoutMs = opts.idleTimeoutMs ?? 300_000;
-    this.#callers = new CallerFinder({ root: opts.callerRoot ?? process.pid });
+    this.#callers = new CallerFinder({ root: opts.callerRoot ?? process.pid, ...(opts.callerNetDir ? { netDir: opts.callerNetDir } : {}), ...(opts.callerExeRoot ? { exeRoot: opts.callerExeRoot } : {}) });
     this.#policy = opts.policy ? new CompiledPolicy(parsePolicy(opts.policy)) : null;
     this.#version = opts.policyVersion ?? 0;
     const shortest = Math.min(this.#connectTimeoutMs, this.#idleTimeoutMs || Infinity);

@@ -58,6 +58,18 @@ export interface MainProcessMessage {
 }
 
 /**
+ * How the sandbox is confined (sent after every welcome, once known). `ok`
+ * false with a `mode` of `none` means unconfined on request; any other false
+ * means confinement failed and the sandbox must not be used (Error).
+ */
+export interface IsolationMessage {
+  type: 'isolation';
+  ok: boolean;
+  mode: string;
+  message: string;
+}
+
+/**
  * A supervisor's log line as it sends it: the pino line it writes to stdout
  * (`level` 20/30/40/50, `msg`; the other keys are fields, and a
  * `component` of `egress` marks an egress decision).
@@ -84,7 +96,8 @@ export type SupervisorToGateway =
   | RelayCloseMessage
   | PolicyAppliedMessage
   | LogMessage
-  | MainProcessMessage;
+  | MainProcessMessage
+  | IsolationMessage;
 
 export type GatewayToSupervisor = WelcomeMessage | RelayOpenMessage | RelayCloseMessage | PolicyMessage;
 

@@ -34,6 +34,22 @@ export interface ExecStartOp {
   keep?: boolean;
   /** Close stdin at once (the exec gets no input). */
   closeStdin?: boolean;
+  /**
+   * Idempotent start: an exec started with this id in the last 24 h is
+   * joined instead (`started` names its execId, `existing: true`) and no
+   * second process is started. The supervisor owns the record.
+   */
+  requestId?: string;
+  /** When joining an existing exec: deliver output from these offsets (default 0). */
+  offsets?: { stdout: number; stderr: number };
+  /**
+   * Detached start: answer `started` and stream nothing; the relay then
+   * closes (or, with `keep`, waits for `release`). `stdin` (base64) is
+   * written and closed first.
+   */
+  detach?: boolean;
+  /** Detached start only: bytes for stdin (base64), then EOF. */
+  stdin?: string;
 }
 export interface ExecAttachOp {
   op: 'attach';
@@ -41,6 +57,42 @@ export interface ExecAttachOp {
   /** Byte offsets already delivered; output resumes from here. */
   offsets: { stdout: number; stderr: number };
   keep?: boolean;
+  /**
+   * false: replay up to the offsets the exec had reached when the attach
+   * arrived, then answer `caughtUp` (or `exit` if it had finished) instead of
+   * following live output. Default true.
+   */
+  follow?: boolean;
+}
+/**
+ * One-shot queries and commands, as the first frame of an exec relay; the
+ * answer is one text frame (`list`, `info`, `signaled`, or `error`), then the
+ * relay closes (or, with `keep`, waits for `release`).
+ */
+export interface ExecListOp {
+  op: 'list';
+  keep?: boolean;
+}
+export interface ExecInfoOp {
+  op: 'info';
+  execId: string;
+  keep?: boolean;
+}
+/** `signal` as a first frame names its exec; later on a streaming relay it does not. */
+export interface ExecSignalExecOp {
+  op: 'signal';
+  execId: string;
+  signal: string;
+  keep?: boolean;
+}
+/**
+ * The caller went away from an exec it may come back to (it named a
+ * `requestId`): kill the process group unless a reader attaches within
+ * `graceMs`. Closes the relay like `detach`.
+ */
+export interface ExecAbandonOp {
+  op: 'abandon';
+  graceMs: number;
 }
 /** After a kept exec's terminal event: the relay is free for the next `start`/`attach`. */
 export interface ExecReleaseOp {
@@ -59,12 +111,61 @@ export interface ExecResizeOp {
   cols: number;
   rows: number;
 }
-export type ExecOp = ExecStartOp | ExecAttachOp | ExecCloseStdinOp | ExecSignalOp | ExecResizeOp | ExecReleaseOp;
+export type ExecOp =
+  | ExecStartOp
+  | ExecAttachOp
+  | ExecListOp
+  | ExecInfoOp
+  | ExecSignalExecOp
+  | ExecCloseStdinOp
+  | ExecSignalOp
+  | ExecResizeOp
+  | ExecReleaseOp
+  | ExecAbandonOp;
+/** First frames that get one answer and no stream. */
+export type ExecQueryOp = ExecListOp | ExecInfoOp | ExecSignalExecOp;
 
 export interface ExecStartedEv {
   ev: 'started';
   execId: string;
   pid: number;
+  /** The start joined an exec its `requestId` had already started. */
+  existing?: boolean;
+}
+/** One exec as the registry describes it (answer to `list` and `info`). */
+export interface ExecInfoWire {
+  execId: string;
+  requestId: string | null;
+  pid: number;
+  command: string[];
+  tty: boolean;
+  state: 'running' | 'exited';
+  startedAt: string;
+  exitedAt: string | null;
+  exitCode: number | null;
+  signal: string | null;
+  timedOut: boolean;
+  durationMs: number | null;
+  stdoutBytes: number;
+  stderrBytes: number;
+}
+export interface ExecListEv {
+  ev: 'list';
+  execs: ExecInfoWire[];
+}
+export interface ExecInfoEv {
+  ev: 'info';
+  exec: ExecInfoWire;
+}
+export interface ExecSignaledEv {
+  ev: 'signaled';
+  /** False when no process of the group was left to signal. */
+  delivered: boolean;
+}
+/** `attach` with `follow: false` on a running exec: everything up to these offsets was sent. */
+export interface ExecCaughtUpEv {
+  ev: 'caughtUp';
+  offsets: { stdout: number; stderr: number };
 }
 export interface ExecExitEv {
   ev: 'exit';
@@ -73,7 +174,7 @@ export interface ExecExitEv {
   timedOut: boolean;
   durationMs: number;
 }
-export type ExecErrorCode = 'EXEC_NOT_FOUND' | 'SPAWN_FAILED' | 'INVALID_ARGUMENT' | 'OUTPUT_EXPIRED' | 'INTERNAL';
+export type ExecErrorCode = 'EXEC_NOT_FOUND' | 'SPAWN_FAILED' | 'INVALID_ARGUMENT' | 'OUTPUT_EXPIRED' | 'CONFLICT' | 'INTERNAL';
 export interface ExecErrorEv {
   ev: 'error';
   code: ExecErrorCode;
@@ -88,7 +189,15 @@ export interface ExecErrorEv {
 export interface ExecStdinClosedEv {
   ev: 'stdinClosed';
 }
-export type ExecEv = ExecStartedEv | ExecExitEv | ExecErrorEv | ExecStdinClosedEv;
+export type ExecEv =
+  | ExecStartedEv
+  | ExecExitEv
+  | ExecErrorEv
+  | ExecStdinClosedEv
+  | ExecListEv
+  | ExecInfoEv
+  | ExecSignaledEv
+  | ExecCaughtUpEv;
 
 export const STREAM_STDOUT = 1;
 export const STREAM_STDERR = 2;
@@ -132,4 +241,4 @@ export interface ExecDetachOp {
   op: 'detach';
 }
 /** Every op that may follow the first frame on an exec relay. */
-export type ExecControlOp = ExecCloseStdinOp | ExecSignalOp | ExecResizeOp | ExecDetachOp;
+export type ExecControlOp = ExecCloseStdinOp | ExecSignalOp | ExecResizeOp | ExecDetachOp | ExecAbandonOp;

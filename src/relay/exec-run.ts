@@ -1,7 +1,7 @@
 import { setTimeout as delay } from 'node:timers/promises';
 import type { RawData, WebSocket } from 'ws';
 import { closeWebSocket } from './heartbeat.js';
-import { decodeOutput, type ExecEv, type ExecOp, type ExecStartOp } from '../protocol/exec.js';
+import { decodeOutput, type ExecAttachOp, type ExecEv, type ExecOp, type ExecStartOp } from '../protocol/exec.js';
 import type { ExecEvent } from '../schemas/sandbox.js';
 
 /** An output chunk or a terminal event, as the gateway sees them on an exec relay. */
@@ -9,7 +9,13 @@ export type RunEvent =
   | { type: 'started'; execId: string; pid: number }
   | { type: 'stdout' | 'stderr'; data: Buffer; offset: number }
   | Extract<ExecEvent, { type: 'exit' }>
-  | Extract<ExecEvent, { type: 'error' }>;
+  | Extract<ExecEvent, { type: 'error' }>
+  | Extract<ExecEvent, { type: 'running' }>;
+
+/** The last event of a run: `exit`, `error`, or (an attach that does not follow) `running`. */
+export function isTerminal(event: RunEvent): event is Extract<RunEvent, { type: 'exit' | 'error' | 'running' }> {
+  return event.type === 'exit' || event.type === 'error' || event.type === 'running';
+}
 
 /**
  * Pause the relay socket while this much output waits for the reader (or
@@ -37,6 +43,12 @@ export interface ExecRunOptions {
    * Not while stdin streamed on this run is unconfirmed (nothing is ever re-sent).
    */
   resume?: ResumeOptions;
+  /**
+   * The caller may come back (it named a requestId): when it goes away the
+   * supervisor kills the process group only if nobody re-attaches within
+   * this long, instead of at once.
+   */
+  abandonGraceMs?: number;
 }
 
 export interface ResumeOptions {
@@ -60,9 +72,11 @@ const REATTACH_RETRY_MS = 250;
  * relay socket, so backpressure reaches the process in the sandbox.
  */
 export class ExecRun implements AsyncIterable<RunEvent> {
-  readonly execId: string;
+  /** The exec's id; a start that joined an earlier exec by requestId learns the real one from `started`. */
+  execId: string;
   #ws: WebSocket;
-  readonly #start: ExecStartOp;
+  readonly #start: ExecStartOp | ExecAttachOp;
+  #abandonGraceMs: number;
   readonly #onRelease: ((ws: WebSocket) => void) | undefined;
   readonly #resume: ResumeOptions | undefined;
   /** The relay was handed back for another exec: never send or close on it again. */
@@ -71,6 +85,8 @@ export class ExecRun implements AsyncIterable<RunEvent> {
   readonly #onClose = (code: number, reason: Buffer): void => this.#relayLost(code, reason);
   /** `started` seen: the process exists, so a new relay attaches instead of starting again. */
   #started = false;
+  /** The `started` event was given to the caller (once, whatever the relays). */
+  #announced = false;
   /** Next byte offset expected per stream (stdout, stderr): what the caller has been given. */
   readonly #next: [number, number] = [0, 0];
   /** Stdin was streamed and the supervisor has not confirmed it all arrived (`stdinClosed`): a new relay could not replay it, so no resume. */
@@ -92,10 +108,16 @@ export class ExecRun implements AsyncIterable<RunEvent> {
   #done = false;
   #paused = false;
 
-  constructor(ws: WebSocket, start: ExecStartOp, opts: ExecRunOptions = {}) {
+  constructor(ws: WebSocket, start: ExecStartOp | ExecAttachOp, opts: ExecRunOptions = {}) {
     this.execId = start.execId;
     this.#ws = ws;
     this.#start = start;
+    this.#abandonGraceMs = opts.abandonGraceMs ?? 0;
+    if (start.op === 'attach') {
+      this.#started = true;
+      this.#next[0] = start.offsets.stdout;
+      this.#next[1] = start.offsets.stderr;
+    }
     this.#onRelease = opts.onRelease;
     this.#resume = opts.resume && opts.resume.windowMs > 0 ? opts.resume : undefined;
     ws.on('message', this.#onMessage);
@@ -144,16 +166,28 @@ export class ExecRun implements AsyncIterable<RunEvent> {
     this.#send({ op: 'resize', cols, rows });
   }
 
-  /** The caller went away: kill the process group and drop the relay. */
-  abort(): void {
+  /**
+   * The caller went away: kill the process group and drop the relay. A run
+   * with an abandon grace (its caller named a requestId) is killed only if
+   * nobody re-attaches in time, unless `now` (the caller said it was done).
+   */
+  abort(now = false): void {
     this.#aborted = true;
+    if (now) this.#abandonGraceMs = 0;
     // While re-attaching, the kill waits for the new relay (see #adopt); the run ends now.
     if (this.#resuming) {
       this.#finish({ type: 'error', code: 'RELAY_LOST', message: 'the caller went away while the relay was being re-established' });
       return;
     }
-    if (!this.#done) this.signal('SIGKILL');
+    if (!this.#done) this.#kill();
     this.close();
+  }
+
+  /** The caller left: kill the group now, or (requestId) unless it comes back within the grace. */
+  #kill(ws: WebSocket = this.#ws): void {
+    if (this.#released || ws.readyState !== ws.OPEN) return;
+    const op: ExecOp = this.#abandonGraceMs > 0 ? { op: 'abandon', graceMs: this.#abandonGraceMs } : { op: 'signal', signal: 'SIGKILL' };
+    ws.send(JSON.stringify(op));
   }
 
   close(): void {
@@ -179,7 +213,7 @@ export class ExecRun implements AsyncIterable<RunEvent> {
       this.#paused = false;
       this.#ws.resume();
     }
-    if (event.type === 'exit' || event.type === 'error') {
+    if (isTerminal(event)) {
       this.close();
       this.#consumed();
     }
@@ -191,9 +225,20 @@ export class ExecRun implements AsyncIterable<RunEvent> {
    * message (the process keeps running in the sandbox), so the caller gets a
    * terminal line instead of a cut connection.
    */
-  shutdown(message: string): void {
+  shutdown(message: string, resumable = false): void {
     this.#resuming?.abort();
-    this.#finish({ type: 'error', code: 'RELAY_LOST', message });
+    this.#finish({ type: 'error', code: 'RELAY_LOST', message, ...(resumable ? { resumable: true as const } : {}) });
+  }
+
+  /** The first event, once there is one, left in the queue. */
+  peek(): Promise<RunEvent> {
+    return new Promise((resolve) => {
+      const check = (): void => {
+        if (this.queued > 0) resolve(this.#queue[this.#head] as RunEvent);
+        else this.onReady(check);
+      };
+      check();
+    });
   }
 
   /** Number of events waiting. */
@@ -215,7 +260,7 @@ export class ExecRun implements AsyncIterable<RunEvent> {
       let event: RunEvent | undefined;
       while ((event = this.shift()) !== undefined) {
         yield event;
-        if (event.type === 'exit' || event.type === 'error') return;
+        if (isTerminal(event)) return;
       }
       await new Promise<void>((resolve) => this.onReady(resolve));
     }
@@ -267,8 +312,15 @@ export class ExecRun implements AsyncIterable<RunEvent> {
     }
     if (ev.ev === 'stdinClosed') this.#stdinPending = false;
     else if (ev.ev === 'started') {
-      if (!this.#started) this.#push({ type: 'started', execId: ev.execId, pid: ev.pid });
+      if (!this.#announced) {
+        this.#announced = true;
+        this.execId = ev.execId;
+        this.#push({ type: 'started', execId: ev.execId, pid: ev.pid });
+      }
       this.#started = true;
+    } else if (ev.ev === 'caughtUp') {
+      this.#release();
+      this.#finish({ type: 'running', stdoutOffset: ev.offsets.stdout, stderrOffset: ev.offsets.stderr });
     }
     else if (ev.ev === 'exit') {
       this.#release();
@@ -282,8 +334,8 @@ export class ExecRun implements AsyncIterable<RunEvent> {
     } else if (ev.ev === 'error') {
       this.#release();
       // An attach that finds no exec: the supervisor was replaced and the process is gone with it.
-      const lost = this.#started && ev.code === 'EXEC_NOT_FOUND';
-      this.#finish({ type: 'error', code: lost ? 'RELAY_LOST' : 'INTERNAL', message: `${ev.code}: ${ev.message}` });
+      const lost = this.#started && this.#start.op === 'start' && ev.code === 'EXEC_NOT_FOUND';
+      this.#finish({ type: 'error', code: lost ? 'RELAY_LOST' : errorCodeOf(ev.code), message: `${ev.code}: ${ev.message}` });
     }
   }
 
@@ -343,10 +395,11 @@ export class ExecRun implements AsyncIterable<RunEvent> {
     const first: ExecOp = this.#started
       ? { op: 'attach', execId: this.execId, offsets: { stdout: this.#next[0], stderr: this.#next[1] }, ...(keep ? { keep: true } : {}) }
       : { ...this.#start, ...(keep ? { keep: true } : {}) }; // a repeated start attaches from 0 if it did begin
+    if (first.op === 'attach' && this.#start.op === 'attach' && this.#start.follow === false) first.follow = false;
     ws.send(JSON.stringify(first));
     if (this.#aborted) {
       // The caller left during the outage: finish what abort() began, kill the group.
-      ws.send(JSON.stringify({ op: 'signal', signal: 'SIGKILL' }));
+      this.#kill(ws);
       closeWebSocket(ws, 1000, 'aborted');
       return;
     }
@@ -376,4 +429,9 @@ export class ExecRun implements AsyncIterable<RunEvent> {
       wake();
     }
   }
+}
+
+/** Supervisor error codes that reach the caller as themselves; the rest are INTERNAL. */
+function errorCodeOf(code: string): Extract<ExecEvent, { type: 'error' }>['code'] {
+  return code === 'EXEC_NOT_FOUND' || code === 'OUTPUT_EXPIRED' || code === 'CONFLICT' || code === 'INVALID_ARGUMENT' ? code : 'INTERNAL';
 }

@@ -1,6 +1,6 @@
 import { Readable } from 'node:stream';
 import type { ExecEvent, ExecResult } from '../schemas/sandbox.js';
-import type { ExecRun, RunEvent } from './exec-run.js';
+import { isTerminal, type ExecRun, type RunEvent } from './exec-run.js';
 
 /** A `keepalive` line after this long without output (DESIGN.md). */
 export const KEEPALIVE_AFTER_MS = 15_000;
@@ -100,11 +100,11 @@ export function execReadable(
       const text = line(toApiEvent(event));
       reserve(Buffer.byteLength(text));
       used += slab.write(text, used, 'utf8');
-      if (event.type === 'exit' || event.type === 'error') {
+      if (isTerminal(event)) {
         flush();
         ended = true;
         stopTimer();
-        onEnd?.(event.type);
+        onEnd?.(event.type === 'running' ? 'exit' : event.type);
         stream.push(null);
         return;
       }
@@ -219,7 +219,7 @@ function toApiEvent(event: RunEvent): ExecEvent {
     return { type: event.type, data: event.data.toString('base64'), offset: event.offset };
   }
   if (event.type === 'started') return { type: 'started', execId: event.execId };
-  return event as Extract<ExecEvent, { type: 'exit' | 'error' }>;
+  return event as Extract<ExecEvent, { type: 'exit' | 'error' | 'running' }>;
 }
 
 function line(event: ExecEvent): string {

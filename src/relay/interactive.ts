@@ -16,6 +16,10 @@ export interface InteractiveOptions {
   timeoutSeconds?: number;
   cols?: number;
   rows?: number;
+  /** Idempotent start (and resume: a retry with the same id joins the exec). */
+  requestId?: string;
+  /** With `requestId`, when it joins an existing exec: output from these offsets. */
+  offsets?: { stdout: number; stderr: number };
   /** Liveness on the caller's socket: pings, and termination after this much silence. */
   keepalive?: { intervalMs: number; timeoutMs: number };
   log: Logger;
@@ -31,7 +35,13 @@ export interface InteractiveOptions {
  */
 export async function serveInteractiveExec(client: WebSocket, execs: ExecService, opts: InteractiveOptions): Promise<void> {
   const abort = new AbortController();
-  client.once('close', () => abort.abort());
+  // A caller that closes cleanly is done with the exec (killed at once); a lost
+  // connection (1006) may come back with its requestId (killed after a grace).
+  let cleanClose = false;
+  client.once('close', (code: number) => {
+    cleanClose = code !== 1006;
+    abort.abort();
+  });
   if (opts.keepalive) keepAlive(client, opts.keepalive);
   // Until the exec runs, stop reading the caller: what it sends waits in the
   // kernel, not in gateway memory (only frames already parsed are held here).
@@ -50,8 +60,9 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
         ...(opts.user ? { user: opts.user } : {}),
         ...(opts.env ? { env: opts.env } : {}),
         ...(opts.timeoutSeconds ? { timeoutSeconds: opts.timeoutSeconds } : {}),
+        ...(opts.requestId ? { requestId: opts.requestId } : {}),
       },
-      { signal: abort.signal, interactiveStdin: true, cols: opts.cols, rows: opts.rows },
+      { signal: abort.signal, interactiveStdin: true, cols: opts.cols, rows: opts.rows, offsets: opts.offsets },
     );
   } catch (err) {
     const code = isOpenShellError(err) ? err.code : 'INTERNAL';
@@ -102,16 +113,14 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
   client.on('message', onInput);
   if (!inputPaused && client.readyState !== client.CLOSED) client.resume();
   abort.signal.addEventListener('abort', () => {
-    if (!run.finished) run.abort();
+    if (!run.finished) run.abort(cleanClose);
   });
 
   let outcome = 'aborted';
   for await (const event of run) {
     if (event.type === 'stdout' || event.type === 'stderr') {
       if (client.readyState !== client.OPEN) continue;
-      const frame = Buffer.allocUnsafe(event.data.length + 1);
-      frame[0] = event.type === 'stdout' ? Channel.stdout : Channel.stderr;
-      event.data.copy(frame, 1);
+      const frame = channelFrame(event.type === 'stdout' ? Channel.stdout : Channel.stderr, event.data);
       // Backpressure: past the high-water mark, wait until the caller's socket
       // took this frame; meanwhile the run's queue fills and pauses the relay,
       // which reaches the process. A caller that stops reading stops the exec.
@@ -130,15 +139,33 @@ export async function serveInteractiveExec(client: WebSocket, execs: ExecService
       closeWebSocket(client, 1000, 'exit');
     } else if (event.type === 'error') {
       outcome = 'error';
-      sendStatus(client, { status: 'Failure', reason: event.code, message: event.message });
+      sendStatus(client, { status: 'Failure', reason: event.code, message: event.message, ...(event.resumable ? { resumable: true } : {}) });
       closeWebSocket(client, 4502, event.code);
     }
   }
   execs.finished(Date.now() - started, outcome);
 }
 
+/**
+ * `[channel][data]` for the caller. Output data is a view into the relay's
+ * frame (`[stream][offset:8][bytes]`), whose byte before it is spent (the
+ * offset's last one, or output already delivered): the channel byte is
+ * written there and the frame is a view too, with no copy of the bulk.
+ */
+function channelFrame(channel: number, data: Buffer): Buffer {
+  if (data.byteOffset >= 1 && data.buffer.byteLength >= data.byteOffset + data.length) {
+    const frame = Buffer.from(data.buffer, data.byteOffset - 1, data.length + 1);
+    frame[0] = channel;
+    return frame;
+  }
+  const frame = Buffer.allocUnsafe(data.length + 1);
+  frame[0] = channel;
+  data.copy(frame, 1);
+  return frame;
+}
+
 /** Bytes the gateway buffers for a caller's WebSocket before it stops taking output from the relay. */
-const SEND_HIGH_WATER = 1024 * 1024;
+const SEND_HIGH_WATER = 4 * 1024 * 1024;
 
 /** Sends a frame and resolves once it reached the socket, or the socket closed. */
 function sendFlushed(client: WebSocket, frame: Buffer): Promise<void> {

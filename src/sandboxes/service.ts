@@ -187,6 +187,13 @@ export class SandboxService {
     return toSandbox(target);
   }
 
+  /** Deletes every sandbox of this driver (a gateway on an in-memory store, stopping); resolves once all are removed. */
+  async deleteAll(): Promise<void> {
+    const records = (await this.#o.store.list()).filter((r) => r.driver === this.#o.driver.name);
+    await Promise.allSettled(records.map((r) => this.delete(r.name)));
+    await Promise.allSettled(this.#deletes.values());
+  }
+
   /** Resolves once a delete in progress has removed the sandbox. */
   async deleted(id: string): Promise<void> {
     await this.#deletes.get(id);
@@ -212,6 +219,34 @@ export class SandboxService {
     return this.#mutate(id, (r) =>
       r.phase === 'Error' || r.phase === 'Deleting' ? null : { phase: 'Error', condition: condition('False', reason, message) },
     );
+  }
+
+  /**
+   * Records how the supervisor confined the sandbox (condition `Isolated`). A
+   * confinement that failed (not one turned off by `--isolation none`) puts
+   * the sandbox in Error: nothing may run in it.
+   */
+  async setIsolation(id: string, state: { ok: boolean; mode: string; message: string }): Promise<SandboxRecord | null> {
+    const reason = state.ok ? state.mode : state.mode === 'none' ? 'Disabled' : 'ConfinementFailed';
+    const updated = await this.#mutate(id, (r) => {
+      const prev = r.isolated;
+      if (prev && prev.reason === reason && prev.message === state.message) return null;
+      const now = new Date().toISOString();
+      const status = state.ok ? 'True' : 'False';
+      const isolated: Condition = {
+        type: 'Isolated',
+        status,
+        reason,
+        message: state.message,
+        lastTransitionTime: prev && prev.status === status ? prev.lastTransitionTime : now,
+      };
+      return { isolated };
+    });
+    if (!state.ok && state.mode !== 'none') {
+      return this.markError(id, 'ConfinementFailed', `the sandbox could not be confined: ${state.message}`);
+    }
+    if (!state.ok) this.#log.warn({ sandboxId: id }, 'sandbox runs unconfined (--isolation none)');
+    return updated;
   }
 
   async setMainProcess(id: string, mainProcess: MainProcess): Promise<SandboxRecord | null> {
@@ -357,7 +392,7 @@ function condition(
   return { type: 'Ready', status, reason, message, lastTransitionTime };
 }
 
-/** The API view of a record: no token hash, no policy body. */
+/** The API view of a record: no token hash, no policy body, env names without their values. */
 export function toSandbox(r: SandboxRecord): Sandbox {
   return {
     id: r.id,
@@ -367,7 +402,7 @@ export function toSandbox(r: SandboxRecord): Sandbox {
     image: r.image,
     command: r.command,
     labels: r.labels,
-    env: r.env,
+    env: Object.keys(r.env),
     createdAt: r.createdAt,
     expiresAt: r.expiresAt,
     policyVersion: r.policyVersion,

@@ -3,6 +3,8 @@ import { Type, type Static } from '@sinclair/typebox';
 /** DNS-1123 label: what sandbox names must be. */
 export const SANDBOX_NAME_PATTERN = '^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$';
 export const ENV_KEY_PATTERN = '^[A-Za-z_][A-Za-z0-9_]*$';
+export const REQUEST_ID_PATTERN = '^[A-Za-z0-9._:-]{1,128}$';
+export const EXEC_ID_PATTERN = '^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$';
 export const LABEL_KEY_PATTERN = '^[A-Za-z0-9]([-A-Za-z0-9_./]{0,61}[A-Za-z0-9])?$';
 
 export const PhaseSchema = Type.Union([
@@ -61,7 +63,8 @@ export const SandboxSchema = Type.Object(
     image: Type.Union([Type.String(), Type.Null()]),
     command: Type.Array(Type.String()),
     labels: Type.Record(Type.String(), Type.String()),
-    env: Type.Record(Type.String(), Type.String()),
+    /** The names of the variables set at create; their values never leave the gateway (secrets go in env). */
+    env: Type.Array(Type.String()),
     createdAt: Type.String(),
     expiresAt: Type.Union([Type.String(), Type.Null()]),
     policyVersion: Type.Integer(),
@@ -116,6 +119,8 @@ export const ExecBodySchema = Type.Object(
     stdin: Type.Optional(Type.String({ contentEncoding: 'base64' })),
     tty: Type.Optional(Type.Boolean()),
     detach: Type.Optional(Type.Boolean()),
+    /** Idempotent start (DESIGN.md): the same id in the same sandbox within 24 h never starts a second process. */
+    requestId: Type.Optional(Type.String({ pattern: REQUEST_ID_PATTERN, minLength: 1, maxLength: 128 })),
   },
   { additionalProperties: false },
 );
@@ -127,7 +132,47 @@ export type ExecEvent =
   | { type: 'stdout' | 'stderr'; data: string; offset: number }
   | { type: 'keepalive' }
   | { type: 'exit'; exitCode: number | null; signal: string | null; durationMs: number; timedOut?: boolean }
-  | { type: 'error'; code: 'RELAY_LOST' | 'SESSION_UNAVAILABLE' | 'SANDBOX_NOT_READY' | 'INTERNAL'; message: string };
+  | {
+      type: 'error';
+      code:
+        | 'RELAY_LOST'
+        | 'SESSION_UNAVAILABLE'
+        | 'SANDBOX_NOT_READY'
+        | 'INTERNAL'
+        | 'EXEC_NOT_FOUND'
+        | 'OUTPUT_EXPIRED'
+        | 'CONFLICT'
+        | 'INVALID_ARGUMENT';
+      message: string;
+      /** The gateway ended the stream while the process keeps running (a shutdown): re-attach elsewhere. */
+      resumable?: true;
+    }
+  /** Output replay without `follow`: the exec is still running; everything before these offsets was sent. */
+  | { type: 'running'; stdoutOffset: number; stderrOffset: number };
+
+/** One exec of a sandbox (`GET …/execs`, `GET …/execs/:execId`). */
+export const ExecInfoSchema = Type.Object(
+  {
+    execId: Type.String(),
+    requestId: Type.Union([Type.String(), Type.Null()]),
+    state: Type.Union([Type.Literal('running'), Type.Literal('exited')]),
+    command: Type.Array(Type.String()),
+    tty: Type.Boolean(),
+    pid: Type.Integer(),
+    exitCode: Type.Union([Type.Integer(), Type.Null()]),
+    signal: Type.Union([Type.String(), Type.Null()]),
+    timedOut: Type.Boolean(),
+    startedAt: Type.String(),
+    finishedAt: Type.Union([Type.String(), Type.Null()]),
+    durationMs: Type.Union([Type.Integer(), Type.Null()]),
+    stdoutBytes: Type.Integer(),
+    stderrBytes: Type.Integer(),
+  },
+  { $id: 'ExecInfo' },
+);
+export type ExecInfo = Static<typeof ExecInfoSchema>;
+export const ExecListSchema = Type.Object({ execs: Type.Array(ExecInfoSchema) });
+export type ExecList = Static<typeof ExecListSchema>;
 
 export interface ExecResult {
   exitCode: number | null;

@@ -12,3 +12,8 @@ export function openStore(url: string): SandboxStore {
   }
   throw new Error(`--db: unsupported store URL "${url}" (expected sqlite:<path> or sqlite::memory:)`);
 }
+
+/** Whether the store a `--db` URL names dies with the gateway (nothing can adopt its sandboxes later). */
+export function isInMemoryStore(url: string): boolean {
+  return url === 'sqlite::memory:' || url === 'sqlite:';
+}

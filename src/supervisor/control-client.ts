@@ -23,6 +23,11 @@ export interface ControlClientOptions {
   keepaliveTimeoutMs?: number;
   onWelcome: (welcome: WelcomeMessage) => void;
   onMessage: (message: GatewayToSupervisor) => void;
+  /**
+   * The gateway refused the session as it does not know this sandbox (401
+   * for an unknown token, 404): the client stops dialing, then this is called.
+   */
+  onUnknown?: (status: number) => void;
 }
 
 const BACKOFF_START_MS = 100;
@@ -132,9 +137,14 @@ export class ControlClient {
       this.#o.onMessage(message);
     });
     ws.on('unexpected-response', (_req, res) => {
-      this.#log.warn({ status: res.statusCode }, 'gateway refused the session');
+      const status = res.statusCode ?? 0;
+      this.#log.warn({ status }, 'gateway refused the session');
       res.resume();
       ws.terminate();
+      if ((status === 401 || status === 404) && this.#o.onUnknown) {
+        this.close();
+        this.#o.onUnknown(status);
+      }
     });
     ws.on('error', (err) => this.#log.debug({ err }, 'control connection error'));
     ws.on('close', (code, reason) => {

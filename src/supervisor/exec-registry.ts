@@ -1,12 +1,13 @@
 import { spawn, type ChildProcess } from 'node:child_process';
 import { accessSync, constants as fsConstants, mkdirSync, statSync } from 'node:fs';
 import { constants as osConstants } from 'node:os';
-import { delimiter, isAbsolute, join, resolve } from 'node:path';
+import { delimiter, isAbsolute, join, posix, resolve } from 'node:path';
 import type { Logger } from '../log.js';
 import {
   STREAM_STDERR,
   STREAM_STDOUT,
   type ExecErrorCode,
+  type ExecInfoWire,
   type ExecStartOp,
   type OutputStream,
 } from '../protocol/exec.js';
@@ -71,6 +72,24 @@ export interface ExecSubscription {
   readonly closed: boolean;
 }
 
+/**
+ * How processes start when the sandbox is confined (isolation/confinement.ts):
+ * every command runs through a wrapper that enters the sandbox, paths are the
+ * sandbox's, and signals go to the command's own group.
+ */
+export interface ExecLauncher {
+  /** The sandbox's user: the only one execs may ask for. */
+  readonly user: { name: string; uid: number };
+  /** The argv that runs `command` inside the sandbox in `cwd`. */
+  argv(command: string[], opts: { cwd: string; tty: boolean }): string[];
+  /** Runs a synchronous spawn so its child starts inside the sandbox's cgroup. */
+  spawnInside<T>(fn: () => T): T;
+  resolveCommand(file: string, path: string, cwd: string): string | null;
+  isDirectory(cwd: string): boolean;
+  /** The process group to signal for the exec whose wrapper is `leaderPid`. */
+  signalGroup(leaderPid: number): number;
+}
+
 export interface ExecRegistryOptions {
   log: Logger;
   /** Where output spool files live (created 0700 if missing). */
@@ -82,6 +101,8 @@ export interface ExecRegistryOptions {
   finishedRetentionMs?: number;
   /** Output kept in memory per stream once its spool file cannot be written (default 16 MiB). */
   spoolFailedMemoryBytes?: number;
+  /** Set when the sandbox is confined: processes start inside it. */
+  launcher?: ExecLauncher | null;
 }
 
 const KILL_GRACE_MS = 2000;
@@ -90,6 +111,18 @@ const LINGER_MS = 2000;
 /** Unwritten spool bytes above which the child's stream is paused. */
 const SPOOL_HIGH_WATER = 16 * 1024 * 1024;
 const EXEC_ID_RE = /^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$/;
+/** DESIGN.md, Idempotent start. */
+export const REQUEST_ID_RE = /^[A-Za-z0-9._:-]{1,128}$/;
+/** How long a requestId names its exec. */
+export const REQUEST_ID_TTL_MS = 24 * 3_600_000;
+
+interface RequestRecord {
+  execId: string;
+  command: string[];
+  at: number;
+  /** Kept once the exec itself expired, so a late retry still never starts a second process. */
+  finished: { exitedAt: string | null; exitCode: number | null; signal: string | null } | null;
+}
 
 const streamIndex = (s: OutputStream): 0 | 1 => (s === STREAM_STDOUT ? 0 : 1);
 const streamId = (i: 0 | 1): OutputStream => (i === 0 ? STREAM_STDOUT : STREAM_STDERR);
@@ -114,8 +147,14 @@ export class ExecRegistry {
   readonly #baseEnv: () => Record<string, string>;
   readonly #retentionMs: number;
   readonly #spoolFailedMemoryBytes: number | undefined;
+  readonly #launcher: ExecLauncher | null;
   readonly #execs = new Map<string, ExecHandle>();
   readonly #expiry = new Set<NodeJS.Timeout>();
+  /** requestId → the exec it started (insertion order is age order). */
+  readonly #requests = new Map<string, RequestRecord>();
+  readonly #requestOf = new Map<string, string>();
+  /** Execs whose caller left: killed unless someone attaches first. */
+  readonly #abandoned = new Map<string, NodeJS.Timeout>();
   #closed = false;
 
   constructor(opts: ExecRegistryOptions) {
@@ -125,6 +164,7 @@ export class ExecRegistry {
     this.#baseEnv = opts.baseEnv;
     this.#retentionMs = opts.finishedRetentionMs ?? 3_600_000;
     this.#spoolFailedMemoryBytes = opts.spoolFailedMemoryBytes;
+    this.#launcher = opts.launcher ?? null;
     mkdirSync(this.spoolDir, { recursive: true, mode: 0o700 });
   }
 
@@ -133,6 +173,21 @@ export class ExecRegistry {
     if (this.#closed) throw new ExecError('INTERNAL', 'exec registry is closed');
     validateStart(op);
     if (this.#execs.has(op.execId)) throw new ExecError('INVALID_ARGUMENT', `execId: "${op.execId}" already exists`);
+    const launcher = this.#launcher;
+    const spawnInit = launcher ? this.#confinedSpawn(op, launcher) : this.#hostSpawn(op);
+    const handle = new ExecHandle(op, {
+      ...spawnInit,
+      spoolDir: this.spoolDir,
+      spoolFailedMemoryBytes: this.#spoolFailedMemoryBytes,
+      log: this.log.child({ execId: op.execId }),
+      onFinished: (h) => this.#scheduleExpiry(h),
+    });
+    this.#execs.set(op.execId, handle);
+    return handle;
+  }
+
+  /** An exec on this host, as the supervisor's own user (or another, when the supervisor is root). */
+  #hostSpawn(op: ExecStartOp): SpawnInit {
     const cwd = op.workdir ? resolve(this.defaultCwd, op.workdir) : this.defaultCwd;
     const account = resolveAccount(op.user);
     const env: Record<string, string> = { ...this.#baseEnv() };
@@ -149,19 +204,78 @@ export class ExecRegistry {
     }
     const file = resolveCommand(op.command[0]!, env.PATH ?? process.env.PATH ?? '', cwd);
     if (!file) throw new ExecError('SPAWN_FAILED', `command not found or not executable: ${op.command[0]}`);
-    const handle = new ExecHandle(op, {
+    return {
       file,
+      args: op.command.slice(1),
+      argv0: op.command[0]!,
       cwd,
       env,
       uid: account.switchTo?.uid,
       gid: account.switchTo?.gid,
-      spoolDir: this.spoolDir,
-      spoolFailedMemoryBytes: this.#spoolFailedMemoryBytes,
-      log: this.log.child({ execId: op.execId }),
-      onFinished: (h) => this.#scheduleExpiry(h),
-    });
-    this.#execs.set(op.execId, handle);
-    return handle;
+      spawnInside: (fn) => fn(),
+      signalGroup: (pid) => pid,
+    };
+  }
+
+  /** An exec inside the confined sandbox: sandbox paths, the sandbox's user, through the launcher's wrapper. */
+  #confinedSpawn(op: ExecStartOp, launcher: ExecLauncher): SpawnInit {
+    const cwd = op.workdir ? posix.resolve(this.defaultCwd, op.workdir) : this.defaultCwd;
+    if (op.user && op.user !== launcher.user.name && op.user !== String(launcher.user.uid)) {
+      throw new ExecError('INVALID_ARGUMENT', `user: a confined sandbox runs everything as "${launcher.user.name}" (uid ${launcher.user.uid})`);
+    }
+    const env: Record<string, string> = { ...this.#baseEnv(), ...op.env };
+    if (!launcher.isDirectory(cwd)) throw new ExecError('SPAWN_FAILED', `workdir "${cwd}": not a directory in the sandbox`);
+    if (!launcher.resolveCommand(op.command[0]!, env.PATH ?? '', cwd)) {
+      throw new ExecError('SPAWN_FAILED', `command not found or not executable: ${op.command[0]}`);
+    }
+    const [file, ...args] = launcher.argv(op.command, { cwd, tty: op.tty }) as [string, ...string[]];
+    // The wrapper runs in the supervisor's own directory; it enters the sandbox's root and `cwd` itself.
+    return {
+      file,
+      args,
+      argv0: file,
+      cwd: '/',
+      env,
+      uid: undefined,
+      gid: undefined,
+      spawnInside: (fn) => launcher.spawnInside(fn),
+      signalGroup: (pid) => launcher.signalGroup(pid),
+    };
+  }
+
+  /**
+   * Idempotent start (DESIGN.md): with a `requestId` used in the last 24 h,
+   * the exec it started is returned (`existing: true`) and nothing is
+   * spawned; the check and the record are one synchronous step, so racing
+   * starts cannot both spawn. Without one, or the first time, as `start`.
+   * Throws CONFLICT when the id named another command, OUTPUT_EXPIRED when
+   * its exec finished so long ago that it is gone.
+   */
+  startOrJoin(op: ExecStartOp): { handle: ExecHandle; existing: boolean } {
+    const requestId = op.requestId;
+    if (requestId === undefined || requestId === null) return { handle: this.start(op), existing: false };
+    if (typeof requestId !== 'string' || !REQUEST_ID_RE.test(requestId)) {
+      throw new ExecError('INVALID_ARGUMENT', `requestId: must match ${REQUEST_ID_RE.source}`);
+    }
+    this.#sweepRequests();
+    const record = this.#requests.get(requestId);
+    if (record) {
+      if (!sameArgv(record.command, op.command)) {
+        throw new ExecError('CONFLICT', `requestId: "${requestId}" already started exec ${record.execId} with another command`);
+      }
+      const handle = this.#execs.get(record.execId);
+      if (handle) return { handle, existing: true };
+      const f = record.finished;
+      throw new ExecError(
+        'OUTPUT_EXPIRED',
+        `requestId: "${requestId}" started exec ${record.execId}, which finished${f?.exitedAt ? ` at ${f.exitedAt}` : ''}` +
+          `${f ? ` (exit code ${String(f.exitCode)}${f.signal ? `, ${f.signal}` : ''})` : ''} and is no longer kept`,
+      );
+    }
+    const handle = this.start(op);
+    this.#requests.set(requestId, { execId: handle.execId, command: [...op.command], at: Date.now(), finished: null });
+    this.#requestOf.set(handle.execId, requestId);
+    return { handle, existing: false };
   }
 
   get(execId: string): ExecHandle | undefined {
@@ -172,12 +286,53 @@ export class ExecRegistry {
     return [...this.#execs.values()];
   }
 
+  /** The exec as the `list` and `info` answers describe it. */
+  describe(h: ExecHandle): ExecInfoWire {
+    return { ...h.info(), requestId: this.#requestOf.get(h.execId) ?? null };
+  }
+
+  /**
+   * The caller of `h` went away but may come back (it named a requestId):
+   * SIGKILL its process group unless `attached(h)` is called within `graceMs`.
+   */
+  abandon(h: ExecHandle, graceMs: number): void {
+    if (h.state !== 'running' || this.#closed) return;
+    this.attached(h);
+    const timer = setTimeout(() => {
+      this.#abandoned.delete(h.execId);
+      if (h.state === 'running') {
+        this.log.info({ execId: h.execId }, 'abandoned exec not re-attached in time; killing its process group');
+        h.signal('SIGKILL');
+      }
+    }, Math.max(0, graceMs));
+    timer.unref();
+    this.#abandoned.set(h.execId, timer);
+  }
+
+  /** A reader attached to `h`: an abandon pending for it is called off. */
+  attached(h: ExecHandle): void {
+    const timer = this.#abandoned.get(h.execId);
+    if (timer) clearTimeout(timer);
+    this.#abandoned.delete(h.execId);
+  }
+
+  #sweepRequests(): void {
+    const cutoff = Date.now() - REQUEST_ID_TTL_MS;
+    for (const [id, r] of this.#requests) {
+      if (r.at >= cutoff) break;
+      this.#requests.delete(id);
+      if (this.#requestOf.get(r.execId) === id) this.#requestOf.delete(r.execId);
+    }
+  }
+
   /** Kills every process group still running, waits (bounded) for them, and closes the spools. Idempotent. */
   async close(): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     for (const timer of this.#expiry) clearTimeout(timer);
     this.#expiry.clear();
+    for (const timer of this.#abandoned.values()) clearTimeout(timer);
+    this.#abandoned.clear();
     const all = [...this.#execs.values()];
     for (const h of all) if (h.state === 'running') h.signal('SIGKILL');
     await Promise.all(
@@ -191,6 +346,13 @@ export class ExecRegistry {
     const timer = setTimeout(() => {
       this.#expiry.delete(timer);
       if (this.#execs.get(h.execId) === h) this.#execs.delete(h.execId);
+      const requestId = this.#requestOf.get(h.execId);
+      const record = requestId === undefined ? undefined : this.#requests.get(requestId);
+      if (record) {
+        const r = h.result;
+        record.finished = { exitedAt: h.info().exitedAt, exitCode: r?.exitCode ?? null, signal: r?.signal ?? null };
+      }
+      this.#requestOf.delete(h.execId);
       h.dispose(true).catch((err: unknown) => this.log.warn({ err, execId: h.execId }, 'removing exec spool failed'));
     }, this.#retentionMs);
     timer.unref();
@@ -198,12 +360,22 @@ export class ExecRegistry {
   }
 }
 
-interface HandleInit {
+/** How one exec's process starts: its program, where, as whom, and how it is signalled. */
+interface SpawnInit {
   file: string;
+  args: string[];
+  argv0: string;
   cwd: string;
   env: Record<string, string>;
   uid: number | undefined;
   gid: number | undefined;
+  /** Wraps the synchronous spawn (a confined sandbox starts its children inside its cgroup). */
+  spawnInside: <T>(fn: () => T) => T;
+  /** The process group that signals go to, given the spawned process's pid. */
+  signalGroup: (pid: number) => number;
+}
+
+interface HandleInit extends SpawnInit {
   spoolDir: string;
   spoolFailedMemoryBytes: number | undefined;
   log: Logger;
@@ -234,6 +406,7 @@ export class ExecHandle {
   #lingerTimer: NodeJS.Timeout | null = null;
   #outputSeq = 0;
   #onFinished: (h: ExecHandle) => void;
+  readonly #signalGroup: (pid: number) => number;
   #waiters: ((r: ExecResult) => void)[] = [];
 
   constructor(op: ExecStartOp, init: HandleInit) {
@@ -242,6 +415,7 @@ export class ExecHandle {
     this.tty = op.tty;
     this.#log = init.log;
     this.#onFinished = init.onFinished;
+    this.#signalGroup = init.signalGroup;
     const mkSpool = (name: string, i: 0 | 1): Spool =>
       new Spool(join(init.spoolDir, `${op.execId}.${name}`), {
         failedMemoryBytes: init.spoolFailedMemoryBytes,
@@ -257,7 +431,9 @@ export class ExecHandle {
     if (op.tty) {
       let p: PtyProcess;
       try {
-        p = spawnPty(init.file, op.command.slice(1), { cwd: init.cwd, env: init.env, cols: op.cols, rows: op.rows, ...ids });
+        p = init.spawnInside(() =>
+          spawnPty(init.file, init.args, { cwd: init.cwd, env: init.env, cols: op.cols, rows: op.rows, ...ids }),
+        );
       } catch (err) {
         throw new ExecError('SPAWN_FAILED', `cannot start ${op.command[0]}: ${(err as Error).message}`, { cause: err });
       }
@@ -273,14 +449,16 @@ export class ExecHandle {
         this.#onExit(code, signal);
       });
     } else {
-      const child = spawn(init.file, op.command.slice(1), {
-        argv0: op.command[0],
-        cwd: init.cwd,
-        env: init.env,
-        detached: true,
-        stdio: ['pipe', 'pipe', 'pipe'],
-        ...ids,
-      });
+      const child = init.spawnInside(() =>
+        spawn(init.file, init.args, {
+          argv0: init.argv0,
+          cwd: init.cwd,
+          env: init.env,
+          detached: true,
+          stdio: ['pipe', 'pipe', 'pipe'],
+          ...ids,
+        }),
+      );
       child.on('error', (err) => this.#log.warn({ err }, 'child process error'));
       if (child.pid === undefined) {
         throw new ExecError('SPAWN_FAILED', `cannot start ${op.command[0]}`);
@@ -400,7 +578,7 @@ export class ExecHandle {
     const s = normalizeSignal(sig);
     if (s === null) throw new ExecError('INVALID_ARGUMENT', `signal: unknown signal ${String(sig)}`);
     try {
-      process.kill(-this.pid, s);
+      process.kill(-this.#signalGroup(this.pid), s);
       return true;
     } catch {
       return false; // ESRCH: the group is gone
@@ -710,6 +888,10 @@ function validateStart(op: ExecStartOp): void {
     const v = op[f];
     if (v !== undefined && v !== null && (!Number.isInteger(v) || v <= 0 || v > 65535)) throw bad(f, 'must be a positive integer');
   }
+}
+
+function sameArgv(a: readonly string[], b: readonly string[]): boolean {
+  return Array.isArray(b) && a.length === b.length && a.every((x, i) => x === b[i]);
 }
 
 function resolveAccount(user: string | undefined): { switchTo: PasswdEntry | null } {

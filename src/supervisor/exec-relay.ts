@@ -9,6 +9,7 @@ import {
   type ExecErrorEv,
   type ExecEv,
   type ExecExitEv,
+  type ExecQueryOp,
   type ExecStartOp,
 } from '../protocol/exec.js';
 import { ExecError, type ExecHandle, type ExecRegistry, type ExecSink, type ExecSubscription } from './exec-registry.js';
@@ -19,7 +20,7 @@ import { ExecError, type ExecHandle, type ExecRegistry, type ExecSink, type Exec
  * event. A child writing in small pieces (coreutils write 8 KiB at a time)
  * then costs one frame per 64 KiB, not one per write.
  */
-const FRAME_BYTES = 64 * 1024;
+const FRAME_BYTES = 256 * 1024;
 const COALESCE_MS = 1;
 /** Stop reading the exec's output while more than this is queued on the socket. */
 const HIGH_WATER = 4 * 1024 * 1024;
@@ -69,6 +70,8 @@ export function serveExecRelay(
   let keep = false;
   /** A kept exec ended: dropping frames until `release`. */
   let releasing = false;
+  /** This relay joined an exec started earlier (by requestId or execId): its stdin belongs to that start, so none is taken here. */
+  let joined = false;
 
   const closed = new Promise<void>((resolve) => {
     if (ws.readyState === WebSocket.CLOSED) return resolve();
@@ -132,10 +135,29 @@ export function serveExecRelay(
     terminal = false;
     keep = false;
     releasing = false;
+    joined = false;
+    until = null;
+    delivered[0] = delivered[1] = 0;
     rlog = baseLog;
   };
 
   const fail = (code: ExecErrorEv['code'], message: string): void => finish({ ev: 'error', code, message }, code);
+
+  /** A one-shot answer (`list`, `info`, `signaled`, a detached `started`): then release or close. */
+  const answer = (ev: ExecEv, reason = ''): void => {
+    terminal = true;
+    sendJson(ev);
+    if (keep && ws.readyState === WebSocket.OPEN) {
+      releasing = true;
+      return;
+    }
+    closeWebSocket(ws, 1000, reason);
+  };
+
+  /** `attach` with `follow: false`: stop once these offsets were delivered (null: follow). */
+  let until: [number, number] | null = null;
+  const delivered: [number, number] = [0, 0];
+  const caughtUp = (): boolean => until !== null && delivered[0] >= until[0] && delivered[1] >= until[1];
 
   const onSent = (): void => {
     if (sub && sub.paused && !terminal && ws.bufferedAmount <= LOW_WATER) sub.resume();
@@ -144,6 +166,12 @@ export function serveExecRelay(
   const sink: ExecSink = {
     output(stream, offset, data) {
       if (terminal || ws.readyState !== WebSocket.OPEN) return;
+      if (until) {
+        const i = stream === STREAM_STDOUT ? 0 : 1;
+        if (offset >= until[i]) return;
+        if (offset + data.length > until[i]) data = data.subarray(0, until[i] - offset);
+        delivered[i] = offset + data.length;
+      }
       if (pendingBytes > 0 && (stream !== pendingStream || offset !== pendingOffset + pendingBytes)) flush();
       if (pendingBytes === 0) {
         pendingStream = stream;
@@ -151,6 +179,12 @@ export function serveExecRelay(
       }
       pending.push(data);
       pendingBytes += data.length;
+      if (until && caughtUp()) {
+        flush();
+        sub?.close();
+        answer({ ev: 'caughtUp', offsets: { stdout: until[0], stderr: until[1] } });
+        return;
+      }
       if (pendingBytes >= FRAME_BYTES) flush();
       else if (!flushTimer) flushTimer = setTimeout(onFlushTimer, COALESCE_MS);
     },
@@ -163,17 +197,21 @@ export function serveExecRelay(
   };
 
   const begin = (op: ExecStartOp | ExecAttachOp): void => {
+    let existing = false;
     if (op.op === 'start') {
-      const existing = registry!.get(op.execId);
-      if (existing) {
-        handle = existing;
+      const found = registry!.get(op.execId);
+      if (found) {
+        handle = found;
+        existing = true;
       } else {
-        handle = registry!.start({
+        const joined = registry!.startOrJoin({
           ...op,
           env: op.env ?? {},
           tty: op.tty === true,
           timeoutSeconds: op.timeoutSeconds ?? 0,
         });
+        handle = joined.handle;
+        existing = joined.existing;
       }
     } else {
       if (typeof op.execId !== 'string') throw new ExecError('INVALID_ARGUMENT', 'execId: must be a string');
@@ -181,12 +219,51 @@ export function serveExecRelay(
       if (!handle) throw new ExecError('EXEC_NOT_FOUND', `exec "${op.execId}" not found`);
     }
     rlog = rlog.child({ execId: handle.execId });
-    const offsets =
-      op.op === 'attach' ? { stdout: Number(op.offsets?.stdout ?? 0), stderr: Number(op.offsets?.stderr ?? 0) } : { stdout: 0, stderr: 0 };
-    sendJson({ ev: 'started', execId: handle.execId, pid: handle.pid });
+    registry!.attached(handle);
+    const from = op.op === 'attach' || existing ? op.offsets : undefined;
+    const offsets = { stdout: Number(from?.stdout ?? 0), stderr: Number(from?.stderr ?? 0) };
+    const started: ExecEv = { ev: 'started', execId: handle.execId, pid: handle.pid, ...(existing ? { existing: true } : {}) };
+    joined = existing;
+    if (op.op === 'start' && !existing && typeof op.stdin === 'string') {
+      // Inline stdin makes the start atomic: a retry never finds a process with half its input.
+      if (op.stdin.length > 0) handle.writeStdin(Buffer.from(op.stdin, 'base64'));
+      handle.closeStdin();
+    }
+    if (op.op === 'start' && op.detach === true) {
+      if (!existing) handle.closeStdin();
+      answer(started, 'detached');
+      return;
+    }
+    if (op.op === 'attach' && op.follow === false && handle.state === 'running') {
+      const end = handle.offsets;
+      until = [end.stdout, end.stderr];
+      delivered[0] = offsets.stdout;
+      delivered[1] = offsets.stderr;
+    }
+    // Subscribing checks the offsets (and delivers from a microtask): a bad attach is one error, no `started`.
     sub = handle.subscribe(offsets, sink);
+    sendJson(started);
+    if (caughtUp()) {
+      sub.close();
+      answer({ ev: 'caughtUp', offsets: { stdout: until![0], stderr: until![1] } });
+      return;
+    }
     if (ws.bufferedAmount > HIGH_WATER) sub.pause();
-    if (op.op === 'start' && op.closeStdin === true) handle.closeStdin();
+    if (op.op === 'start' && op.closeStdin === true && !existing) handle.closeStdin();
+  };
+
+  /** `list`, `info`, `signal` with an execId: one answer, no stream. */
+  const query = (op: ExecQueryOp): void => {
+    const reg = registry!;
+    if (op.op === 'list') {
+      answer({ ev: 'list', execs: reg.list().map((h) => reg.describe(h)) });
+      return;
+    }
+    if (typeof op.execId !== 'string') throw new ExecError('INVALID_ARGUMENT', 'execId: must be a string');
+    const h = reg.get(op.execId);
+    if (!h) throw new ExecError('EXEC_NOT_FOUND', `exec "${op.execId}" not found`);
+    if (op.op === 'info') answer({ ev: 'info', exec: reg.describe(h) });
+    else answer({ ev: 'signaled', delivered: h.state === 'running' && h.signal(String(op.signal)) });
   };
 
   const onFirst = (data: RawData, isBinary: boolean): void => {
@@ -197,13 +274,15 @@ export function serveExecRelay(
       op = null;
     }
     const kind = (op as { op?: unknown } | null)?.op;
-    if (kind !== 'start' && kind !== 'attach') {
-      fail('INVALID_ARGUMENT', 'the first frame must be a JSON {"op":"start"} or {"op":"attach"}');
+    const isQuery = kind === 'list' || kind === 'info' || kind === 'signal';
+    if (kind !== 'start' && kind !== 'attach' && !isQuery) {
+      fail('INVALID_ARGUMENT', 'the first frame must be a JSON {"op":"start"|"attach"|"list"|"info"|"signal"}');
       return;
     }
     keep = (op as { keep?: unknown }).keep === true;
     try {
-      begin(op as ExecStartOp | ExecAttachOp);
+      if (isQuery) query(op as ExecQueryOp);
+      else begin(op as ExecStartOp | ExecAttachOp);
     } catch (err) {
       if (err instanceof ExecError) fail(err.code, err.message);
       else {
@@ -224,7 +303,7 @@ export function serveExecRelay(
     const h = handle!;
     switch (op?.op) {
       case 'closeStdin':
-        h.closeStdin();
+        if (!joined) h.closeStdin();
         sendJson({ ev: 'stdinClosed' });
         break;
       case 'signal':
@@ -236,6 +315,13 @@ export function serveExecRelay(
         break;
       case 'resize':
         h.resize(Number(op.cols), Number(op.rows));
+        break;
+      case 'abandon':
+        registry!.abandon(h, Number((op as { graceMs?: unknown }).graceMs) || 0);
+        keep = false;
+        terminal = true;
+        sub?.close();
+        ws.close(1000, 'abandoned');
         break;
       case 'detach':
         keep = false;
@@ -264,6 +350,7 @@ export function serveExecRelay(
     }
     if (terminal || !handle) return;
     if (isBinary) {
+      if (joined) return;
       const h = handle;
       if (!h.writeStdin(toBuffer(data))) {
         // Backpressure to the gateway: stop reading the socket until the child takes more.

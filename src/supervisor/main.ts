@@ -5,12 +5,15 @@
  * create → Ready path; the exec engine, sshd and egress proxy load after the
  * control session is dialed.
  *
- * `--warm` (the process driver's warm pool): load everything first, then wait
- * for one JSON assignment on stdin (environment, working directory, log file,
- * command) and become that sandbox's supervisor. EOF before an assignment
- * (the gateway went away) ends the process.
+ * `--warm` (the process driver's warm pool): load everything, say so with one
+ * byte on stdout, and wait for one JSON assignment on stdin (environment,
+ * working directory, log file, command) to become that sandbox's supervisor.
+ * EOF before an assignment (the gateway went away) ends the process.
+ *
+ * `--check`: load every module and native addon the supervisor uses, print
+ * what loaded as one JSON line and exit (proves a bundle works in an image).
  */
-import { openSync, writeSync } from 'node:fs';
+import { openSync, readFileSync, writeSync } from 'node:fs';
 import { pathToFileURL } from 'node:url';
 import { Supervisor, supervisorOptionsFromEnv } from './supervisor.js';
 import { createSupervisorLogger } from './log.js';
@@ -52,13 +55,21 @@ export async function runSupervisor(argv: string[], env: NodeJS.ProcessEnv, run:
   };
   process.once('SIGTERM', stop);
   process.once('SIGINT', stop);
+  // Stopped itself: its sandbox is gone and nothing would ever adopt it.
+  void supervisor.gone.then(() => process.exit(0));
   return supervisor;
 }
 
 /** Waits warm for an assignment, then runs as that sandbox's supervisor. */
 export async function runWarm(): Promise<Supervisor | null> {
-  // Pay for module loading now, before any sandbox is waiting.
-  await Promise.all([import('../egress/index.js'), import('./exec-registry.js'), import('./exec-relay.js')]);
+  // Pay for module loading now, before any sandbox is waiting, and say so on stdout (the driver
+  // prefers loaded ones). An assignment that comes first does not wait: the session is dialed
+  // while the rest loads, so a warm supervisor taken early is no slower than a cold one.
+  process.stdout.on('error', () => undefined);
+  void Promise.all([import('../egress/index.js'), import('./exec-registry.js'), import('./exec-relay.js'), import('./isolation/confinement.js')]).then(
+    () => process.stdout.write('1'),
+    () => undefined,
+  );
   const line = await readLine(process.stdin);
   if (!line) return null;
   const assignment = JSON.parse(line) as { env: Record<string, string>; cwd: string; logFile: string; command: string[] };
@@ -67,6 +78,23 @@ export async function runWarm(): Promise<Supervisor | null> {
   process.chdir(assignment.cwd);
   const fd = openSync(assignment.logFile, 'a', 0o600);
   return runSupervisor(['--', ...assignment.command], process.env, { stdioFd: fd });
+}
+
+/** Loads what a sandbox's supervisor loads lazily; answers with the native addons mapped into this process. */
+export async function checkSupervisor(): Promise<{ version: string; node: string; addons: string[] }> {
+  const [{ SUPERVISOR_VERSION }] = await Promise.all([
+    import('./supervisor.js'),
+    import('../egress/index.js'),
+    import('./exec-registry.js'),
+    import('./exec-relay.js'),
+    import('./sshd.js'),
+    import('./pty.js'),
+    // ws loads it on first use and falls back to JavaScript silently; the map below tells which.
+    import('bufferutil' as string),
+  ]);
+  const maps = readFileSync('/proc/self/maps', 'utf8');
+  const addons = [...new Set(maps.match(/[^/\s]+\.node$/gm) ?? [])].sort();
+  return { version: SUPERVISOR_VERSION, node: process.version, addons };
 }
 
 function readLine(stream: NodeJS.ReadableStream): Promise<string | null> {
@@ -93,14 +121,19 @@ function readLine(stream: NodeJS.ReadableStream): Promise<string | null> {
 
 if (process.argv[1] && import.meta.url === pathToFileURL(process.argv[1]).href) {
   const argv = process.argv.slice(2);
-  const started = argv[0] === '--warm' ? runWarm() : runSupervisor(argv, process.env);
-  started.then(
-    (supervisor) => {
+  const fail = (err: unknown) => {
+    process.stderr.write(`openshell supervisor: ${(err as Error).message}\n`);
+    process.exit(2);
+  };
+  if (argv[0] === '--check') {
+    checkSupervisor().then((report) => {
+      process.stdout.write(`${JSON.stringify(report)}\n`);
+      process.exit(0);
+    }, fail);
+  } else {
+    const started = argv[0] === '--warm' ? runWarm() : runSupervisor(argv, process.env);
+    started.then((supervisor) => {
       if (!supervisor) process.exit(0);
-    },
-    (err: unknown) => {
-      process.stderr.write(`openshell supervisor: ${(err as Error).message}\n`);
-      process.exit(2);
-    },
-  );
+    }, fail);
+  }
 }

@@ -16,7 +16,21 @@ export interface SshServerOptions {
   log: Logger;
   /** Shell for `shell` requests and for running `exec` command strings. */
   shell?: string;
+  /**
+   * `in-process` (default): SFTP served by the supervisor itself, as its own
+   * user. `subprocess`: OpenSSH's sftp-server run through the registry like
+   * any exec, so a confined sandbox's SFTP sees only the sandbox.
+   */
+  sftp?: 'in-process' | 'subprocess';
 }
+
+/** Runs the first sftp-server the sandbox has (a fixed script; nothing is interpolated). */
+const SFTP_SERVER = [
+  '/bin/sh',
+  '-c',
+  'for p in /usr/lib/openssh/sftp-server /usr/libexec/openssh/sftp-server /usr/lib/ssh/sftp-server /usr/libexec/sftp-server /usr/lib/sftp-server; do ' +
+    '[ -x "$p" ] && exec "$p"; done; echo "sftp-server not found in the sandbox (Debian package openssh-sftp-server)" >&2; exit 127',
+];
 
 export interface SshServer {
   /** Stops listening, ends every connection (closing a channel kills its process group). Idempotent. */
@@ -38,7 +52,7 @@ export async function startSshServer(opts: SshServerOptions): Promise<SshServer>
   const server = new ssh2.Server({ hostKeys: [hostKey] }, (client) => {
     connections.add(client);
     client.once('close', () => connections.delete(client));
-    serveConnection(client, { registry: opts.registry, shell, log });
+    serveConnection(client, { registry: opts.registry, shell, log, sftp: opts.sftp ?? 'in-process' });
   });
   server.on('error', (err: Error) => log.error({ err }, 'ssh server error'));
   server.listen(opts.socketPath);
@@ -95,6 +109,7 @@ interface ConnCtx {
   registry: ExecRegistry;
   shell: string;
   log: Logger;
+  sftp: 'in-process' | 'subprocess';
 }
 
 function serveConnection(client: Connection, ctx: ConnCtx): void {
@@ -148,11 +163,18 @@ function serveSession(session: Session, ctx: ConnCtx): void {
     if (!once(reject)) return;
     handle = runChannel(accept(), [ctx.shell, '-c', info.command], pty, env, ctx);
   });
-  session.on('sftp', (accept, reject) => {
+  if (ctx.sftp === 'in-process') {
+    session.on('sftp', (accept, reject) => {
+      if (!once(reject)) return;
+      serveSftp(accept(), { cwd: ctx.registry.defaultCwd, log: ctx.log });
+    });
+  }
+  // Without an 'sftp' listener, ssh2 hands the sftp subsystem here as a raw channel.
+  session.on('subsystem', (accept, reject, info) => {
+    if (ctx.sftp !== 'subprocess' || info.name !== 'sftp') return reject?.();
     if (!once(reject)) return;
-    serveSftp(accept(), { cwd: ctx.registry.defaultCwd, log: ctx.log });
+    handle = runChannel(accept(), SFTP_SERVER, null, env, ctx);
   });
-  session.on('subsystem', (_accept, reject) => reject?.());
 }
 
 /** Runs one command for a channel through the registry; the channel's lifetime bounds the process group. */

@@ -1,14 +1,17 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import { readFileSync } from 'node:fs';
+import { existsSync, readFileSync } from 'node:fs';
 import { connect } from 'node:net';
 import { tmpdir } from 'node:os';
-import { join } from 'node:path';
+import { dirname, join } from 'node:path';
 import { pipeline } from 'node:stream/promises';
 import WebSocket, { createWebSocketStream } from 'ws';
 import type { Logger } from '../log.js';
-import type { GatewayToSupervisor, MainProcessMessage, WelcomeMessage } from '../protocol/control.js';
+import type { GatewayToSupervisor, IsolationMessage, MainProcessMessage, WelcomeMessage } from '../protocol/control.js';
+import type { Resources } from '../schemas/sandbox.js';
 import { closeWebSocket, keepAlive } from '../relay/heartbeat.js';
 import { ControlClient, needsMasking, wsUrl } from './control-client.js';
+import type { Confinement } from './isolation/confinement.js';
+import { SANDBOX_HOME, SANDBOX_ROOT, SANDBOX_USER, SANDBOX_WORKSPACE } from './isolation/spec.js';
 import { createSupervisorLogger, LogRing } from './log.js';
 
 export const SUPERVISOR_VERSION = '0.1.0';
@@ -34,7 +37,17 @@ export interface SupervisorOptions {
   proxyMaxConnections?: number;
   /** Where the entrypoint's stdout/stderr go (a log file descriptor); default: the supervisor's own. */
   stdioFd?: number;
+  /** The sandbox's directory (process driver): the supervisor exits once it is gone. */
+  sandboxDir?: string;
   log?: Logger;
+  /** `auto`: confine the sandbox or fail closed; `none`: run unconfined (asked for by name). */
+  isolation: 'auto' | 'none';
+  /** Enforced limits (the supervisor's cgroup; container drivers enforce them outside and pass none). */
+  resources: Resources;
+  /** The supervisor bundle's directory in a container (its tools run the confinement). */
+  bundleDir: string | null;
+  /** The sandbox's name: its hostname. */
+  hostname: string;
 }
 
 /** Variables that configure the supervisor and never reach sandbox processes. */
@@ -43,11 +56,13 @@ const INTERNAL_ENV = [
   'OPENSHELL_SANDBOX_TOKEN_FILE',
   'OPENSHELL_ISOLATION',
   'OPENSHELL_BUNDLE_DIR',
+  'OPENSHELL_RESOURCES',
   'OPENSHELL_ENDPOINT',
   'OPENSHELL_SSH_SOCKET',
   'OPENSHELL_SPOOL_DIR',
   'OPENSHELL_PROXY_LISTEN',
   'OPENSHELL_WORKDIR',
+  'OPENSHELL_SANDBOX_DIR',
 ];
 
 export function supervisorOptionsFromEnv(env: NodeJS.ProcessEnv, command: string[]): SupervisorOptions {
@@ -75,8 +90,24 @@ export function supervisorOptionsFromEnv(env: NodeJS.ProcessEnv, command: string
     proxyListen: env.OPENSHELL_PROXY_LISTEN || '127.0.0.1:3128',
     proxyIdleTimeoutMs: positiveInt(env.OPENSHELL_EGRESS_IDLE_TIMEOUT_MS),
     proxyMaxConnections: nonNegativeInt(env.OPENSHELL_EGRESS_MAX_CONNECTIONS),
+    // Fail closed: only an explicit `none` runs unconfined.
+    isolation: env.OPENSHELL_ISOLATION === 'none' ? 'none' : 'auto',
+    resources: parseResources(env.OPENSHELL_RESOURCES),
+    bundleDir: env.OPENSHELL_BUNDLE_DIR || null,
+    hostname: env.OPENSHELL_SANDBOX_NAME || need('OPENSHELL_SANDBOX_ID'),
+    ...(env.OPENSHELL_SANDBOX_DIR ? { sandboxDir: env.OPENSHELL_SANDBOX_DIR } : {}),
   };
 }
+
+function parseResources(text: string | undefined): Resources {
+  if (!text) return {};
+  const value = JSON.parse(text) as Resources;
+  if (typeof value !== 'object' || value === null) throw new Error('OPENSHELL_RESOURCES must be a JSON object');
+  return value;
+}
+
+/** How often a supervisor checks that its sandbox directory is still there. */
+const SANDBOX_DIR_CHECK_MS = 2000;
 
 type ExecModule = typeof import('./exec-registry.js');
 type EgressModule = typeof import('../egress/index.js');
@@ -110,6 +141,17 @@ export class Supervisor {
   #markReady: () => void = () => undefined;
   readonly #ready = new Promise<void>((resolve) => (this.#markReady = resolve));
   #closed = false;
+  /** The sandbox's confinement (isolation `auto`): every process starts inside it, or none starts. */
+  #confinement: Promise<Confinement> | undefined;
+  #isolationState: IsolationMessage | undefined;
+  #dirTimer: NodeJS.Timeout | undefined;
+  #markGone: (reason: string) => void = () => undefined;
+  /**
+   * Resolves with the reason when the supervisor has stopped itself because
+   * its sandbox is gone: its directory removed, or the gateway does not know
+   * it. Nothing could ever adopt it again; `main.ts` exits.
+   */
+  readonly gone = new Promise<string>((resolve) => (this.#markGone = resolve));
   /** Relays to a TLS or loopback endpoint send zero masking keys (see needsMasking). */
   readonly #zeroMask: boolean;
 
@@ -128,6 +170,7 @@ export class Supervisor {
       log: this.#log,
       onWelcome: (welcome) => this.#onWelcome(welcome),
       onMessage: (message) => this.#onMessage(message),
+      onUnknown: (status) => this.#giveUp(`the gateway does not know this sandbox (${status})`),
     });
   }
 
@@ -137,8 +180,10 @@ export class Supervisor {
 
   /** The environment of every process started in the sandbox. */
   processEnv(): Record<string, string> {
-    return { ...this.#o.sandboxEnv, ...this.#proxyEnv };
+    return { ...this.#o.sandboxEnv, ...this.#confinedEnv, ...this.#proxyEnv };
   }
+
+  #confinedEnv: Record<string, string> = {};
 
   /**
    * Dials the gateway first: readiness is on that path. The egress proxy (and
@@ -147,11 +192,53 @@ export class Supervisor {
    * so their module loading never delays the hello.
    */
   start(): Promise<void> {
+    const dir = this.#o.sandboxDir;
+    if (dir) {
+      this.#dirTimer = setInterval(() => {
+        if (!existsSync(dir)) this.#giveUp(`the sandbox directory ${dir} is gone`);
+      }, SANDBOX_DIR_CHECK_MS).unref();
+    }
     this.#control.start();
+    if (this.#o.isolation === 'auto') {
+      this.#confinement = this.#confine();
+      this.#confinement.catch(() => undefined);
+    } else {
+      this.#log.warn({}, 'isolation is off (--isolation none): sandbox processes run unconfined, as the supervisor\'s user');
+      this.#setIsolation({ type: 'isolation', ok: false, mode: 'none', message: 'running unconfined (--isolation none)' });
+    }
     const grace = setTimeout(() => this.#bringUp(), EGRESS_GRACE_MS);
     grace.unref();
     this.#bringUpTimer = grace;
     return this.#ready;
+  }
+
+  async #confine(): Promise<Confinement> {
+    const { Confinement } = await import('./isolation/confinement.js');
+    try {
+      const c = await Confinement.start({
+        sandboxId: this.#o.sandboxId,
+        hostname: this.#o.hostname,
+        workspace: this.#o.workdir,
+        runDir: join(dirname(this.#o.sshSocket), 'sandbox-etc'),
+        resources: this.#o.resources,
+        bundleDir: this.#o.bundleDir,
+        path: this.#o.sandboxEnv.PATH ?? process.env.PATH ?? '',
+        log: this.#log,
+      });
+      this.#confinedEnv = { HOME: SANDBOX_HOME, USER: SANDBOX_USER, LOGNAME: SANDBOX_USER };
+      if (this.#closed) await c.close();
+      this.#setIsolation({ type: 'isolation', ok: true, mode: c.mode, message: c.describe() });
+      return c;
+    } catch (err) {
+      this.#log.error({ err }, 'sandbox confinement failed; nothing will run in this sandbox');
+      this.#setIsolation({ type: 'isolation', ok: false, mode: 'failed', message: (err as Error).message });
+      throw err;
+    }
+  }
+
+  #setIsolation(state: IsolationMessage): void {
+    this.#isolationState = state;
+    this.#control.send(state);
   }
 
   #bringUp(): void {
@@ -170,7 +257,9 @@ export class Supervisor {
   #startEgress(): Promise<{ proxy: EgressProxy; mod: EgressModule }> {
     this.#egress ??= (async () => {
       const mod = await import('../egress/index.js');
-      const [host, port] = splitHostPort(this.#o.proxyListen);
+      const confined = this.#confinement ? await this.#confinement : null;
+      // Confined, the proxy listens on the sandbox's veth peer: the only address its rules let it reach.
+      const [host, port] = confined ? [confined.net.hostAddr, confined.net.proxyPort] : splitHostPort(this.#o.proxyListen);
       const log = this.#log.child({ component: 'egress' });
       const proxy = await mod.startEgressProxy({
         host,
@@ -179,6 +268,7 @@ export class Supervisor {
         policyVersion: 0,
         // The proxy logs every decision on this logger; info lines are forwarded to the gateway.
         log,
+        ...(confined ? { callerNetDir: confined.netDir, callerExeRoot: SANDBOX_ROOT } : {}),
         ...(this.#o.proxyIdleTimeoutMs ? { idleTimeoutMs: this.#o.proxyIdleTimeoutMs } : {}),
         ...(this.#o.proxyMaxConnections !== undefined ? { maxConnections: this.#o.proxyMaxConnections } : {}),
       });
@@ -212,10 +302,17 @@ export class Supervisor {
     }
   }
 
+  #giveUp(reason: string): void {
+    if (this.#closed) return;
+    this.#log.warn({ reason }, 'the sandbox is gone; the supervisor stops');
+    void this.close(reason).finally(() => this.#markGone(reason));
+  }
+
   async close(reason: string): Promise<void> {
     if (this.#closed) return;
     this.#closed = true;
     this.#log.info({ reason }, 'supervisor stopping');
+    clearInterval(this.#dirTimer);
     clearInterval(this.#logTimer);
     clearTimeout(this.#bringUpTimer);
     this.#control.close();
@@ -223,6 +320,7 @@ export class Supervisor {
     if (this.#main?.pid) killGroup(this.#main.pid, 'SIGKILL');
     const engine = await this.#engine?.catch(() => undefined);
     engine?.registry.close();
+    await (await this.#confinement?.catch(() => undefined))?.close();
     await (await this.#sshd?.catch(() => undefined))?.close();
     await (await this.#egress?.catch(() => undefined))?.proxy.close();
   }
@@ -230,6 +328,7 @@ export class Supervisor {
   #onWelcome(welcome: WelcomeMessage): void {
     this.#keepalive = { intervalMs: welcome.keepaliveIntervalMs, timeoutMs: welcome.keepaliveTimeoutMs };
     if (this.#mainState) this.#control.send(this.#mainState);
+    if (this.#isolationState) this.#control.send(this.#isolationState);
     this.#flushLogs();
     // Off the Ready path: the proxy (with the policy), the entrypoint, and a warm exec engine.
     // sshd starts on the first SSH relay.
@@ -334,6 +433,8 @@ export class Supervisor {
 
   #execEngine(): Promise<{ registry: InstanceType<ExecModule['ExecRegistry']>; relay: RelayModule }> {
     this.#engine ??= (async () => {
+      // Nothing runs unconfined by accident: a failed confinement fails the engine.
+      const launcher = this.#confinement ? await this.#confinement : null;
       // Execs get the proxy variables: bring the proxy up first (a failure is logged by start()).
       await this.#startEgress().catch(() => undefined);
       const [{ ExecRegistry }, relay] = await Promise.all([import('./exec-registry.js'), import('./exec-relay.js')]);
@@ -341,7 +442,8 @@ export class Supervisor {
         log: this.#log.child({ component: 'exec' }),
         spoolDir: this.#o.spoolDir,
         baseEnv: () => this.processEnv(),
-        defaultCwd: this.#o.workdir,
+        defaultCwd: launcher ? SANDBOX_WORKSPACE : this.#o.workdir,
+        launcher,
       });
       return { registry, relay };
     })();
@@ -351,20 +453,38 @@ export class Supervisor {
   #sshServer(): Promise<{ close(): Promise<void> }> {
     this.#sshd ??= (async () => {
       const [{ startSshServer }, { registry }] = await Promise.all([import('./sshd.js'), this.#execEngine()]);
-      return startSshServer({ socketPath: this.#o.sshSocket, registry, log: this.#log.child({ component: 'sshd' }) });
+      return startSshServer({
+        socketPath: this.#o.sshSocket,
+        registry,
+        log: this.#log.child({ component: 'sshd' }),
+        // Confined, SFTP runs as the sandbox's sftp-server inside it, never in the supervisor (root, the host's files).
+        sftp: this.#confinement ? 'subprocess' : 'in-process',
+      });
     })();
     return this.#sshd;
   }
 
   #startMain(): void {
-    const [file, ...args] = this.#o.command;
-    if (!file) return;
-    const child = spawn(file, args, {
-      cwd: this.#o.workdir,
-      env: this.processEnv(),
-      detached: true,
-      stdio: ['ignore', this.#o.stdioFd ?? 'inherit', this.#o.stdioFd ?? 'inherit'],
-    });
+    if (!this.#o.command[0]) return;
+    if (!this.#confinement) return this.#spawnMain(null);
+    this.#confinement.then(
+      (c) => this.#spawnMain(c),
+      () => this.#log.warn({}, 'the entrypoint does not start: the sandbox is not confined'),
+    );
+  }
+
+  #spawnMain(confined: Confinement | null): void {
+    if (this.#closed) return;
+    const argv = confined ? confined.argv(this.#o.command, { cwd: SANDBOX_WORKSPACE, tty: false }) : this.#o.command;
+    const [file, ...args] = argv as [string, ...string[]];
+    const run = (): ChildProcess =>
+      spawn(file, args, {
+        cwd: confined ? '/' : this.#o.workdir,
+        env: this.processEnv(),
+        detached: true,
+        stdio: ['ignore', this.#o.stdioFd ?? 'inherit', this.#o.stdioFd ?? 'inherit'],
+      });
+    const child = confined ? confined.spawnInside(run) : run();
     this.#main = child;
     child.once('spawn', () => {
       this.#log.info({ pid: child.pid, command: this.#o.command }, 'entrypoint started');

@@ -25,7 +25,7 @@ function snapshot(name: string, phase: Sandbox['phase'], reason: string, message
     image: null,
     command: [],
     labels: {},
-    env: {},
+    env: [],
     createdAt: new Date().toISOString(),
     expiresAt: null,
     policyVersion: 1,
@@ -232,7 +232,7 @@ t.test('exec stream through a black-holed connection: the iteration fails within
   let holedAt = 0;
   const err = await (async () => {
     try {
-      for await (const e of client.exec('nat', { command: 'while :; do echo tick; sleep 0.2; done' })) {
+      for await (const e of client.exec('nat', { command: 'while :; do echo tick; sleep 0.2; done' }, { resume: { timeoutMs: 0 } })) {
         events.push(e.type);
         if (e.type === 'stdout' && holedAt === 0) {
           holedAt = Date.now();
@@ -250,6 +250,60 @@ t.test('exec stream through a black-holed connection: the iteration fails within
   t.match(err?.message, /no data on the stream for 1 s/);
   t.ok(after < 1000 + 2000, `the stream failed ${after} ms after the connection went silent`);
   t.throws(() => new OpenShellClient({ baseUrl: gw.url, streamIdleTimeoutMs: -1 }), /streamIdleTimeoutMs/);
+});
+
+t.test('exec stream reset mid-output (a load balancer reset): the client re-attaches, every byte once, the real exit', async (t) => {
+  const { proxy, client } = await behindProxy(t, 'reset');
+  const N = 30;
+  const script = `i=0; while [ $i -lt ${N} ]; do i=$((i+1)); echo line$i; echo err$i >&2; sleep 0.05; done; exit 6`;
+  let out = '';
+  let err = '';
+  let resets = 0;
+  const retries: number[] = [];
+  let last: unknown;
+  let started = 0;
+  for await (const e of client.exec('reset', { command: script }, { resume: { timeoutMs: 10_000, onRetry: (r) => retries.push(r.attempt) } })) {
+    if (e.type === 'started') started++;
+    if (e.type === 'stdout') {
+      out += Buffer.from(e.data, 'base64').toString();
+      if ((out.length > 20 && resets === 0) || (out.length > 120 && resets === 1)) {
+        resets++;
+        proxy.resetAll();
+      }
+    }
+    if (e.type === 'stderr') err += Buffer.from(e.data, 'base64').toString();
+    if (e.type === 'exit' || e.type === 'error') last = e;
+  }
+  t.equal(resets, 2, 'two resets mid-stream');
+  t.ok(retries.length >= 2, `retried (${retries.length})`);
+  t.equal(started, 1, 'one started event');
+  t.equal(out, Array.from({ length: N }, (_, i) => `line${i + 1}\n`).join(''), 'stdout: every line once');
+  t.equal(err, Array.from({ length: N }, (_, i) => `err${i + 1}\n`).join(''), 'stderr: every line once');
+  t.match(last, { type: 'exit', exitCode: 6 });
+  const execs = await client.execsList('reset');
+  t.equal(execs.execs.length, 1, 'one process');
+});
+
+t.test('binary exec (WebSocket) reset mid-output: it reconnects with its requestId and offsets', async (t) => {
+  const { proxy, client } = await behindProxy(t, 'binreset');
+  const N = 30;
+  const script = `i=0; while [ $i -lt ${N} ]; do i=$((i+1)); echo line$i; sleep 0.05; done; exit 9`;
+  let out = '';
+  let resets = 0;
+  let last: unknown;
+  for await (const e of client.execBinary('binreset', { command: script }, { resume: { timeoutMs: 10_000 } })) {
+    if (e.type === 'stdout') {
+      out += e.data.toString();
+      if (out.length > 40 && resets === 0) {
+        resets++;
+        proxy.resetAll();
+      }
+    } else last = e;
+  }
+  t.equal(resets, 1);
+  t.equal(out, Array.from({ length: N }, (_, i) => `line${i + 1}\n`).join(''), 'every line once');
+  t.match(last, { type: 'exit', exitCode: 9 });
+  t.equal((await client.execsList('binreset')).execs.length, 1, 'one process');
 });
 
 t.test('openWebSocket: pings keep a silent exec alive; a black-holed one closes within the idle timeout', async (t) => {

@@ -52,8 +52,8 @@ const UPGRADE_HEADERS =
   'Upgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n';
 
 /** Raw bytes through the proxy: CONNECT (tunnel) or an absolute-URI upgrade request (forward). */
-async function rawWebSocket(proxyPort: number, port: number, door: 'connect' | 'forward'): Promise<RawClient> {
-  const sock = connect(proxyPort, '127.0.0.1');
+async function rawWebSocket(proxy: URL, port: number, door: 'connect' | 'forward'): Promise<RawClient> {
+  const sock = connect(Number(proxy.port), proxy.hostname);
   await once(sock, 'connect');
   const raw = new RawClient(sock);
   if (door === 'connect') {
@@ -108,14 +108,14 @@ t.test('WebSocket regression through a real sandbox proxy: both doors, L4 and re
     });
     return (await res.json()) as ExecResult;
   };
-  const proxyPort = Number(new URL((await exec('echo $HTTP_PROXY')).stdout.trim()).port);
+  const proxy = new URL((await exec('echo $HTTP_PROXY')).stdout.trim());
 
   for (const [door, port, kind] of [
     ['connect', l4Port, 'L4'],
     ['connect', restPort, 'rest'],
     ['forward', restPort, 'rest'],
   ] as const) {
-    const raw = await rawWebSocket(proxyPort, port, door);
+    const raw = await rawWebSocket(proxy, port, door);
     t.teardown(() => raw.sock.destroy());
     const head = await raw.until('first');
     t.match(head, /^HTTP\/1\.1 101/, `${door} ${kind}: the 101 and the first frame after it`);
@@ -126,7 +126,7 @@ t.test('WebSocket regression through a real sandbox proxy: both doors, L4 and re
   }
 
   // The ws client library through a CONNECT tunnel of the sandbox's proxy.
-  const tunnel = connect(proxyPort, '127.0.0.1');
+  const tunnel = connect(Number(proxy.port), proxy.hostname);
   await once(tunnel, 'connect');
   tunnel.write(`CONNECT 127.0.0.1:${restPort} HTTP/1.1\r\nHost: 127.0.0.1:${restPort}\r\n\r\n`);
   const [established] = (await once(tunnel, 'data')) as [Buffer];
@@ -142,7 +142,7 @@ t.test('WebSocket regression through a real sandbox proxy: both doors, L4 and re
   t.equal(echo.toString(), 'echo:still-here', 'a WebSocket idle past the HTTP idle timeout still works');
 
   // Forward door, idle past the timeout as well.
-  const fwd = await rawWebSocket(proxyPort, restPort, 'forward');
+  const fwd = await rawWebSocket(proxy, restPort, 'forward');
   t.teardown(() => fwd.sock.destroy());
   await fwd.until('first');
   await sleep(1500);

@@ -49,7 +49,8 @@ t.test('egress through a real sandbox: default deny, live policy, WebSocket pass
 
   const env = await exec(gw.url, 'net', 'echo "$HTTP_PROXY|$HTTPS_PROXY|$ALL_PROXY|$http_proxy|$NO_PROXY"');
   const proxy = env.stdout.trim().split('|')[0];
-  t.match(proxy, /^http:\/\/127\.0\.0\.1:\d+$/);
+  // Confined, the proxy is on the sandbox's veth peer; unconfined, on loopback.
+  t.match(proxy, /^http:\/\/(127\.0\.0\.1|10\.\d+\.\d+\.\d+):\d+$/);
   t.equal(env.stdout.trim(), `${proxy}|${proxy}|${proxy}|${proxy}|`, 'every proxy variable set, NO_PROXY empty');
 
   const denied = await exec(gw.url, 'net', `curl -s -w ' %{http_code}' http://127.0.0.1:${port}/x`);
@@ -76,7 +77,7 @@ t.test('egress through a real sandbox: default deny, live policy, WebSocket pass
   t.equal(got.body.version, put.body.version);
 
   // WebSocket through the sandbox's proxy (CONNECT), raw bytes as in the original bug report.
-  const sock = connect(Number(new URL(proxy).port), '127.0.0.1');
+  const sock = connect(Number(new URL(proxy).port), new URL(proxy).hostname);
   await once(sock, 'connect');
   sock.write(`CONNECT 127.0.0.1:${port} HTTP/1.1\r\nHost: 127.0.0.1:${port}\r\n\r\n`);
   let buf = Buffer.alloc(0);
@@ -225,11 +226,12 @@ t.test('OPENSHELL_EGRESS_MAX_CONNECTIONS caps the sandbox proxy: past it connect
   const gw = await startGateway(t);
   await api(gw.url, 'POST', '/v1/sandboxes', { name: 'capped', policy: allow(port), env: { OPENSHELL_EGRESS_MAX_CONNECTIONS: '1' } });
   await waitForPhase(gw.app, 'capped', 'Ready');
-  const proxyPort = Number(new URL((await exec(gw.url, 'capped', 'echo $HTTP_PROXY')).stdout.trim()).port);
-  const held = connect(proxyPort, '127.0.0.1');
+  const proxyUrl = new URL((await exec(gw.url, 'capped', 'echo $HTTP_PROXY')).stdout.trim());
+  const proxyPort = Number(proxyUrl.port);
+  const held = connect(proxyPort, proxyUrl.hostname);
   t.teardown(() => held.destroy());
   await once(held, 'connect');
-  const over = connect(proxyPort, '127.0.0.1');
+  const over = connect(proxyPort, proxyUrl.hostname);
   t.teardown(() => over.destroy());
   let got = 0;
   over.on('data', (c: Buffer) => (got += c.length));
@@ -290,8 +292,8 @@ t.test('binaries: in a real sandbox only the listed executable reaches the endpo
   t.match(body.reason, /is not among the binaries of policy 'local'/);
 
   // The test process is not one of the sandbox's processes: unidentified, refused.
-  const proxyPort = Number(new URL((await exec(gw.url, 'bins', 'echo $HTTP_PROXY')).stdout.trim()).port);
-  const sock = connect(proxyPort, '127.0.0.1');
+  const proxyUrl = new URL((await exec(gw.url, 'bins', 'echo $HTTP_PROXY')).stdout.trim());
+  const sock = connect(Number(proxyUrl.port), proxyUrl.hostname);
   t.teardown(() => sock.destroy());
   await once(sock, 'connect');
   sock.write(`GET http://127.0.0.1:${port}/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n`);

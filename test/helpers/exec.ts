@@ -46,3 +46,24 @@ export async function* ndjson<T>(body: AsyncIterable<Uint8Array>): AsyncGenerato
     }
   }
 }
+
+/**
+ * Resolves true once none of `pids` runs in the sandbox any more (checked from
+ * inside it: a confined sandbox's pids are its own namespace's), false after
+ * `timeoutMs`. A zombie counts as gone.
+ */
+export async function goneInSandbox(base: string, name: string, pids: number[], timeoutMs = 5000): Promise<boolean> {
+  const script = 'for p in "$@"; do [ -e /proc/$p ] && ! grep -q "^State:.*Z" /proc/$p/status 2>/dev/null && echo $p; done; true';
+  const deadline = Date.now() + timeoutMs;
+  for (;;) {
+    const res = await fetch(`${base}/v1/sandboxes/${name}/exec`, {
+      method: 'POST',
+      headers: { 'content-type': 'application/json', accept: 'application/json' },
+      body: JSON.stringify({ command: ['sh', '-c', script, 'sh', ...pids.map(String)] }),
+    });
+    const body = (await res.json()) as { stdout?: string };
+    if (res.status === 200 && body.stdout?.trim() === '') return true;
+    if (Date.now() > deadline) return false;
+    await new Promise((r) => setTimeout(r, 50));
+  }
+}

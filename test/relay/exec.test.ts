@@ -5,8 +5,8 @@ import t from 'tap';
 import { LINE_BYTES } from '../../src/relay/exec-stream.js';
 import type { Sandbox } from '../../src/schemas/sandbox.js';
 import type { ExecResult } from '../../src/schemas/sandbox.js';
-import { execStream } from '../helpers/exec.js';
-import { allGone, api, startGateway, waitForPhase } from '../helpers/gateway.js';
+import { execStream, goneInSandbox } from '../helpers/exec.js';
+import { api, startGateway, waitForPhase } from '../helpers/gateway.js';
 import { fakeSession } from '../helpers/sandbox.js';
 
 const sha = (b: Buffer) => createHash('sha256').update(b).digest('hex');
@@ -98,7 +98,7 @@ t.test('exec through the real gateway and supervisor', async (t) => {
     );
     t.match(r.last, { type: 'exit', exitCode: 124, timedOut: true });
     t.equal(pids.length, 2);
-    t.ok(await allGone(pids), `pids ${pids.join(' ')} gone`);
+    t.ok(await goneInSandbox(gw.url, 'ex', pids), `pids ${pids.join(' ')} gone`);
   });
 
   t.test('caller disconnect kills the process group', async (t) => {
@@ -120,7 +120,7 @@ t.test('exec through the real gateway and supervisor', async (t) => {
     ).catch((err: Error) => err);
     await done;
     t.equal(pids.length, 2);
-    t.ok(await allGone(pids), `pids ${pids.join(' ')} gone`);
+    t.ok(await goneInSandbox(gw.url, 'ex', pids), `pids ${pids.join(' ')} gone`);
     const deadline = Date.now() + 5000;
     while (gw.app.openshell.execs.activeCount > 0 && Date.now() < deadline) await new Promise((r) => setTimeout(r, 20));
     t.equal(gw.app.openshell.execs.activeCount, 0, 'the gateway no longer tracks the exec');

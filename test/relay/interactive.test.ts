@@ -1,9 +1,9 @@
 import { once } from 'node:events';
 import t from 'tap';
 import WebSocket from 'ws';
-import { writeFile } from 'node:fs/promises';
 import { join } from 'node:path';
-import { allGone, api, startGateway, tempDir, waitForPhase, type Teardown } from '../helpers/gateway.js';
+import { goneInSandbox } from '../helpers/exec.js';
+import { api, startGateway, waitForPhase, type Teardown } from '../helpers/gateway.js';
 import { frozenSandbox } from '../helpers/sandbox.js';
 import { startTcpProxy } from '../helpers/tcp-proxy.js';
 
@@ -76,7 +76,8 @@ t.test('interactive exec applies backpressure: a caller that stops reading stops
   await api(gw.url, 'POST', '/v1/sandboxes', { name: 'slow' });
   await waitForPhase(gw.app, 'slow', 'Ready');
   const CHUNKS = 2048; // 64 KiB each: 128 MiB in all
-  const counter = join(tempDir(t), 'progress');
+  // Inside the sandbox (a confined one sees none of the host's files).
+  const counter = '/tmp/progress';
   const script = `i=0; while [ $i -lt ${CHUNKS} ]; do head -c 65536 /dev/zero || exit 1; i=$((i+1)); echo $i > ${counter}; done`;
   const ws = new WebSocket(`${gw.url.replace(/^http/, 'ws')}/v1/sandboxes/slow/exec?command=sh&command=-c&command=${encodeURIComponent(script)}`);
   t.teardown(() => ws.terminate());
@@ -145,13 +146,13 @@ t.test('interactive exec applies backpressure to stdin: a process that does not 
   const gw = await startGateway(t);
   await api(gw.url, 'POST', '/v1/sandboxes', { name: 'gate' });
   await waitForPhase(gw.app, 'gate', 'Ready');
-  const gate = join(tempDir(t), 'gate');
+  const gate = '/tmp/gate';
   const { ws, stdout } = await openExec(t, gw.url, 'gate', ['sh', '-c', `while [ ! -e ${gate} ]; do sleep 0.05; done; wc -c`]);
   const TOTAL = 64;
   const held = await floodStdin(ws, TOTAL, 500);
   t.ok(held > (TOTAL / 4) * MIB, `the caller still holds ${Math.round(held / MIB)} MiB while the process does not read`);
   const closed = once(ws, 'close');
-  await writeFile(gate, '');
+  await api(gw.url, 'POST', '/v1/sandboxes/gate/exec', { command: ['touch', gate] }, { accept: 'application/json' });
   ws.send(Buffer.from([0])); // end of input
   await closed;
   t.equal(stdout().trim(), String(TOTAL * MIB), 'the process read every byte');
@@ -175,7 +176,7 @@ t.test('interactive exec: a caller that goes silent (black-holed) is dropped wit
   t.ok(pid > 0, `the process runs as ${pid}`);
   const holedAt = Date.now();
   proxy.blackhole();
-  const gone = await allGone([pid], KEEPALIVE.keepaliveTimeoutMs + 3000);
+  const gone = await goneInSandbox(gw.url, 'silent', [pid], KEEPALIVE.keepaliveTimeoutMs + 3000);
   t.ok(gone, `the process group was killed ${Date.now() - holedAt} ms after the caller went silent`);
 });
 

@@ -1,8 +1,8 @@
 import { createHash } from 'node:crypto';
 import t from 'tap';
 import type { ExecEvent } from '../../src/schemas/sandbox.js';
-import { execStream, type ExecOutcome } from '../helpers/exec.js';
-import { allGone, api, proxySupervisors, startGateway, waitForPhase, type Teardown } from '../helpers/gateway.js';
+import { execStream, goneInSandbox, type ExecOutcome } from '../helpers/exec.js';
+import { api, proxySupervisors, startGateway, waitForPhase, type Teardown } from '../helpers/gateway.js';
 
 /** Keepalive 500/1500 ms: a black-holed relay is declared dead about 1.5 s after the hole opens. */
 const FAST = { keepaliveIntervalMs: 500, keepaliveTimeoutMs: 1500 };
@@ -108,7 +108,7 @@ t.test('a caller that leaves during the outage: the process group is killed once
   }).catch((err: Error) => err);
   await done;
   t.ok(pid > 0, `the command ran as ${pid}`);
-  t.ok(await allGone([pid], 15_000), 'the process group was killed after the caller left');
+  t.ok(await goneInSandbox(gw.url, 'left', [pid], 15_000), 'the process group was killed after the caller left');
 });
 
 t.test('an exec given stdin resumes once the supervisor confirmed all of it; the process read every byte', async (t) => {
