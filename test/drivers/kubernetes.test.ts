@@ -12,6 +12,7 @@ import { KubernetesDriver, podName, secretName, LABEL_ID, LABEL_NAME } from '../
 import type { BackendState, SandboxSpec } from '../../src/drivers/types.js';
 import type { Sandbox } from '../../src/schemas/sandbox.js';
 import { CONFINEMENT_CAPABILITIES } from '../../src/supervisor/isolation/capabilities.js';
+import { SUPERVISOR_NODE_FLAGS } from '../../src/paths.js';
 import { api, startGateway, tempDir, waitForPhase, type Teardown } from '../helpers/gateway.js';
 import {
   FakeKubelet,
@@ -134,9 +135,10 @@ t.test('kubernetes driver against a real kube-apiserver', { skip, timeout: 300_0
       '--library-path',
       '/opt/openshell/lib',
       '/opt/openshell/bin/node',
+      ...SUPERVISOR_NODE_FLAGS,
       '/opt/openshell/supervisor/main.mjs',
       '--',
-    ]);
+    ], 'the bundle is the entrypoint, as the docker driver starts it');
     t.same(c.args, ['sleep', 'infinity']);
     const envOf = Object.fromEntries((c.env ?? []).map((x) => [x.name, x.value]));
     t.same(envOf, {
@@ -158,7 +160,8 @@ t.test('kubernetes driver against a real kube-apiserver', { skip, timeout: 300_0
     t.same(sc.capabilities?.drop, ['ALL']);
     t.same(sc.capabilities?.add, [...CONFINEMENT_CAPABILITIES], 'exactly the confinement capabilities');
     t.equal(sc.privileged, false);
-    t.same(sc.seccompProfile, { type: 'RuntimeDefault' });
+    t.same(sc.seccompProfile, { type: 'Unconfined' }, 'RuntimeDefault refuses pivot_root (bwrap)');
+    t.same(init.securityContext?.seccompProfile, { type: 'RuntimeDefault' }, 'the init container keeps RuntimeDefault');
     t.same(sc.appArmorProfile, { type: 'Unconfined' });
     t.same(c.resources?.limits, { cpu: '500m', memory: '256Mi', 'ephemeral-storage': '1Gi' });
     t.same(c.resources?.requests, c.resources?.limits, 'requests = limits');
