@@ -25,6 +25,9 @@ import {
 } from '../helpers/kube-apiserver.js';
 import { startTcpProxy } from '../helpers/tcp-proxy.js';
 
+// Starting etcd and kube-apiserver alone takes 10–60 s on a loaded 2-core machine: more than .taprc's 180 s per file.
+t.setTimeout(360_000);
+
 const skip = k8sSkipReason();
 if (skip) t.comment(`skipping the Kubernetes tests: ${skip}`);
 
