@@ -89,6 +89,8 @@ export class ProcessDriver implements ComputeDriver {
     this.#log = opts.log.child({ component: 'driver', driver: 'process' });
     this.#timer = setInterval(() => this.#poll(), opts.pollMs ?? 1000).unref();
     this.#shmRoot = shmRoot(opts.stateDir, opts.minShmFreeBytes);
+    // Warm supervisors start in the state dir: it must exist before the store makes it.
+    mkdirSync(opts.stateDir, { recursive: true, mode: 0o700 });
     this.#fillPool();
   }
 
