@@ -16,7 +16,7 @@ import { join } from 'node:path';
 import { buildApp } from '../src/app.js';
 import { testConfig } from '../src/config.js';
 import { KubernetesDriver, LABEL_ID, LABEL_MANAGED_BY, MANAGED_BY } from '../src/drivers/kubernetes.js';
-import { gatewayIdentity, k8sSkipReason, makeNamespace, startKubeApiServer } from '../test/helpers/kube-apiserver.js';
+import { gatewayIdentity, k8sSkipReason, makeNamespace, startKubeApiServer } from './k8s-apiserver.js';
 
 const arg = (name: string, dflt: number) => {
   const i = process.argv.indexOf(`--${name}`);
