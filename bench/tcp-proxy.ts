@@ -140,6 +140,12 @@ export async function startTcpProxy(target: { host: string; port: number }): Pro
         pairs.delete(pair);
         for (const socket of [pair.client, pair.upstream]) {
           if (!socket || socket.destroyed) continue;
+          // A socket already shut down for writing cannot be reset (uv_tcp_close_reset answers
+          // EINVAL) and Node 20 then never closes its handle: exit spins in handle cleanup.
+          if (socket.writableEnded) {
+            socket.destroy();
+            continue;
+          }
           try {
             socket.resetAndDestroy();
           } catch {

@@ -1,4 +1,5 @@
 import { readFileSync } from 'node:fs';
+import { join } from 'node:path';
 import {
   ApiException,
   CoreV1Api,
@@ -15,7 +16,9 @@ import {
   type V1ResourceRequirements,
   type V1Secret,
 } from '@kubernetes/client-node';
+import { BUNDLE_MANIFEST, BUNDLE_MOUNT, bundleDir, supervisorArgv, type BundleManifest } from '../bundle/manifest.js';
 import { OpenShellError, invalidArgument } from '../errors.js';
+import { SUPERVISOR_NODE_FLAGS } from '../paths.js';
 import type { Logger } from '../log.js';
 import { CONFINEMENT_CAPABILITIES } from '../supervisor/isolation/capabilities.js';
 import type { Resources } from '../schemas/sandbox.js';
@@ -29,15 +32,33 @@ export const MANAGED_BY = 'openshell';
 const SELECTOR = `${LABEL_ID},${LABEL_MANAGED_BY}=${MANAGED_BY}`;
 
 /** Where the supervisor bundle lives in the supervisor image and in the workload. */
-export const BUNDLE_DIR = '/opt/openshell';
-/** The bundle's own loader runs its own Node: the workload image needs no libc of ours. */
-export const BUNDLE_ENTRYPOINT = [
-  `${BUNDLE_DIR}/lib/ld-linux-x86-64.so.2`,
-  '--library-path',
-  `${BUNDLE_DIR}/lib`,
-  `${BUNDLE_DIR}/bin/node`,
-];
-export const SUPERVISOR_MAIN = `${BUNDLE_DIR}/supervisor/main.mjs`;
+export const BUNDLE_DIR = BUNDLE_MOUNT;
+/** The bundle's layout (`src/bundle/build.ts`), used when this gateway has no built bundle to read it from. */
+const DEFAULT_LAYOUT: BundleManifest = {
+  loader: 'lib/ld-linux-x86-64.so.2',
+  libDir: 'lib',
+  node: 'bin/node',
+  entry: 'supervisor/main.mjs',
+  tools: {},
+};
+
+/** The bundle's layout: this gateway's own bundle (the one its image ships) or the default. */
+function bundleLayout(): BundleManifest {
+  try {
+    return JSON.parse(readFileSync(join(bundleDir(), BUNDLE_MANIFEST), 'utf8')) as BundleManifest;
+  } catch {
+    return DEFAULT_LAYOUT;
+  }
+}
+
+/** The supervisor's argv in the workload (up to and including `--`); the sandbox's command follows as args. */
+export function supervisorCommand(layout: BundleManifest = bundleLayout()): string[] {
+  return supervisorArgv(layout, BUNDLE_DIR, SUPERVISOR_NODE_FLAGS, []);
+}
+/** The bundle's loader running its own Node, without the supervisor: what the init container copies with. */
+function bundleNode(layout: BundleManifest = bundleLayout()): string[] {
+  return [join(BUNDLE_DIR, layout.loader), '--library-path', join(BUNDLE_DIR, layout.libDir), join(BUNDLE_DIR, layout.node)];
+}
 const BUNDLE_STAGING = '/openshell-bundle';
 const TOKEN_DIR = '/run/openshell/token';
 const TOKEN_KEY = 'token';
@@ -107,7 +128,7 @@ export function podVerdict(pod: V1Pod, now: number, startTimeoutMs: number): Pod
   const containers = [...(status.initContainerStatuses ?? []), ...(status.containerStatuses ?? [])];
   const term = containers.map(terminatedReason).find((r) => r !== null);
   if (pod.metadata?.deletionTimestamp) {
-    return { state: 'Error', message: `Pod ${pod.metadata.name} is being deleted (not by the gateway)`, pending: false };
+    return { state: 'Error', message: `Pod ${pod.metadata.name} is being deleted outside the gateway`, pending: false };
   }
   if (phase === 'Failed') {
     const why = [status.reason, status.message].filter(Boolean).join(': ');
@@ -212,7 +233,7 @@ export function buildPod(spec: SandboxSpec, o: PodInputs): V1Pod {
     image: o.image,
     // The bundle is the entrypoint; the sandbox's command follows `--`. With no command the
     // supervisor runs no entrypoint (the image's own CMD is unknown here: no registry access).
-    command: [...BUNDLE_ENTRYPOINT, SUPERVISOR_MAIN, '--'],
+    command: supervisorCommand(),
     args: spec.command,
     env: [...userEnv, ...internal],
     volumeMounts: [
@@ -226,9 +247,11 @@ export function buildPod(spec: SandboxSpec, o: PodInputs): V1Pod {
       // setpriv drops to the sandbox user with no_new_privs itself.
       allowPrivilegeEscalation: true,
       capabilities: { drop: ['ALL'], add: [...CONFINEMENT_CAPABILITIES] },
-      // The runtime's default seccomp profile allows unshare/mount/setns to a holder of
-      // CAP_SYS_ADMIN; the runtime's default AppArmor profile denies mount outright.
-      seccompProfile: { type: 'RuntimeDefault' },
+      // Not RuntimeDefault: the runtimes' default seccomp profile refuses pivot_root, which
+      // bubblewrap needs for the sandbox's root (measured with Docker's, the same profile; see
+      // docker-seccomp.ts). A node with that file installed as a Localhost profile can use it.
+      // The runtimes' default AppArmor profile denies mount outright.
+      seccompProfile: { type: 'Unconfined' },
       appArmorProfile: { type: 'Unconfined' },
     },
     ...(resources ? { resources } : {}),
@@ -238,7 +261,7 @@ export function buildPod(spec: SandboxSpec, o: PodInputs): V1Pod {
     image: o.supervisorImage,
     // Copies with the bundle's own Node: the supervisor image needs no shell or cp.
     command: [
-      ...BUNDLE_ENTRYPOINT,
+      ...bundleNode(),
       '-e',
       `require('node:fs').cpSync(${JSON.stringify(BUNDLE_DIR)}, ${JSON.stringify(BUNDLE_STAGING)}, { recursive: true, verbatimSymlinks: true })`,
     ],

@@ -10,6 +10,9 @@ import type { SandboxSpec } from '../../src/drivers/types.js';
 import { TEST_USERS, k8sSkipReason, makeNamespace, startKubeApiServer, type KubeApiServer } from '../helpers/kube-apiserver.js';
 import { findObject, renderKustomization, type K8sObject } from '../helpers/kustomize.js';
 
+// Starting etcd and kube-apiserver alone takes 10–60 s on a loaded 2-core machine: more than .taprc's 180 s per file.
+t.setTimeout(360_000);
+
 const skip = k8sSkipReason();
 if (skip) t.comment(`skipping the Kubernetes tests: ${skip}`);
 

@@ -51,7 +51,7 @@ t.test('podVerdict', async (t) => {
   t.match(podVerdict(pod({ phase: 'Succeeded' }), now, 60_000), { state: 'Error', message: /the supervisor exited/ });
   t.match(podVerdict(pod({ phase: 'Running' }, undefined, { deletionTimestamp: new Date() }), now, 60_000), {
     state: 'Error',
-    message: /being deleted/,
+    message: /being deleted outside the gateway/,
   });
 });
 
