@@ -49,19 +49,21 @@ export function sandboxToken(stateDir: string, sandboxId: string): string {
 
 /** Pids of every live supervisor process of a sandbox (to count duplicates): their title names the sandbox. */
 export function supervisorsOf(sandboxId: string): number[] {
-  const found: number[] = [];
+  const found = new Map<number, number>();
   for (const entry of readdirSafe('/proc')) {
     if (!/^\d+$/.test(entry)) continue;
     try {
       const cmdline = readFileSync(`/proc/${entry}/cmdline`, 'latin1');
       if (!cmdline.startsWith(`openshell-supervisor ${sandboxId}`)) continue;
       const stat = readFileSync(`/proc/${entry}/stat`, 'utf8');
-      if (!stat.slice(stat.lastIndexOf(')') + 2).startsWith('Z')) found.push(Number(entry));
+      const fields = stat.slice(stat.lastIndexOf(')') + 2).split(' ');
+      if (!fields[0]!.startsWith('Z')) found.set(Number(entry), Number(fields[1]));
     } catch {
       // raced with exit
     }
   }
-  return found;
+  // A supervisor's child between fork and exec (it spawns the confinement's tools) still bears its title.
+  return [...found.keys()].filter((pid) => !found.has(found.get(pid)!));
 }
 
 function readdirSafe(dir: string): string[] {
