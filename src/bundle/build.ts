@@ -14,19 +14,11 @@ import { execFileSync } from 'node:child_process';
 import { accessSync, constants, copyFileSync, cpSync, existsSync, mkdirSync, readdirSync, readFileSync, realpathSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { basename, delimiter, dirname, join, relative, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
+import { TOOL_NAMES, TOOL_PACKAGES, type ToolName } from '../supervisor/isolation/tools.js';
 import { BUNDLE_MANIFEST, type BundleManifest } from './manifest.js';
 
 /** The tools the confinement runs (bubblewrap, util-linux, iproute2, nftables, coreutils). */
-export const BUNDLE_TOOLS = ['bwrap', 'nsenter', 'setpriv', 'setsid', 'ip', 'nft', 'sleep'] as const;
-const TOOL_PACKAGES: Record<string, string> = {
-  bwrap: 'bubblewrap',
-  nsenter: 'util-linux',
-  setpriv: 'util-linux',
-  setsid: 'util-linux',
-  ip: 'iproute2',
-  nft: 'nftables',
-  sleep: 'coreutils',
-};
+export const BUNDLE_TOOLS = TOOL_NAMES;
 /** npm packages the bundle keeps as files: native addons (and what they require), loaded at run time. */
 const EXTERNAL_PACKAGES = ['bufferutil', 'node-pty', 'ssh2'];
 /** Build-time dependencies of addons: headers, never required at run time. */
@@ -76,7 +68,7 @@ export async function buildBundle(opts: BuildOptions): Promise<BundleManifest> {
   elves.push(nodeSrc);
 
   const tools: Record<string, string> = {};
-  const missing: string[] = [];
+  const missing: ToolName[] = [];
   for (const tool of BUNDLE_TOOLS) {
     const path = which(tool);
     if (!path) {

@@ -23,7 +23,7 @@ import {
   type NetSpec,
   type SystemPath,
 } from './spec.js';
-import { findTools, type ToolName, type ToolSet } from './tools.js';
+import { TOOL_PACKAGES, findTools, type ToolSet } from './tools.js';
 
 /** The confinement could not be set up; the message names what is missing. */
 export class IsolationError extends Error {
@@ -49,15 +49,6 @@ export interface ConfinementOptions {
 /** uid of slot n = UID_BASE + n: far above host accounts and the usual subordinate-id ranges, below 2^31. */
 export const UID_BASE = 2_000_000_000;
 export const SLOTS = 16384;
-const DEBIAN_PACKAGE: Record<ToolName, string> = {
-  bwrap: 'bubblewrap',
-  nsenter: 'util-linux',
-  setpriv: 'util-linux',
-  setsid: 'util-linux',
-  ip: 'iproute2',
-  nft: 'nftables',
-  sleep: 'coreutils',
-};
 const SYSTEM_DIRS = ['/usr', '/bin', '/sbin', '/lib', '/lib32', '/lib64', '/libx32'];
 /** The /etc files programs need; those the host has are bound read-only. */
 const ETC_FILES = [
@@ -120,7 +111,7 @@ export class Confinement implements ExecLauncher {
     }
     const lookup = findTools({ PATH: opts.path }, opts.bundleDir);
     if (lookup.missing.length > 0) {
-      const pkgs = [...new Set(lookup.missing.map((t) => DEBIAN_PACKAGE[t]))];
+      const pkgs = [...new Set(lookup.missing.map((t) => TOOL_PACKAGES[t]))];
       throw new IsolationError(`missing confinement tools: ${lookup.missing.join(', ')} (Debian packages: ${pkgs.join(', ')})`);
     }
     const tools = lookup.tools as ToolSet;

@@ -5,6 +5,17 @@ import { delimiter, join } from 'node:path';
 export const TOOL_NAMES = ['bwrap', 'nsenter', 'setpriv', 'setsid', 'ip', 'nft', 'sleep'] as const;
 export type ToolName = (typeof TOOL_NAMES)[number];
 
+/** The Debian package each tool comes from (for messages and the bundle). */
+export const TOOL_PACKAGES: Record<ToolName, string> = {
+  bwrap: 'bubblewrap',
+  nsenter: 'util-linux',
+  setpriv: 'util-linux',
+  setsid: 'util-linux',
+  ip: 'iproute2',
+  nft: 'nftables',
+  sleep: 'coreutils',
+};
+
 /** How to run each tool: an argv prefix (the binary, or the bundle's loader running it). */
 export type ToolSet = Record<ToolName, string[]>;
 
