@@ -13,7 +13,7 @@
 import { readFileSync, readdirSync } from 'node:fs';
 import { mkdir } from 'node:fs/promises';
 import path from 'node:path';
-import { createSandbox, deleteAllSandboxes, execJson, pct, progress, request, startGateway, stopChild, supervisorPids, waitReady } from './lib.js';
+import { createSandbox, deleteAllSandboxes, execJson, pct, progress, request, rssKiB, startGateway, stopChild, supervisorPids, waitReady } from './lib.js';
 
 export interface IsolationBench {
   execP50: { confined: number; unconfined: number; confinedAA: number };
@@ -29,15 +29,6 @@ export interface IsolationBench {
 function pssKiB(pid: number): number {
   try {
     const m = /^Pss:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/smaps_rollup`, 'utf8'));
-    return m ? Number(m[1]) : 0;
-  } catch {
-    return 0;
-  }
-}
-
-function rss(pid: number): number {
-  try {
-    const m = /^VmRSS:\s+(\d+) kB/m.exec(readFileSync(`/proc/${pid}/status`, 'utf8'));
     return m ? Number(m[1]) : 0;
   } catch {
     return 0;
@@ -142,7 +133,7 @@ export async function runIsolationBench(tmpRoot: string, quick: boolean): Promis
       createP50: { confined: pct(create.on, 50), unconfined: pct(create.off, 50) },
       createP95: { confined: pct(create.on, 95), unconfined: pct(create.off, 95) },
       confinementPssKiB: avg(confinement),
-      supervisorRssKiB: { confined: avg(sup.on.map(rss)), unconfined: avg(sup.off.map(rss)) },
+      supervisorRssKiB: { confined: avg(sup.on.map(rssKiB)), unconfined: avg(sup.off.map(rssKiB)) },
       samples: { exec: execN, create: createN, idle: idleN },
     };
   } finally {

@@ -5,6 +5,7 @@ import type {
   CreateSandboxBody,
   ExecBody,
   ExecEvent,
+  ExecInfo,
   ExecResult,
   Sandbox,
   SandboxList,
@@ -46,22 +47,6 @@ export interface WaitForReadyOptions extends SignalOption {
   timeoutMs?: number;
   /** Called with every snapshot the watch delivers, the first one included. */
   onUpdate?: (sandbox: Sandbox) => void;
-}
-
-/** One exec as the `execs` routes describe it; fields beyond these are passed through. */
-export interface ExecInfo {
-  execId: string;
-  requestId?: string | null;
-  state?: 'running' | 'exited' | string;
-  command?: string[];
-  exitCode?: number | null;
-  signal?: string | null;
-  timedOut?: boolean;
-  startedAt?: string;
-  finishedAt?: string | null;
-  stdoutBytes?: number;
-  stderrBytes?: number;
-  [key: string]: unknown;
 }
 
 export interface ExecWebSocketOptions {

@@ -4,7 +4,6 @@ export { newRequestId, DEFAULT_RESUME_TIMEOUT_MS, type ExecResumeOptions } from 
 export type {
   BinaryExecEvent,
   ExecCallOptions,
-  ExecInfo,
   ExecWebSocketOptions,
   LogLine,
   PolicyState,
@@ -21,6 +20,7 @@ export type {
   ErrorEnvelope,
   ExecBody,
   ExecEvent,
+  ExecInfo,
   ExecResult,
   MainProcess,
   Phase,

@@ -35,22 +35,8 @@ export interface ExecResult {
 
 export type ExecState = 'running' | 'exited';
 
-export interface ExecInfo {
-  execId: string;
-  pid: number;
-  command: string[];
-  tty: boolean;
-  state: ExecState;
-  startedAt: string;
-  exitedAt: string | null;
-  exitCode: number | null;
-  signal: string | null;
-  timedOut: boolean;
-  durationMs: number | null;
-  /** Bytes produced so far on each stream (= the offset the next byte will have). */
-  stdoutBytes: number;
-  stderrBytes: number;
-}
+/** One exec as the registry describes it: the wire form without the requestId (the registry's map holds that). */
+export type ExecInfo = Omit<ExecInfoWire, 'requestId'>;
 
 /** Receives an exec's output from a subscription, in offset order per stream, then one `exit`. */
 export interface ExecSink {
